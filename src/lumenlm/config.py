@@ -1,0 +1,285 @@
+"""Configuration dataclasses: the model architecture and the training recipe.
+
+One `ModelConfig` expresses all three seed architectures (GPT-2 style Librarian,
+RMSNorm/SwiGLU Lumiere, Llama-style LumenBase) by switches rather than subclasses.
+Configs round-trip through JSON and YAML; unknown keys and impossible values raise
+`ConfigError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args
+
+from lumenlm.errors import ConfigError
+
+Norm = Literal["layernorm", "rmsnorm"]
+Activation = Literal["gelu", "gelu_tanh", "swiglu"]
+Positions = Literal["learned", "rope"]
+Init = Literal["gpt2", "normal"]
+
+T = TypeVar("T")
+
+
+def _check_choice(name: str, value: Any, literal: Any) -> None:
+    choices = get_args(literal)
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a decoder-only Transformer.
+
+    Per-head key/query width `d_head` and value width `d_value` default to
+    `d_model // n_heads` but may differ (the Lumiere card uses explicit d_key/d_value).
+    `n_kv_heads` < `n_heads` gives grouped-query attention (1 = multi-query).
+    """
+
+    vocab_size: int = 50304
+    context_length: int = 1024
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    n_kv_heads: int | None = None
+    d_head: int | None = None
+    d_value: int | None = None
+    d_ff: int = 3072
+    norm: Norm = "layernorm"
+    norm_bias: bool = True
+    norm_eps: float = 1e-5
+    activation: Activation = "gelu"
+    positions: Positions = "learned"
+    rope_theta: float = 10000.0
+    attn_bias: bool = True
+    mlp_bias: bool = True
+    lm_head_bias: bool = False
+    tie_embeddings: bool = True
+    embd_dropout: float = 0.0
+    attn_dropout: float = 0.0
+    resid_dropout: float = 0.0
+    pre_norm: bool = True
+    init: Init = "gpt2"
+    init_std: float = 0.02
+    ignore_index: int = -100
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.d_head is None and self.n_heads > 0 and self.d_model % self.n_heads == 0:
+            self.d_head = self.d_model // self.n_heads
+        if self.d_value is None:
+            self.d_value = self.d_head
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first field that is impossible."""
+        for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "d_ff"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_head is None:
+            raise ConfigError(
+                f"n_heads={self.n_heads} does not divide d_model={self.d_model}; "
+                "choose n_heads that divides d_model or set d_head explicitly"
+            )
+        for name in ("n_kv_heads", "d_head", "d_value"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        assert self.n_kv_heads is not None
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ConfigError(
+                f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} "
+                "(GQA shares each KV head among a whole group of query heads)"
+            )
+        _check_choice("norm", self.norm, Norm)
+        _check_choice("activation", self.activation, Activation)
+        _check_choice("positions", self.positions, Positions)
+        _check_choice("init", self.init, Init)
+        if self.positions == "rope" and self.d_head % 2 != 0:
+            raise ConfigError(f"RoPE needs an even d_head, got d_head={self.d_head}")
+        if self.rope_theta <= 0:
+            raise ConfigError(f"rope_theta must be positive, got {self.rope_theta}")
+        if not (0 < self.norm_eps < 1):
+            raise ConfigError(f"norm_eps must be in (0, 1), got {self.norm_eps}")
+        for name in ("embd_dropout", "attn_dropout", "resid_dropout"):
+            value = getattr(self, name)
+            if not (0.0 <= value < 1.0):
+                raise ConfigError(f"{name} must be in [0, 1), got {value}")
+        if self.init_std <= 0 or not math.isfinite(self.init_std):
+            raise ConfigError(f"init_std must be positive, got {self.init_std}")
+
+    @property
+    def n_rep(self) -> int:
+        """Query heads per KV head."""
+        assert self.n_kv_heads is not None
+        return self.n_heads // self.n_kv_heads
+
+    def with_dropout(self, p: float) -> ModelConfig:
+        """A copy with all three dropout rates set to `p`."""
+        return dataclasses.replace(self, embd_dropout=p, attn_dropout=p, resid_dropout=p)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return from_dict(cls, data)
+
+
+@dataclass
+class TrainConfig:
+    """A training recipe: optimizer, schedule, batch, precision, stopping.
+
+    `batch_size` is per optimizer micro-step on one process; the effective batch is
+    `batch_size * grad_accum * world_size` windows of `context_length` tokens.
+    """
+
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    max_epochs: int = 1
+    max_steps: int | None = None
+    grad_clip: float = 1.0
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
+    stride: int | None = None
+    eval_interval: int = 200
+    eval_batches: int | None = 50
+    eval_each_epoch: bool = True
+    early_stopping_patience: int | None = None
+    early_stopping_min_delta: float = 1e-4
+    checkpoint_interval: int = 1000
+    keep_checkpoints: int = 3
+    log_interval: int = 10
+    seed: int = 1337
+    compile: bool = False
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_epochs", "eval_interval", "log_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.stride is not None and self.stride <= 0:
+            raise ConfigError(f"train.stride must be a positive integer, got {self.stride}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"train.max_steps must be positive, got {self.max_steps}")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+
+@dataclass
+class Preset:
+    """A named architecture plus the training recipe from its model card."""
+
+    name: str
+    description: str
+    model: ModelConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dataset: str | None = None
+    tokenizer: dict[str, Any] = field(default_factory=dict)
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys with a clear error."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__} must be a mapping, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown {cls.__name__} key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(names))}"
+        )
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"bad {cls.__name__}: {exc}") from None
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write a dataclass config as JSON or YAML (by file extension)."""
+    path = Path(path)
+    data = dataclasses.asdict(config)
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        text = yaml.safe_dump(data, sort_keys=False)
+    else:
+        text = json.dumps(data, indent=2) + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or YAML mapping, with a one-line error naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({first})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """Load dataclass `cls` from a JSON/YAML file."""
+    try:
+        return from_dict(cls, read_mapping(path))
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+
+def parse_value(text: str) -> Any:
+    """Parse a `--set key=value` value: JSON/YAML scalars, else the raw string."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(config: T, overrides: dict[str, Any], prefix: str = "") -> T:
+    """Return a copy of dataclass `config` with `overrides` applied and validated."""
+    names = {f.name for f in fields(config)}  # type: ignore[arg-type]
+    for key in overrides:
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key {prefix}{key!r}; known keys: {', '.join(sorted(names))}"
+            )
+    data = dataclasses.asdict(config)  # type: ignore[call-overload]
+    data.update(overrides)
+    return from_dict(type(config), data)

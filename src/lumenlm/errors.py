@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+A `LumenError` carries a one-line message that says what is wrong and what to do.
+The CLI prints it without a traceback (unless `--debug`) and exits non-zero.
+This module imports nothing else from lumenlm so every layer may use it.
+"""
+
+from __future__ import annotations
+
+
+class LumenError(Exception):
+    """An error caused by user input (bad config, missing file, corrupt data)."""
+
+    exit_code: int = 2
+
+
+class ConfigError(LumenError, ValueError):
+    """A configuration value is invalid or does not fit the rest of the config."""
+
+
+class DataError(LumenError):
+    """Input data is missing, empty, unreadable or inconsistent."""
+
+
+class CheckpointError(LumenError):
+    """A model or checkpoint file is missing, corrupt or does not match its config."""
