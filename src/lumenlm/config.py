@@ -120,6 +120,23 @@ class ModelConfig:
         assert self.n_kv_heads is not None
         return self.n_heads // self.n_kv_heads
 
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A validated copy with `changes`, re-deriving dependent widths.
+
+        Fields that were derived (d_head = d_model / n_heads, d_value = d_head,
+        n_kv_heads = n_heads) follow their sources unless set explicitly, so
+        `cfg.replace(d_model=256)` does not keep a stale d_head.
+        """
+        assert self.n_heads > 0
+        if ("d_model" in changes or "n_heads" in changes) and "d_head" not in changes:
+            if self.d_head == self.d_model // self.n_heads:
+                changes["d_head"] = None
+        if "d_head" in changes and "d_value" not in changes and self.d_value == self.d_head:
+            changes["d_value"] = None
+        if "n_heads" in changes and "n_kv_heads" not in changes and self.n_kv_heads == self.n_heads:
+            changes["n_kv_heads"] = None
+        return from_dict(ModelConfig, {**self.to_dict(), **changes})
+
     def with_dropout(self, p: float) -> ModelConfig:
         """A copy with all three dropout rates set to `p`."""
         return dataclasses.replace(self, embd_dropout=p, attn_dropout=p, resid_dropout=p)
@@ -160,12 +177,20 @@ class TrainConfig:
     eval_each_epoch: bool = True
     early_stopping_patience: int | None = None
     early_stopping_min_delta: float = 1e-4
+    # "eval": patience counts every evaluation; "epoch": only end-of-epoch evaluations.
+    early_stopping_on: Literal["eval", "epoch"] = "eval"
     checkpoint_interval: int = 1000
+    checkpoint_each_epoch: bool = True
     keep_checkpoints: int = 3
     log_interval: int = 10
     seed: int = 1337
     compile: bool = False
     num_workers: int = 0
+    # Distributed strategy under torchrun: replicate (DDP) or shard (FSDP2 fully_shard).
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    # Peak accelerator FLOP/s in TFLOPs for the MFU estimate; None = guess on CUDA, no MFU on CPU.
+    peak_tflops: float | None = None
+    tensorboard: bool = False
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum", "max_epochs", "eval_interval", "log_interval"):
@@ -180,6 +205,24 @@ class TrainConfig:
             raise ConfigError(f"train.stride must be a positive integer, got {self.stride}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"train.max_steps must be positive, got {self.max_steps}")
+        for name in ("checkpoint_interval", "keep_checkpoints"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience <= 0:
+            raise ConfigError(
+                f"train.early_stopping_patience must be positive or null, got {self.early_stopping_patience}"
+            )
+        if self.eval_batches is not None and self.eval_batches <= 0:
+            raise ConfigError(f"train.eval_batches must be positive or null, got {self.eval_batches}")
+        if not (0.0 <= self.min_lr_ratio <= 1.0):
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ConfigError(f"train.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
+        _check_choice("train.schedule", self.schedule, Literal["cosine", "constant", "linear"])
+        _check_choice("train.precision", self.precision, Literal["fp32", "bf16", "fp16", "auto"])
+        _check_choice("train.early_stopping_on", self.early_stopping_on, Literal["eval", "epoch"])
+        _check_choice("train.strategy", self.strategy, Literal["ddp", "fsdp"])
 
     def __post_init__(self) -> None:
         self.validate()
@@ -280,6 +323,8 @@ def apply_overrides(config: T, overrides: dict[str, Any], prefix: str = "") -> T
             raise ConfigError(
                 f"unknown config key {prefix}{key!r}; known keys: {', '.join(sorted(names))}"
             )
+    if isinstance(config, ModelConfig):
+        return config.replace(**overrides)  # type: ignore[return-value]
     data = dataclasses.asdict(config)  # type: ignore[call-overload]
     data.update(overrides)
     return from_dict(type(config), data)

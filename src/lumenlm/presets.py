@@ -27,7 +27,7 @@ def _librarian() -> Preset:
         batch_size=32, grad_accum=1, lr=1e-4, min_lr_ratio=0.1, weight_decay=0.01,
         beta1=0.9, beta2=0.999, warmup_steps=100, max_epochs=20, grad_clip=1.0,
         precision="auto", eval_interval=500, eval_each_epoch=True,
-        early_stopping_patience=5, early_stopping_min_delta=1e-4,
+        early_stopping_patience=5, early_stopping_min_delta=1e-4, early_stopping_on="epoch",
     )
     return Preset(
         name="librarian-1.3m",
@@ -50,8 +50,8 @@ def _lumiere() -> Preset:
     train = TrainConfig(
         batch_size=32, grad_accum=1, lr=3e-4, min_lr_ratio=0.1, weight_decay=0.01,
         beta1=0.9, beta2=0.999, warmup_steps=500, max_epochs=250, grad_clip=1.0, stride=8,
-        precision="auto", eval_interval=1000, eval_each_epoch=True,
-        early_stopping_patience=5, early_stopping_min_delta=1e-4,
+        precision="auto", eval_interval=1000, eval_each_epoch=True, eval_batches=178,
+        early_stopping_patience=5, early_stopping_min_delta=1e-4, early_stopping_on="epoch",
     )
     return Preset(
         name="lumiere-1m",

@@ -1,0 +1,30 @@
+"""`lumenlm export MODEL --format hf --out DIR`: write a transformers checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "export", parents=[common], help="export a model to Hugging Face transformers format",
+        description="Export MODEL (a model dir or run dir) to a directory that "
+        "transformers' AutoModelForCausalLM.from_pretrained loads: GPT-2 style models "
+        "become GPT2LMHeadModel, Llama style models LlamaForCausalLM.",
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory or run directory")
+    p.add_argument("--format", choices=["hf"], default="hf", help="output format (default: hf)")
+    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    p.add_argument("--tokenizer", help="tokenizer.json to include (default: the model's own)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lumenlm.export.hf import export_hf, hf_architecture
+    from lumenlm.modelio import load
+
+    model = load(args.model)
+    arch = hf_architecture(model.config)
+    out = export_hf(model, args.out, tokenizer_path=args.tokenizer)
+    print(f"exported {arch} to {out}")
+    return 0

@@ -1,0 +1,63 @@
+"""Export parity: our logits equal transformers' GPT2LMHeadModel / LlamaForCausalLM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lumenlm.errors import LumenError
+from lumenlm.export.hf import export_hf
+from lumenlm.model import GPT
+from lumenlm.presets import get_preset
+
+transformers = pytest.importorskip("transformers")
+
+
+def _roundtrip(model: GPT, tmp_path) -> float:
+    out = export_hf(model, tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
+    x = torch.randint(0, model.config.vocab_size, (2, min(48, model.config.context_length)))
+    with torch.no_grad():
+        ours = model(x).logits
+        theirs = hf(x).logits
+    return (ours - theirs).abs().max().item(), type(hf).__name__
+
+
+def _perturb(model: GPT) -> GPT:
+    """Random norm weights/biases so the test also checks their mapping."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def test_librarian_to_gpt2(tmp_path) -> None:
+    model = _perturb(GPT(get_preset("librarian-1.3m").model))
+    diff, cls = _roundtrip(model, tmp_path)
+    assert cls == "GPT2LMHeadModel"
+    assert diff < 1e-4
+
+
+@pytest.mark.parametrize("kv_heads,theta", [(4, 10000.0), (2, 500000.0), (1, 10000.0)])
+def test_lumenbase_style_to_llama(tmp_path, kv_heads: int, theta: float) -> None:
+    # lumenbase-128m's architecture at a size that runs in a second.
+    base = get_preset("lumenbase-128m").model.with_dropout(0.0)
+    cfg = base.replace(vocab_size=1000, d_model=192, n_layers=2, n_heads=12,
+                              n_kv_heads=kv_heads, d_head=16, d_ff=384, context_length=128,
+                              rope_theta=theta)
+    diff, cls = _roundtrip(_perturb(GPT(cfg)), tmp_path)
+    assert cls == "LlamaForCausalLM"
+    assert diff < 1e-4
+
+
+def test_llama_with_head_dim_not_d_model_over_heads(tmp_path) -> None:
+    cfg = get_preset("tiny").model.replace(d_head=32)
+    diff, _ = _roundtrip(_perturb(GPT(cfg)), tmp_path)
+    assert diff < 1e-4
+
+
+def test_unsupported_architecture_is_refused(tmp_path) -> None:
+    with pytest.raises(LumenError, match="no Hugging Face architecture"):
+        export_hf(GPT(get_preset("lumiere-1m").model), tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
