@@ -1,0 +1,227 @@
+"""Training datasets over token streams, and a resumable, shardable epoch sampler.
+
+`WindowDataset` cuts fixed windows (stride = context length by default, i.e.
+non-overlapping; Lumiere uses stride 8). `PackedDataset` starts every row right
+after an end-of-text token, so rows begin at document boundaries. `EpochSampler`
+walks a fresh permutation each epoch, derived from (seed, epoch) only, and its
+`state_dict` records the position so a run resumes mid-epoch on the exact next
+batch. With `world_size > 1` each rank takes a disjoint strided slice of the same
+permutation (DDP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from lumenlm.errors import DataError
+
+
+class _Rows(Protocol):
+    def __len__(self) -> int: ...
+
+    def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def _check_tokens(tokens: np.ndarray, context_length: int) -> None:
+    if context_length < 1:
+        raise DataError(f"context length must be at least 1, got {context_length}")
+    if tokens.ndim != 1:
+        raise DataError(f"token array must be 1-D, got shape {tokens.shape}")
+
+
+def _gather(tokens: np.ndarray, starts: np.ndarray, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows tokens[s : s + context_length + 1] for each start s, split into (x, y) int64."""
+    if starts.size == 0:
+        empty = torch.empty((0, context_length), dtype=torch.int64)
+        return empty, empty.clone()
+    if starts.size == 1:
+        s = int(starts[0])
+        rows = np.asarray(tokens[s : s + context_length + 1], dtype=np.int64)[None, :]
+    else:
+        offsets = np.arange(context_length + 1, dtype=np.int64)
+        rows = np.asarray(tokens[starts[:, None] + offsets[None, :]], dtype=np.int64)
+    t = torch.from_numpy(rows)
+    return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+
+class WindowDataset:
+    """Windows x = tokens[s : s+T], y = tokens[s+1 : s+T+1] at s = 0, stride, 2*stride, ...
+
+    `stride=None` means stride = context_length (non-overlapping windows). Every
+    window has a full target, so the last start is at most len(tokens) - T - 1.
+    """
+
+    def __init__(self, tokens: np.ndarray, context_length: int, stride: int | None = None) -> None:
+        _check_tokens(tokens, context_length)
+        self.tokens = tokens
+        self.context_length = context_length
+        self.stride = context_length if stride is None else int(stride)
+        if self.stride < 1:
+            raise DataError(f"stride must be at least 1, got {stride}")
+        usable = len(tokens) - context_length - 1
+        self._n = usable // self.stride + 1 if usable >= 0 else 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def start(self, i: int) -> int:
+        if not -self._n <= i < self._n:
+            raise IndexError(f"window {i} out of range for {self._n} windows")
+        return (i % self._n) * self.stride
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = _gather(self.tokens, np.array([self.start(i)]), self.context_length)
+        return x[0], y[0]
+
+    def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked (x, y) of shape (len(indices), T), gathered in one numpy call."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self._n):
+            raise IndexError(f"window index out of range for {self._n} windows")
+        return _gather(self.tokens, idx * self.stride, self.context_length)
+
+
+class PackedDataset:
+    """Rows that each start right after an end-of-text token (or at the stream start).
+
+    Rows are chosen greedily without overlap: the next row starts at the first
+    document boundary at or after the end of the previous row, and may run on
+    into following documents. Text of a document beyond the end of its row (when
+    the document is longer than the context) is not a target of any row; use
+    `WindowDataset` when every token must be covered.
+    """
+
+    def __init__(self, tokens: np.ndarray, context_length: int, eot_id: int) -> None:
+        _check_tokens(tokens, context_length)
+        self.tokens = tokens
+        self.context_length = context_length
+        self.eot_id = int(eot_id)
+        self.starts = self._row_starts()
+
+    def _row_starts(self) -> np.ndarray:
+        n = len(self.tokens)
+        last = n - self.context_length - 1  # a row needs T + 1 tokens
+        if last < 0:
+            return np.zeros(0, dtype=np.int64)
+        boundaries = [np.zeros(1, dtype=np.int64)]
+        block = 1 << 24  # scan in blocks so a memmap is never loaded whole
+        for lo in range(0, n, block):
+            hits = np.flatnonzero(np.asarray(self.tokens[lo : lo + block]) == self.eot_id)
+            boundaries.append(hits.astype(np.int64) + lo + 1)
+        doc_starts = np.concatenate(boundaries)
+        doc_starts = doc_starts[doc_starts <= last]
+        starts: list[int] = []
+        next_free = 0
+        # greedy: jump to the first boundary >= the end of the previous row
+        i = 0
+        while i < len(doc_starts):
+            s = int(doc_starts[i])
+            starts.append(s)
+            next_free = s + self.context_length
+            i = int(np.searchsorted(doc_starts, next_free, side="left"))
+        return np.asarray(starts, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = _gather(self.tokens, self.starts[[i]], self.context_length)
+        return x[0], y[0]
+
+    def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return _gather(self.tokens, self.starts[np.asarray(indices, dtype=np.int64)],
+                       self.context_length)
+
+
+class EpochSampler:
+    """Indices 0..n-1 in a fresh permutation per epoch; resumable and shardable.
+
+    The permutation of epoch e is `numpy.random.default_rng((seed, e)).permutation(n)`
+    (identity when shuffle=False), so it depends on (seed, epoch) only. With
+    world_size > 1 the permutation is cut to a multiple of world_size and rank r
+    takes elements r, r + world_size, ...: disjoint slices of equal length, so every
+    rank runs the same number of steps. `position` counts the indices this rank has
+    already taken in the current epoch.
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, *, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if n < 0:
+            raise DataError(f"sampler size must be >= 0, got {n}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise DataError(f"bad DDP shard: rank {rank} of world size {world_size}")
+        self.n = int(n)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.position = 0
+
+    def indices(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's indices for an epoch, in order."""
+        e = self.epoch if epoch is None else epoch
+        if self.shuffle:
+            perm = np.random.default_rng((self.seed, e)).permutation(self.n)
+        else:
+            perm = np.arange(self.n)
+        usable = (self.n // self.world_size) * self.world_size
+        return perm[:usable][self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return self.n // self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        """The rest of the current epoch; when it is used up the epoch advances."""
+        order = self.indices()
+        while self.position < len(order):
+            i = int(order[self.position])
+            self.position += 1
+            yield i
+        self.epoch += 1
+        self.position = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.position = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("seed", self.seed)) != self.seed:
+            raise DataError(
+                f"sampler state was saved with seed {state['seed']}, this run uses {self.seed}; "
+                "resume with the same seed"
+            )
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+
+
+def batches(dataset: _Rows, sampler: EpochSampler, batch_size: int,
+            drop_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Stacked (x, y) batches for the rest of the sampler's current epoch.
+
+    The sampler's position advances by `batch_size` as each batch is yielded, so
+    saving `sampler.state_dict()` after a step and loading it later resumes with
+    the next batch. With drop_last, a short final batch is skipped.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch size must be at least 1, got {batch_size}")
+    if len(dataset) != sampler.n:
+        raise DataError(f"sampler covers {sampler.n} rows but the dataset has {len(dataset)}")
+    order = sampler.indices()
+    epoch = sampler.epoch
+    while sampler.position < len(order):
+        chunk = order[sampler.position : sampler.position + batch_size]
+        if len(chunk) < batch_size and drop_last:
+            break
+        batch = dataset.get_batch(chunk)
+        sampler.position += len(chunk)
+        yield batch
+    if sampler.epoch == epoch:
+        sampler.set_epoch(epoch + 1)

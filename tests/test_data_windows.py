@@ -1,0 +1,109 @@
+"""Token files (.bin + meta.json), window/packed datasets, the resumable epoch sampler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lumenlm.data.tokens import TokenWriter, check_dtype, dtype_for_vocab, load_split, read_meta
+from lumenlm.data.windows import EpochSampler, PackedDataset, WindowDataset, batches
+from lumenlm.errors import DataError
+
+
+def test_token_writer_and_dtype_limits(tmp_path: Path) -> None:
+    assert dtype_for_vocab(65536) == "uint16" and dtype_for_vocab(65537) == "uint32"
+    with pytest.raises(DataError, match="does not fit uint16"):
+        check_dtype("uint16", 70_000)
+    with TokenWriter(tmp_path / "x.bin", "uint16") as w:
+        w.write(np.array([1, 2, 65535]))
+        with pytest.raises(DataError, match="token id 65536 does not fit uint16"):
+            w.write(np.array([3, 65536]))
+        assert w.tokens == 3
+        w.close()
+
+
+def test_read_meta_and_load_split(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="is not a prepared dataset"):
+        read_meta(tmp_path)
+    ids = np.arange(10, dtype=np.uint16)
+    ids.tofile(tmp_path / "train.bin")
+    meta = {"dtype": "uint16", "splits": {"train": {"tokens": 10}, "val": {"tokens": 0},
+                                          "test": {"tokens": 3}}}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    (tmp_path / "val.bin").write_bytes(b"")
+    (tmp_path / "test.bin").write_bytes(b"\x00" * 4)
+    arr = load_split(tmp_path, "train")
+    assert isinstance(arr, np.memmap) and arr.tolist() == list(range(10))
+    assert load_split(tmp_path, "val").size == 0
+    with pytest.raises(DataError, match="does not match meta.json"):
+        load_split(tmp_path, "test")
+    with pytest.raises(DataError, match="unknown split"):
+        load_split(tmp_path, "dev")
+
+
+def test_window_dataset_strides() -> None:
+    tokens = np.arange(100, dtype=np.uint16)
+    ds = WindowDataset(tokens, 10)
+    assert len(ds) == 9  # starts 0, 10, ..., 80 (each needs 11 tokens)
+    x, y = ds[8]
+    assert x.dtype == torch.int64 and x.tolist() == list(range(80, 90))
+    assert y.tolist() == list(range(81, 91))
+    lum = WindowDataset(tokens, 64, stride=8)
+    assert len(lum) == (100 - 65) // 8 + 1
+    xb, yb = lum.get_batch([0, 4])
+    assert xb.shape == (2, 64) and xb[1, 0].item() == 32 and torch.equal(xb[:, 1:], yb[:, :-1])
+    assert len(WindowDataset(tokens[:10], 10)) == 0
+    with pytest.raises(IndexError):
+        ds[9]
+
+
+def test_packed_rows_start_after_eot() -> None:
+    eot = 0
+    docs = [[5] * 3, [6] * 12, [7] * 4, [8] * 2, [9] * 30]
+    stream = np.array([t for d in docs for t in [*d, eot]], dtype=np.uint16)
+    ds = PackedDataset(stream, 8, eot)
+    for s in ds.starts:
+        assert s == 0 or stream[s - 1] == eot
+    assert ds.starts.tolist() == [0, 17, 25]  # greedy, rows do not overlap
+    x, y = ds[1]
+    assert x.tolist()[:4] == [7, 7, 7, 7] and y.tolist()[-1] == stream[17 + 8]
+
+
+def test_sampler_epochs_resume_and_shards() -> None:
+    s = EpochSampler(10, seed=3)
+    e0 = list(s)
+    e1 = list(s)
+    assert sorted(e0) == list(range(10)) and e0 != e1 and s.epoch == 2
+    assert e0 == EpochSampler(10, seed=3).indices(0).tolist()
+    assert list(EpochSampler(5, seed=0, shuffle=False)) == [0, 1, 2, 3, 4]
+    shards = [EpochSampler(10, seed=3, rank=r, world_size=3).indices(1) for r in range(3)]
+    flat = np.concatenate(shards)
+    assert all(len(x) == 3 for x in shards) and len(set(flat.tolist())) == 9
+    with pytest.raises(DataError):
+        EpochSampler(10, rank=2, world_size=2)
+
+
+def test_batches_resume_mid_epoch_exactly() -> None:
+    ds = WindowDataset(np.arange(400, dtype=np.uint16), 4)  # 99 windows: 12 full batches of 8
+    ref_sampler = EpochSampler(len(ds), seed=7)
+    ref = [x for _ in range(2) for x, _y in batches(ds, ref_sampler, 8)]
+    sampler = EpochSampler(len(ds), seed=7)
+    got = []
+    for i, (x, _y) in enumerate(batches(ds, sampler, 8)):
+        got.append(x)
+        if i == 4:
+            state = sampler.state_dict()
+            break
+    assert state == {"epoch": 0, "position": 40, "seed": 7}
+    resumed = EpochSampler(len(ds), seed=7)
+    resumed.load_state_dict(json.loads(json.dumps(state)))
+    got += [x for x, _y in batches(ds, resumed, 8)]
+    assert resumed.epoch == 1 and resumed.position == 0
+    got += [x for x, _y in batches(ds, resumed, 8)]
+    assert len(got) == len(ref) == 24 and all(torch.equal(a, b) for a, b in zip(got, ref))
+    with pytest.raises(DataError, match="seed"):
+        EpochSampler(len(ds), seed=8).load_state_dict(state)
