@@ -52,18 +52,18 @@ def main() -> None:
         ours = GPT(cfg).to(args.device)
         with tempfile.TemporaryDirectory() as d:
             export_hf(ours, f"{d}/hf")
-            hf = AutoModelForCausalLM.from_pretrained(f"{d}/hf", torch_dtype=torch.float32,
+            hf = AutoModelForCausalLM.from_pretrained(f"{d}/hf", dtype=torch.float32,
                                                       attn_implementation="sdpa").to(args.device)
         x = torch.randint(0, cfg.vocab_size, (B, T), device=args.device)
         for mode in ("forward", "fwd+bwd"):
-            def run_ours() -> None:
+            def run_ours(mode: str = mode, x: torch.Tensor = x, ours: GPT = ours) -> None:
                 if mode == "forward":
                     with torch.no_grad():
                         ours(x)
                 else:
                     ours(x, x).loss.backward()
 
-            def run_hf() -> None:
+            def run_hf(mode: str = mode, x: torch.Tensor = x, hf=hf) -> None:
                 if mode == "forward":
                     with torch.no_grad():
                         hf(x)

@@ -117,16 +117,24 @@ def read_model_config(model_dir: str | Path) -> tuple[ModelConfig, dict[str, Any
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """A model dir itself, or a run dir's best (else last) checkpoint."""
+    """A run dir's best (else last) checkpoint, or a model dir itself.
+
+    A run dir is recognised by its `checkpoints/` folder first: its own
+    config.json is the run's resolved config, not a model.
+    """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such model or run directory")
-    if (p / CONFIG_NAME).exists():
-        return p
     for name in ("best", "last"):
         cand = p / "checkpoints" / name
         if (cand / CONFIG_NAME).exists():
             return cand
+    if (p / CONFIG_NAME).exists() and (p / WEIGHTS_NAME).exists():
+        return p
+    if (p / "checkpoints").is_dir():
+        raise CheckpointError(f"{p}: run directory has no complete checkpoint yet (checkpoints/best or checkpoints/last)")
+    if (p / CONFIG_NAME).exists():
+        raise CheckpointError(f"{p / WEIGHTS_NAME}: not found")
     raise CheckpointError(
         f"{p}: neither a model directory (no {CONFIG_NAME}) nor a run directory with checkpoints/best or checkpoints/last"
     )

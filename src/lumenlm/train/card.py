@@ -1,0 +1,115 @@
+"""Model card (README.md) for a run or checkpoint, in the style of the seed cards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lumenlm.config import ModelConfig, TrainConfig
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) >= 1e-3 else f"{value:.3g}"
+    return str(value)
+
+
+def render_card(
+    *,
+    name: str,
+    model: ModelConfig,
+    train: TrainConfig,
+    n_params: int,
+    data: dict[str, Any],
+    progress: dict[str, Any],
+    curve: str | None = "loss_curve.png",
+) -> str:
+    """Markdown card: architecture table, exact parameter count, data, recipe, metrics."""
+    m, t = model, train
+    attn = "MHA" if m.n_kv_heads == m.n_heads else ("MQA" if m.n_kv_heads == 1 else "GQA")
+    dropout = max(m.embd_dropout, m.attn_dropout, m.resid_dropout)
+    arch = [
+        ("Architecture", "decoder-only Transformer (GPT-style)"),
+        ("Layers", m.n_layers),
+        ("Attention", f"{attn}, {m.n_heads} query / {m.n_kv_heads} KV heads, d_head {m.d_head}"),
+        ("Embedding dimension", m.d_model),
+        ("Feed-forward", f"{m.activation}, {m.d_ff}"),
+        ("Normalization", f"{m.norm} ({'pre' if m.pre_norm else 'post'}-norm)"),
+        ("Positions", m.positions),
+        ("Context length", f"{m.context_length} tokens"),
+        ("Vocabulary", m.vocab_size),
+        ("Weight tying", "enabled" if m.tie_embeddings else "disabled"),
+        ("Dropout", dropout),
+        ("Total parameters", f"**{n_params:,}**"),
+    ]
+    eff = t.batch_size * t.grad_accum * int(progress.get("world_size", 1))
+    recipe = [
+        ("Optimizer", f"AdamW (betas {t.beta1}, {t.beta2}, eps {t.eps}), decay on matrices only"),
+        ("Learning rate", f"{t.lr:g}, warmup {t.warmup_steps} steps, {t.schedule} to {t.lr * t.min_lr_ratio:g}"),
+        ("Weight decay", t.weight_decay),
+        ("Batch", f"{t.batch_size} x {t.grad_accum} accumulation x {progress.get('world_size', 1)} "
+                  f"process(es) = {eff} windows"),
+        ("Gradient clipping", t.grad_clip or "off"),
+        ("Precision", progress.get("precision", t.precision)),
+        ("Early stopping", f"patience {t.early_stopping_patience} ({t.early_stopping_on}s), "
+                           f"threshold {t.early_stopping_min_delta:g}"
+         if t.early_stopping_patience else "off"),
+        ("Planned steps", progress.get("total_steps")),
+        ("Seed", t.seed),
+    ]
+    results = [
+        ("Steps trained", progress.get("step")),
+        ("Epochs completed", progress.get("epoch")),
+        ("Tokens seen", f"{int(progress.get('tokens_seen', 0)):,}"),
+        ("Last train loss", _fmt(progress.get("loss"))),
+        ("Best val loss", _fmt(progress.get("best_val_loss"))),
+        ("Best val perplexity", _fmt(progress.get("best_val_ppl"))),
+        ("Best at step", progress.get("best_step")),
+    ]
+
+    def table(rows: list[tuple[str, Any]], head: tuple[str, str]) -> str:
+        lines = [f"| {head[0]} | {head[1]} |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in rows]
+        return "\n".join(lines)
+
+    data_lines = [f"- Data directory: `{data.get('dir')}`"]
+    if data.get("train_tokens") is not None:
+        data_lines.append(f"- Train tokens: {data['train_tokens']:,}; validation tokens: "
+                          f"{data.get('val_tokens', 0):,}")
+    if data.get("tokenizer"):
+        data_lines.append(f"- Tokenizer: {data['tokenizer']}")
+    parts = [
+        f"# {name}",
+        "",
+        "*A small GPT-style language model trained from scratch with lumenlm.*",
+        "",
+        "## Model Architecture",
+        "",
+        table(arch, ("Component", "Value")),
+        "",
+        "## Dataset",
+        "",
+        "\n".join(data_lines),
+        "",
+        "## Training Configuration",
+        "",
+        table(recipe, ("Setting", "Value")),
+        "",
+        "## Results",
+        "",
+        table(results, ("Metric", "Value")),
+        "",
+    ]
+    if curve:
+        parts += ["![Training loss](" + curve + ")", ""]
+    parts += [
+        "## How to Use",
+        "",
+        "```python",
+        "from lumenlm.modelio import load",
+        "model = load(\"PATH\")  # this directory, or the run directory",
+        "```",
+        "",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,60 @@
+"""AdamW with weight decay on matrices and embeddings only.
+
+Parameters with two or more dimensions (linear weights, embeddings) decay; vectors
+(norm gains, biases) do not, as in GPT-2/nanoGPT. Tied weights appear once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lumenlm.config import TrainConfig
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decayed (dim >= 2) and not decayed (dim < 2), in a stable order."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():  # named_parameters() already skips tied duplicates
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def param_names(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters in the same order `param_groups` lists them.
+
+    Used to key optimizer state by parameter name, so a checkpoint does not depend on
+    wrappers (DDP, torch.compile, FSDP) or on the world size.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(_clean_name(name))
+    return decay + no_decay
+
+
+def _clean_name(name: str) -> str:
+    for prefix in ("_orig_mod.", "module."):
+        name = name.replace(prefix, "")
+    return name
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW: fused kernel on CUDA, foreach (multi-tensor) elsewhere."""
+    kwargs: dict = {}
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    else:
+        kwargs["foreach"] = True
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        **kwargs,
+    )

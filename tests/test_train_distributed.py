@@ -1,0 +1,121 @@
+"""torchrun on CPU (gloo): DDP and FSDP2 match a single process with the same global batch.
+
+A 2-rank run with per-rank batch b sees exactly the windows a 1-process run with batch 2b
+sees (the sampler splits each global micro-batch across ranks), so losses agree to
+float rounding; checkpoints hold full tensors and resume at any world size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_train_helpers import LUMENLM, PYTHON, REPO, make_dataset, only_run, set_args
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+
+STEPS = 6
+RECIPE = {"max_steps": STEPS, "grad_accum": 2, "eval_interval": 3, "checkpoint_interval": 3}
+TOL = 1e-5
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    script = str(Path(PYTHON).parent / "lumenlm")
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           script, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO)
+
+
+def _single(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([*LUMENLM, *args], capture_output=True, text=True, timeout=300,
+                          env=_env(), cwd=REPO)
+
+
+def _losses(run: Path, key: str = "loss") -> list[float]:
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+    return [r[key] for r in recs if r.get(key) is not None]
+
+
+def _train_args(data: Path, out: Path, batch: int, **extra: object) -> list[str]:
+    return ["train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--device",
+            "cpu", "--no-progress", *set_args(**RECIPE, batch_size=batch, **extra)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"), n_train=3000, n_val=300)
+
+
+@pytest.fixture(scope="module")
+def single(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("single")
+    r = _single(_train_args(data, out, batch=4))
+    assert r.returncode == 0, r.stderr
+    return only_run(out)
+
+
+def _close(a: list[float], b: list[float]) -> None:
+    assert len(a) == len(b) and a, (a, b)
+    assert max(abs(x - y) for x, y in zip(a, b)) < TOL, (a, b)
+
+
+def test_ddp_two_ranks_match_single_process_double_batch(data: Path, single: Path,
+                                                         tmp_path: Path) -> None:
+    r = _torchrun(_train_args(data, tmp_path, batch=2))
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = only_run(tmp_path)
+    assert len(_losses(run)) == STEPS
+    _close(_losses(run), _losses(single))
+    _close(_losses(run, "val_loss"), _losses(single, "val_loss"))
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+
+
+def test_fsdp2_two_ranks_match_single_process(data: Path, single: Path, tmp_path: Path) -> None:
+    r = _torchrun([*_train_args(data, tmp_path, batch=2), "--strategy", "fsdp"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = only_run(tmp_path)
+    _close(_losses(run), _losses(single))
+    _close(_losses(run, "val_loss"), _losses(single, "val_loss"))
+
+
+@pytest.mark.slow
+def test_fsdp2_two_ranks_match_and_resume_on_two_ranks(data: Path, single: Path,
+                                                       tmp_path: Path) -> None:
+    r = _torchrun([*_train_args(data, tmp_path, batch=2), "--strategy", "fsdp", "--max-steps", "3"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = only_run(tmp_path)
+    r = _torchrun(["train", "--resume", str(run), "--device", "cpu", "--no-progress"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    _close(_losses(run), _losses(single))
+    # the FSDP checkpoint is a plain, complete model dir
+    from lumenlm.modelio import load
+
+    model = load(run / "checkpoints" / "best")
+    assert model.num_parameters() > 0
+
+
+def test_two_rank_checkpoint_resumes_in_one_process(data: Path, single: Path,
+                                                    tmp_path: Path) -> None:
+    r = _torchrun([*_train_args(data, tmp_path, batch=2), "--max-steps", "3"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = only_run(tmp_path)
+    # one process with twice the per-rank batch continues the same global batch order
+    r = _single(["train", "--resume", str(run), "--device", "cpu", "--no-progress",
+                 "--set", "batch_size=4"])
+    assert r.returncode == 0, r.stderr
+    _close(_losses(run), _losses(single))
+    from safetensors.torch import load_file
+
+    wa = load_file(str(run / "checkpoints/last/model.safetensors"))
+    wb = load_file(str(single / "checkpoints/last/model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)

@@ -1,0 +1,110 @@
+"""Shared helpers for the training tests: tiny synthetic prepared datasets and runners.
+
+(No tests here; the file is named test_train_* so it ships with the training tests.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+# The `lumenlm` entry point, run by this interpreter.
+LUMENLM = [PYTHON, "-c", "import sys; from lumenlm.cli import main; sys.exit(main())"]
+
+# A tiny, fast model and recipe: no dropout (so DDP == single process exactly) unless asked.
+TINY = {"d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_ff": 64,
+        "context_length": 16, "batch_size": 4, "warmup_steps": 3, "log_interval": 1,
+        "eval_interval": 5, "eval_batches": 2, "checkpoint_interval": 4, "seed": 7}
+
+
+def make_dataset(path: Path, n_train: int = 4000, n_val: int = 600, vocab: int = 300,
+                 seed: int = 0, tokenizer: bool = False) -> Path:
+    """A prepared-dataset dir (train/val/test .bin + meta.json) of learnable synthetic text."""
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_val)):
+        toks = np.empty(n, dtype=np.uint16)
+        t = int(rng.integers(vocab))
+        for i in range(n):  # mostly-deterministic successor: a learnable bigram structure
+            t = (3 * t + 1) % vocab if rng.random() < 0.8 else int(rng.integers(vocab))
+            toks[i] = t
+        data = toks.tobytes()
+        (path / f"{split}.bin").write_bytes(data)
+        splits[split] = {"tokens": n, "documents": 1, "bytes": n * 4,
+                         "sha256": hashlib.sha256(data).hexdigest()}
+    meta = {"version": 1, "vocab_size": vocab, "dtype": "uint16", "eot_id": 0, "pad_id": 1,
+            "splits": splits, "bytes_per_token": 4.0, "tokenizer": {"vocab_size": vocab}}
+    (path / "meta.json").write_text(json.dumps(meta))
+    if tokenizer:
+        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>", "<|pad|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(["once upon a time there was a tiny model"] * 50, trainer)
+        tok.save(str(path / "tokenizer.json"))
+    return path
+
+
+def overrides(**extra: object) -> dict[str, object]:
+    out: dict[str, object] = dict(TINY)
+    out.update(extra)
+    return out
+
+
+def set_args(**extra: object) -> list[str]:
+    args: list[str] = []
+    for k, v in overrides(**extra).items():
+        args += ["--set", f"{k}={json.dumps(v) if v is None or isinstance(v, bool) else v}"]
+    return args
+
+
+def weights(run_or_ckpt: Path) -> dict[str, torch.Tensor]:
+    d = run_or_ckpt / "checkpoints" / "last" if (run_or_ckpt / "checkpoints").exists() else run_or_ckpt
+    return load_file(str(d / "model.safetensors"))
+
+
+def trainer_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / "last" / "trainer_state.safetensors"))
+
+
+def assert_same_state(a: Path, b: Path) -> None:
+    """Bit-identical weights AND optimizer state in the two runs' last checkpoints."""
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), f"weight {k} differs"
+    ta = {k: v for k, v in trainer_tensors(a).items() if k.startswith("optim/")}
+    tb = {k: v for k, v in trainer_tensors(b).items() if k.startswith("optim/")}
+    assert ta.keys() == tb.keys() and ta
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), f"optimizer state {k} differs"
+
+
+def run_cli(args: list[str], timeout: float = 300, **popen: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([*LUMENLM, *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO, **popen)
+
+
+def only_run(out: Path) -> Path:
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def one_thread() -> None:
+    """Tests share 2 loaded cores: one intra-op thread avoids oversubscription stalls."""
+    torch.set_num_threads(1)
