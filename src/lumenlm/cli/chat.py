@@ -1,0 +1,36 @@
+"""`lumenlm chat MODEL`: interactive terminal chat (User:/Assistant: turns)."""
+
+from __future__ import annotations
+
+import argparse
+
+from lumenlm.cli.generate import add_model_args, add_sampling_args
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "chat", parents=[common], help="interactive chat with a model",
+        description="Chat with a model in the terminal using its chat template (default: the "
+        "Librarian card's 'User: ...\\nAssistant:'). Replies stream; the history is trimmed to "
+        "fit the context window. Commands: /reset, /system TEXT, /exit. Reads piped stdin too.",
+    )
+    add_model_args(p)
+    p.add_argument("--system", default=None, help="system prompt placed before the conversation")
+    add_sampling_args(p, max_new_tokens=128)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lumenlm.cli.generate import load_model, params_from_args
+    from lumenlm.errors import CheckpointError
+    from lumenlm.infer.chat import ChatSession, ChatTemplate, run_repl
+
+    params = params_from_args(args)
+    model = load_model(args.model, args.device)
+    try:
+        template = ChatTemplate.from_meta(getattr(model, "meta", None))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{args.model}: {exc}") from None
+    session = ChatSession(model, model.tokenizer, template=template, params=params,
+                          system=args.system)
+    return run_repl(session)

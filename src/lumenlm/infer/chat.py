@@ -1,0 +1,205 @@
+"""Chat templates, history trimming and the terminal chat loop (`lumenlm chat`).
+
+The default template is the Librarian card's plain-text format:
+
+    {system}\\n            (only when a system prompt is set)
+    User: {message}\\n
+    Assistant: {reply}\\n
+    User: {message}\\n
+    Assistant:             <- the model continues from here; stop at "\\nUser:"
+
+There is no trailing space after "Assistant:": byte-level BPE puts the space in
+front of the next word's token (" Hello"), so the model should produce it.
+
+A model can carry its own template in its model dir's config.json under "chat"
+(written with `save_model(..., extra={"chat": {...}})`); any key left out keeps the
+default:
+
+    "chat": {"system": "{content}\\n", "user": "User: {content}\\n",
+             "assistant": "Assistant: {content}\\n", "generation_prompt": "Assistant:",
+             "stop": ["\\nUser:"]}
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, TextIO
+
+from lumenlm.infer.sampling import SamplingParams
+
+
+@dataclass
+class ChatTemplate:
+    """How messages become a prompt, and which strings end the assistant's turn."""
+
+    system: str = "{content}\n"
+    user: str = "User: {content}\n"
+    assistant: str = "Assistant: {content}\n"
+    generation_prompt: str = "Assistant:"
+    stop: list[str] = field(default_factory=lambda: ["\nUser:"])
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any] | None) -> ChatTemplate:
+        """The template in a model's config.json document (key "chat"), else the default."""
+        doc = (meta or {}).get("chat") or {}
+        if not isinstance(doc, dict):
+            raise ValueError('config.json "chat" must be an object')
+        names = {f.name for f in fields(cls)}
+        unknown = set(doc) - names
+        if unknown:
+            raise ValueError(f'config.json "chat" has unknown key(s): {", ".join(sorted(unknown))}')
+        tpl = cls(**doc)
+        if isinstance(tpl.stop, str):
+            tpl.stop = [tpl.stop]
+        return tpl
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """Messages ({"role": system|user|assistant, "content": str}) -> prompt text."""
+        parts = []
+        for m in messages:
+            role, content = m["role"], m["content"]
+            if role == "assistant":
+                content = content.strip()
+            fmt = {"system": self.system, "user": self.user, "assistant": self.assistant}.get(role)
+            if fmt is None:
+                raise ValueError(f"unknown chat role {role!r} (system, user or assistant)")
+            parts.append(fmt.replace("{content}", content))
+        if add_generation_prompt:
+            parts.append(self.generation_prompt)
+        return "".join(parts)
+
+
+def fit_history(
+    messages: list[dict[str, str]],
+    template: ChatTemplate,
+    count_tokens: Any,
+    max_prompt_tokens: int,
+) -> list[dict[str, str]]:
+    """Drop the oldest turns (never the system prompt nor the last message) until the
+    rendered prompt fits in `max_prompt_tokens`. `count_tokens(text) -> int`.
+
+    If even system + last message is too long, that is returned anyway: generation
+    keeps the prompt's last tokens, so the most recent words still reach the model.
+    """
+    system = [m for m in messages if m["role"] == "system"][:1]
+    rest = [m for m in messages if m["role"] != "system"]
+    while len(rest) > 1 and count_tokens(template.render(system + rest)) > max_prompt_tokens:
+        rest = rest[1:]
+        while len(rest) > 1 and rest[0]["role"] == "assistant":  # start at a user turn
+            rest = rest[1:]
+    return system + rest
+
+
+class ChatSession:
+    """Conversation state + one call per user message that streams the reply."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        template: ChatTemplate | None = None,
+        params: SamplingParams | None = None,
+        system: str | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template or ChatTemplate.from_meta(getattr(model, "meta", None))
+        self.params = params or SamplingParams(max_new_tokens=128, temperature=0.8, top_k=50,
+                                               top_p=0.95)
+        self.system = system
+        self.history: list[dict[str, str]] = []
+
+    def reset(self) -> None:
+        self.history = []
+
+    def messages(self) -> list[dict[str, str]]:
+        sys_msg = [{"role": "system", "content": self.system}] if self.system else []
+        return sys_msg + self.history
+
+    def max_prompt_tokens(self) -> int:
+        """Leave room for the reply, but at most half the window."""
+        ctx = self.model.config.context_length
+        return ctx - min(self.params.max_new_tokens, ctx // 2)
+
+    def prompt_for(self, user_message: str) -> str:
+        msgs = [*self.messages(), {"role": "user", "content": user_message}]
+        msgs = fit_history(msgs, self.template, self._count, self.max_prompt_tokens())
+        return self.template.render(msgs)
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text).ids)
+
+    def send(self, user_message: str) -> Iterator[str]:
+        """Stream the reply's text deltas; the turn is added to the history at the end."""
+        from dataclasses import replace
+
+        from lumenlm.infer.generate import stream_generate
+
+        prompt = self.prompt_for(user_message)
+        stop = list(dict.fromkeys([*self.params.stop, *self.template.stop]))
+        params = replace(self.params, stop=stop)
+        pieces: list[str] = []
+        first = True
+        for ev in stream_generate(self.model, prompt, params, tokenizer=self.tokenizer):
+            text = ev.text
+            if first and text:  # the template ends in "Assistant:"; drop the model's space
+                text = text.lstrip(" ")
+                first = not text
+            if text:
+                pieces.append(text)
+                yield text
+        self.history += [{"role": "user", "content": user_message},
+                         {"role": "assistant", "content": "".join(pieces).strip()}]
+
+
+HELP = "commands: /reset (forget the conversation), /system TEXT (set; /system alone clears), /exit"
+
+
+def run_repl(session: ChatSession, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """Read user lines, stream replies. Works interactively and with piped stdin."""
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    interactive = stdin.isatty() and stdout.isatty()
+    if interactive:
+        stdout.write(f"lumenlm chat; {HELP}\n")
+    while True:
+        if interactive:
+            stdout.write("User: ")
+            stdout.flush()
+        line = stdin.readline()
+        if not line:  # EOF
+            if interactive:
+                stdout.write("\n")
+            return 0
+        msg = line.rstrip("\r\n")
+        if not msg.strip():
+            continue
+        if msg.startswith("/"):
+            cmd, _, arg = msg.partition(" ")
+            if cmd in ("/exit", "/quit"):
+                return 0
+            if cmd == "/reset":
+                session.reset()
+                stdout.write("(conversation reset)\n")
+            elif cmd == "/system":
+                session.system = arg.strip() or None
+                stdout.write(f"(system prompt {'set' if session.system else 'cleared'})\n")
+            else:
+                stdout.write(f"(unknown command {cmd}; {HELP})\n")
+            stdout.flush()
+            continue
+        if not interactive:
+            stdout.write(f"User: {msg}\n")
+        stdout.write("Assistant: ")
+        stdout.flush()
+        for delta in session.send(msg):
+            stdout.write(delta)
+            stdout.flush()
+        stdout.write("\n")
+        stdout.flush()

@@ -1,0 +1,49 @@
+"""ASGI middleware for the server: cap request body size."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lumenlm.infer.schema import error_response
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: reject request bodies over `max_bytes` with 413 before parsing."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope: dict, receive: Callable, send: Callable) -> None:
+        resp = error_response(413, f"request body is larger than {self.max_bytes} bytes",
+                              code="request_too_large")
+        await resp(scope, receive, send)

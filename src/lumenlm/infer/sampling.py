@@ -1,0 +1,179 @@
+"""Sampling settings and logits processors.
+
+Every processor is a pure function on a (B, V) float tensor of logits and returns
+a new tensor; filtered-out tokens get `-inf`. They follow Hugging Face semantics so
+that settings carry over from `transformers.generate`:
+
+- repetition penalty (CTRL): for tokens already seen (prompt + generated), divide
+  positive logits by the penalty and multiply negative ones;
+- temperature: divide the logits;
+- top-k: keep the k largest logits;
+- top-p (nucleus): keep the smallest set of most probable tokens whose cumulative
+  probability is >= p (always at least one token);
+- min-p: keep tokens whose probability is >= min_p * the top probability.
+
+Randomness comes only from a `torch.Generator` owned by the request, so two
+concurrent requests with seeds never disturb each other (nor the global RNG).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class SamplingParams:
+    """How to pick the next token and when to stop.
+
+    temperature 0 means greedy (argmax). `top_k` 0/None, `top_p` 1.0, `min_p` 0.0
+    and `repetition_penalty` 1.0 disable those filters. `eos_token_id` None means
+    "the tokenizer's `<|endoftext|>` when it has one"; `ignore_eos` keeps going past
+    it. Generated stop tokens are not part of the output; stop strings end the text
+    just before the stop string.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] = field(default_factory=tuple)
+    stop_token_ids: Sequence[int] = field(default_factory=tuple)
+    eos_token_id: int | None = None
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first impossible setting."""
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty strings")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+# ----------------------------------------------------------------------------- processors
+
+
+def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """CTRL penalty over tokens marked in `seen` (a (B, V) bool mask)."""
+    if penalty == 1.0:
+        return logits
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
+    """Divide by the temperature (must be > 0; 0 is handled as greedy by the caller)."""
+    if temperature == 1.0:
+        return logits
+    return logits / temperature
+
+
+def apply_top_k(logits: Tensor, k: int | None) -> Tensor:
+    """Keep the `k` largest logits per row (ties at the k-th value are all kept)."""
+    if not k or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+def apply_top_p(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filter: the smallest set of top tokens with cumulative prob >= p."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits.float(), dim=-1)
+    # probability mass strictly before each token; a token is needed while that is < p
+    before = torch.cumsum(probs, dim=-1) - probs
+    drop_sorted = before >= p
+    drop_sorted[..., 0] = False  # always keep the most probable token
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)
+
+
+def apply_min_p(logits: Tensor, min_p: float) -> Tensor:
+    """Keep tokens with prob >= min_p * max prob (the top token always survives)."""
+    if min_p <= 0.0:
+        return logits
+    probs = torch.softmax(logits.float(), dim=-1)
+    threshold = probs.max(dim=-1, keepdim=True).values * min_p
+    return logits.masked_fill(probs < threshold, NEG_INF)
+
+
+def process_logits(logits: Tensor, params: SamplingParams, seen: Tensor | None = None) -> Tensor:
+    """Apply the repetition penalty, then (unless greedy) temperature, top-k, top-p, min-p.
+
+    This is Hugging Face's order, so the same settings keep the same tokens.
+    """
+    logits = logits.float()
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.greedy:
+        return logits
+    logits = apply_temperature(logits, params.temperature)
+    logits = apply_top_k(logits, params.top_k)
+    logits = apply_top_p(logits, params.top_p)
+    return apply_min_p(logits, params.min_p)
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A private RNG for one request: seeded when `seed` is given, else from OS entropy."""
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen
+
+
+def row_generators(seed: int | None, n: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One RNG per batch row; row i uses `seed + i`, so row i's sample does not depend on
+    the batch it runs in (row 0 with seed s equals a single run with seed s)."""
+    return [make_generator(None if seed is None else seed + i, device) for i in range(n)]
+
+
+def sample_next(
+    logits: Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    seen: Tensor | None = None,
+) -> Tensor:
+    """Pick one token per row from (B, V) logits -> (B,) int64.
+
+    `generator`: one RNG for the whole batch, or one per row (see `row_generators`).
+    """
+    logits = process_logits(logits, params, seen)
+    if params.greedy:
+        return torch.argmax(logits, dim=-1)
+    probs = torch.softmax(logits, dim=-1)
+    if isinstance(generator, Sequence):
+        return torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g)
+                          for i, g in enumerate(generator)]).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,320 @@
+"""OpenAI-compatible HTTP API (`lumenlm serve`), built on FastAPI.
+
+Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/completions`,
+`POST /v1/chat/completions` (both with `stream: true` as server-sent events ending
+in `data: [DONE]`). Existing OpenAI clients work with `base_url=http://HOST:PORT/v1`.
+
+Requests are validated strictly (unknown fields are ignored; a wrong type is a 400
+with OpenAI's `{"error": {"message", "type", "param", "code"}}` body, not FastAPI's
+422); bodies over `max_body_bytes` get 413; `max_tokens` is capped by
+`max_tokens_cap`. Beyond OpenAI's fields, `top_k`, `min_p` and
+`repetition_penalty` are accepted (as vLLM does).
+
+Concurrency: all generation runs on one worker thread, so requests queue up and
+the model, its KV cache and each request's private RNG are never shared between
+two requests at once; the event loop stays free to accept and stream. A streaming
+client that disconnects cancels its generation at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lumenlm.infer.chat import ChatTemplate, fit_history
+from lumenlm.infer.generate import StreamEvent, encode_prompts, generate, stream_generate
+from lumenlm.infer.middleware import BodyLimitMiddleware
+from lumenlm.infer.sampling import SamplingParams
+from lumenlm.infer.schema import (
+    MAX_N,
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    SamplingRequest,
+    error_response,
+)
+
+# ----------------------------------------------------------------------------- app
+
+
+def create_app(
+    model: Any,
+    tokenizer: Any,
+    *,
+    model_name: str = "lumenlm",
+    max_tokens_cap: int = 512,
+    api_key: str | None = None,
+    max_body_bytes: int = 1_000_000,
+    template: ChatTemplate | None = None,
+) -> FastAPI:
+    """A FastAPI app serving `model` (see the module docstring)."""
+    if tokenizer is None:
+        raise ValueError("the server needs a tokenizer")
+    template = template or ChatTemplate.from_meta(getattr(model, "meta", None))
+    ctx = model.config.context_length
+    created = int(time.time())
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lumenlm-generate")
+    model_lock = threading.Lock()  # belt and braces: the single worker already serializes
+
+    app = FastAPI(title="lumenlm", description="OpenAI-compatible API for a lumenlm model")
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.state.worker = worker
+
+    # -- errors in OpenAI's shape ------------------------------------------------------
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return error_response(400, f"{loc or 'body'}: {first.get('msg', 'invalid request')}",
+                              param=loc or None)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.type, exc.code, exc.param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), code=None)
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next: Callable) -> Any:
+        if api_key and request.url.path.startswith("/v1"):
+            got = request.headers.get("authorization", "")
+            token = got[7:] if got.lower().startswith("bearer ") else ""
+            if not secrets.compare_digest(token.encode(), api_key.encode()):
+                return error_response(401, "invalid or missing API key (Authorization: Bearer KEY)",
+                                      code="invalid_api_key")
+        return await call_next(request)
+
+    # -- request -> rows + params ---------------------------------------------------------
+    def params_for(req: SamplingRequest, max_tokens: int, stop: list[str]) -> SamplingParams:
+        top_k = req.top_k if req.top_k is not None and req.top_k > 0 else None
+        try:
+            return SamplingParams(
+                max_new_tokens=min(max_tokens, max_tokens_cap),
+                temperature=1.0 if req.temperature is None else req.temperature,
+                top_k=top_k,
+                top_p=1.0 if req.top_p is None else req.top_p,
+                min_p=req.min_p or 0.0,
+                repetition_penalty=req.repetition_penalty or 1.0,
+                seed=req.seed,
+                stop=tuple(dict.fromkeys(stop)),
+            )
+        except ValueError as exc:
+            raise APIError(400, str(exc)) from None
+
+    def stops(req: SamplingRequest) -> list[str]:
+        s = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(s) > 4 or any(not x for x in s):
+            raise APIError(400, "stop: up to 4 non-empty strings", param="stop")
+        return s
+
+    def prepare_completion(req: CompletionRequest) -> tuple[list[list[int]], SamplingParams]:
+        try:
+            prompts = encode_prompts(req.prompt, tokenizer)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise APIError(400, f"prompt: {exc}", param="prompt") from None
+        check_ids(prompts)
+        params = params_for(req, 16 if req.max_tokens is None else req.max_tokens, stops(req))
+        return rows_times_n(prompts, req.n), params
+
+    def prepare_chat(req: ChatRequest) -> tuple[list[list[int]], SamplingParams]:
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        params = params_for(req, max_tokens_cap if max_tokens is None else max_tokens,
+                            stops(req) + list(template.stop))
+        msgs = [{"role": "system" if m.role == "developer" else m.role,
+                 "content": m.content if isinstance(m.content, str)
+                 else "".join(p.text for p in m.content or [])} for m in req.messages]
+        budget = ctx - min(params.max_new_tokens, ctx // 2)
+        msgs = fit_history(msgs, template, lambda t: len(tokenizer.encode(t).ids), budget)
+        prompt = tokenizer.encode(template.render(msgs)).ids
+        return rows_times_n([prompt], req.n), params
+
+    def check_ids(prompts: list[list[int]]) -> None:
+        vocab = model.config.vocab_size
+        if any(not 0 <= t < vocab for row in prompts for t in row):
+            raise APIError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
+
+    def rows_times_n(prompts: list[list[int]], n: int) -> list[list[int]]:
+        if len(prompts) * n > MAX_N:
+            raise APIError(400, f"at most {MAX_N} completions per request (prompts x n)")
+        return [p for p in prompts for _ in range(n)]
+
+    def run_generate(rows: list[list[int]], params: SamplingParams) -> list[Any]:
+        with model_lock:
+            return generate(model, rows, params, tokenizer=tokenizer)
+
+    async def in_worker(fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
+
+    # -- streaming -----------------------------------------------------------------------
+    async def events(rows: list[list[int]], params: SamplingParams) -> AsyncIterator[StreamEvent]:
+        """Run stream_generate on the worker thread; yield its events here."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        end = object()
+
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # loop closed (server shutting down)
+                cancel.set()
+
+        def work() -> None:
+            try:
+                if cancel.is_set():
+                    return
+                with model_lock:
+                    for ev in stream_generate(model, rows, params, tokenizer=tokenizer):
+                        if cancel.is_set():
+                            break
+                        put(ev)
+            except Exception as exc:
+                put(exc)
+            finally:
+                put(end)
+
+        loop.run_in_executor(worker, work)
+        try:
+            while True:
+                item = await queue.get()
+                if item is end:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            cancel.set()
+
+    def sse(obj: Any) -> str:
+        import json
+
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+    def include_usage(req: SamplingRequest) -> bool:
+        return bool((req.stream_options or {}).get("include_usage"))
+
+    def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
+
+    async def stream_body(
+        rows: list[list[int]], params: SamplingParams, make_chunk: Callable[..., dict],
+        first: list[dict], usage_chunk: Callable[[dict], dict] | None,
+    ) -> AsyncIterator[str]:
+        for c in first:
+            yield sse(c)
+        counts = [0] * len(rows)
+        agen = events(rows, params)
+        try:
+            async for ev in agen:
+                counts[ev.index] += len(ev.token_ids)
+                if ev.text:
+                    yield sse(make_chunk(ev.index, ev.text, None))
+                if ev.finish_reason is not None:
+                    yield sse(make_chunk(ev.index, None, ev.finish_reason))
+        except Exception as exc:  # the stream has started: report in-band
+            yield sse({"error": {"message": str(exc), "type": "server_error", "param": None,
+                                 "code": None}})
+        else:
+            if usage_chunk is not None:
+                yield sse(usage_chunk(usage(sum(len(r) for r in rows), sum(counts))))
+        finally:
+            await agen.aclose()  # a disconnected client cancels its generation right away
+        yield "data: [DONE]\n\n"
+
+    # -- routes ----------------------------------------------------------------------------
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "model": model_name}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": model_name, "object": "model", "created": created, "owned_by": "lumenlm"}]}
+
+    @app.get("/v1/models/{name}")
+    async def model_info(name: str) -> dict[str, Any]:
+        if name != model_name:
+            raise APIError(404, f"model {name!r} not found", code="model_not_found")
+        return {"id": model_name, "object": "model", "created": created, "owned_by": "lumenlm"}
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest) -> Any:
+        rows, params = await run_in_threadpool(prepare_completion, req)
+        cid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(i: int, text: str | None, reason: str | None) -> dict:
+            return {"id": cid, "object": "text_completion", "created": now, "model": model_name,
+                    "choices": [{"index": i, "text": text or "", "logprobs": None,
+                                 "finish_reason": reason}]}
+
+        if req.stream:
+            u = (lambda us: {"id": cid, "object": "text_completion", "created": now,
+                             "model": model_name, "choices": [], "usage": us}) \
+                if include_usage(req) else None
+            return StreamingResponse(stream_body(rows, params, chunk, [], u),
+                                     media_type="text/event-stream")
+        results = await in_worker(run_generate, rows, params)
+        return {"id": cid, "object": "text_completion", "created": now, "model": model_name,
+                "choices": [{"index": r.index, "text": r.text, "logprobs": None,
+                             "finish_reason": r.finish_reason} for r in results],
+                "usage": usage(sum(len(x) for x in rows), sum(r.completion_tokens for r in results))}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest) -> Any:
+        rows, params = await run_in_threadpool(prepare_chat, req)
+        cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def base(choices: list[dict]) -> dict:
+            return {"id": cid, "object": "chat.completion.chunk", "created": now,
+                    "model": model_name, "system_fingerprint": None, "choices": choices}
+
+        if req.stream:
+            started = [False] * len(rows)
+
+            def chunk(i: int, text: str | None, reason: str | None) -> dict:
+                delta: dict[str, str] = {}
+                if text is not None:
+                    if not started[i]:  # drop the space after "Assistant:", as the REPL does
+                        text = text.lstrip(" ")
+                        started[i] = bool(text)
+                    delta["content"] = text
+                return base([{"index": i, "delta": delta, "logprobs": None,
+                              "finish_reason": reason}])
+
+            first = [base([{"index": i, "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None, "finish_reason": None}]) for i in range(len(rows))]
+            u = (lambda us: {**base([]), "usage": us}) if include_usage(req) else None
+            return StreamingResponse(stream_body(rows, params, chunk, first, u),
+                                     media_type="text/event-stream")
+        results = await in_worker(run_generate, rows, params)
+        return {"id": cid, "object": "chat.completion", "created": now, "model": model_name,
+                "system_fingerprint": None,
+                "choices": [{"index": r.index, "logprobs": None, "finish_reason": r.finish_reason,
+                             "message": {"role": "assistant", "content": r.text.lstrip(" ")}}
+                            for r in results],
+                "usage": usage(sum(len(x) for x in rows), sum(r.completion_tokens for r in results))}
+
+    return app
+
+
+def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Run `app` with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,85 @@
+"""Shared fixtures for the inference tests: a small byte-level BPE and tiny models."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from lumenlm.model import GPT
+from lumenlm.modelio import save_model
+from lumenlm.presets import get_preset
+
+SPECIALS = ["<|endoftext|>", "<|pad|>"]
+VOCAB = 400
+
+_WORDS = (
+    "the a cat dog sat on mat ran to house little girl boy tree sun moon happy sad "
+    "friend played ball park day night said hello library book read story once upon "
+    "time there was big small red blue green café naïve résumé 東京 猫 🙂 ünïcödé"
+).split()
+
+
+def corpus(n_sentences: int = 400, seed: int = 0) -> str:
+    """A few KB of toy text with some multi-byte characters (for UTF-8 streaming)."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_sentences):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 12))]
+        lines.append(" ".join(words).capitalize() + ".")
+        if rng.random() < 0.3:
+            lines.append(f"User: {' '.join(words[:4])}?\nAssistant: {' '.join(words[4:])}.")
+    return "\n".join(lines)
+
+
+def train_tokenizer(path: Path, vocab_size: int = VOCAB) -> Path:
+    """Train a byte-level BPE on `corpus()` and save it as tokenizer.json at `path`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus().splitlines(), trainer=trainer)
+    tok.save(str(path))
+    return path
+
+
+def make_model(preset: str, vocab_size: int = VOCAB, seed: int = 0, **overrides: object) -> GPT:
+    """A randomly initialised tiny model in eval mode (larger init so logits are peaked,
+    which keeps greedy comparisons away from near-ties)."""
+    cfg = dataclasses.replace(get_preset(preset).model, vocab_size=vocab_size, init_std=0.08,
+                              **overrides)
+    torch.manual_seed(seed)
+    return GPT(cfg).eval()
+
+
+def make_model_dir(root: Path, preset: str, tokenizer_path: Path | None, **extra: object) -> Path:
+    out = root / preset
+    save_model(make_model(preset), out, tokenizer_path=tokenizer_path, extra=dict(extra) or None)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    """Tiny models gain nothing from 2 threads, and on a shared busy machine every small op
+    can stall waiting for a descheduled worker thread (runs after conftest's setting)."""
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tok_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json")
+
+
+@pytest.fixture(scope="session")
+def tok(tok_path: Path):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(tok_path))

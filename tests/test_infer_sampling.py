@@ -1,0 +1,126 @@
+"""Logits processors keep exactly the right tokens; sampling is seeded and private."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lumenlm.infer import SamplingParams
+from lumenlm.infer.sampling import (
+    apply_min_p,
+    apply_repetition_penalty,
+    apply_temperature,
+    apply_top_k,
+    apply_top_p,
+    make_generator,
+    process_logits,
+    sample_next,
+)
+
+PROBS = torch.tensor([[0.05, 0.5, 0.1, 0.25, 0.1]])  # ranks: 1, 3, {2, 4}, 0
+LOGITS = PROBS.log()
+
+
+def kept(logits: torch.Tensor) -> set[int]:
+    return set(torch.nonzero(torch.isfinite(logits[0])).flatten().tolist())
+
+
+@pytest.mark.parametrize(("k", "expected"), [(1, {1}), (2, {1, 3}), (0, {0, 1, 2, 3, 4}),
+                                             (None, {0, 1, 2, 3, 4}), (9, {0, 1, 2, 3, 4})])
+def test_top_k(k: int | None, expected: set[int]) -> None:
+    assert kept(apply_top_k(LOGITS, k)) == expected
+
+
+@pytest.mark.parametrize(("p", "expected"), [
+    (0.0, {1}), (1e-9, {1}), (0.49, {1}), (0.51, {1, 3}), (0.74, {1, 3}),
+    (0.76, {1, 3, 2, 4}) , (0.94, {1, 3, 2, 4}), (0.96, {0, 1, 2, 3, 4}), (1.0, {0, 1, 2, 3, 4}),
+])
+def test_top_p_smallest_set_reaching_p(p: float, expected: set[int]) -> None:
+    # 2 and 4 tie at 0.1: at p=0.76 only one of them is needed; the sort keeps one
+    # (stable order picks the lower index) -- so check the size and the sure members.
+    got = kept(apply_top_p(LOGITS, p))
+    if p == 0.76 or p == 0.94:
+        assert {1, 3} < got <= expected and len(got) == (3 if p == 0.76 else 4)
+    else:
+        assert got == expected
+
+
+@pytest.mark.parametrize(("m", "expected"), [(0.0, {0, 1, 2, 3, 4}), (0.49, {1, 3}), (0.51, {1}),
+                                             (0.19, {1, 2, 3, 4}), (0.09, {0, 1, 2, 3, 4}),
+                                             (1.0, {1})])
+def test_min_p(m: float, expected: set[int]) -> None:
+    assert kept(apply_min_p(LOGITS, m)) == expected
+
+
+def test_repetition_penalty_ctrl_semantics() -> None:
+    logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    out = apply_repetition_penalty(logits, seen, 2.0)
+    assert out.tolist() == [[1.0, -4.0, 1.0, -1.0]]
+    assert apply_repetition_penalty(logits, seen, 1.0) is logits
+
+
+def test_temperature_scales() -> None:
+    assert torch.allclose(apply_temperature(LOGITS, 0.5), LOGITS * 2)
+
+
+def test_processors_match_transformers() -> None:
+    """Same kept sets as Hugging Face's warpers on random logits."""
+    tr = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    logits = torch.randn(4, 300) * 3
+    ids = torch.randint(0, 300, (4, 20))
+    seen = torch.zeros(4, 300, dtype=torch.bool).scatter(1, ids, True)
+    ref = tr.RepetitionPenaltyLogitsProcessor(1.3)(ids, logits.clone())
+    assert torch.allclose(apply_repetition_penalty(logits, seen, 1.3), ref)
+    for ours, theirs in [
+        (lambda x: apply_top_k(x, 17), tr.TopKLogitsWarper(17)),
+        (lambda x: apply_top_p(x, 0.8), tr.TopPLogitsWarper(0.8)),
+        (lambda x: apply_min_p(x, 0.1), tr.MinPLogitsWarper(0.1)),
+    ]:
+        a, b = ours(logits), theirs(ids, logits.clone())
+        assert torch.equal(torch.isfinite(a), torch.isfinite(b))
+
+
+def test_sampling_frequencies_follow_filtered_distribution() -> None:
+    params = SamplingParams(temperature=1.0, top_k=3)  # keeps 1, 3 and one of the 0.1 tokens
+    logits = LOGITS.expand(20000, -1)
+    got = sample_next(logits, params, make_generator(0))
+    counts = torch.bincount(got, minlength=5).float() / got.numel()
+    allowed = kept(process_logits(LOGITS, params))
+    expected = torch.zeros(5)
+    for i in allowed:
+        expected[i] = PROBS[0, i]
+    expected /= expected.sum()
+    assert torch.allclose(counts, expected, atol=0.015)
+    assert counts[0] == 0
+
+
+def test_seeded_sampling_is_reproducible_and_private() -> None:
+    logits = torch.randn(8, 100)
+    params = SamplingParams(temperature=1.0)
+    torch.manual_seed(123)
+    a = sample_next(logits, params, make_generator(7))
+    state = torch.get_rng_state()
+    b = sample_next(logits, params, make_generator(7))
+    assert torch.equal(a, b)
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is untouched
+
+
+def test_greedy_and_degenerate_filters_equal_argmax() -> None:
+    logits = torch.randn(16, 50)
+    greedy = sample_next(logits, SamplingParams(temperature=0))
+    assert torch.equal(greedy, logits.argmax(-1))
+    for params in (SamplingParams(top_k=1), SamplingParams(top_p=1e-6), SamplingParams(min_p=1.0)):
+        assert torch.equal(sample_next(logits, params, make_generator(1)), greedy)
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=1.5), dict(min_p=-0.1),
+                                 dict(top_k=-2), dict(repetition_penalty=0),
+                                 dict(max_new_tokens=-1), dict(temperature=math.inf),
+                                 dict(stop=[""])])
+def test_invalid_params_raise(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        SamplingParams(**bad)
