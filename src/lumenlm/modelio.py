@@ -30,6 +30,21 @@ WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(target: Path) -> Path:
+    """A fresh temp dir beside `target` (same filesystem, so renaming is atomic),
+    with normal permissions (mkdtemp's are 0700)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp.", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same directory + rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,6 +54,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -205,7 +221,7 @@ def load(
 def copy_model_dir(src: str | Path, dst: str | Path) -> None:
     """Copy a model directory atomically (temp dir + rename)."""
     src, dst = Path(src), Path(dst)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    tmp = make_temp_dir(dst)
     try:
         for name in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME, "README.md"):
             if (src / name).exists():

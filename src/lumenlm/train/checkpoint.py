@@ -23,7 +23,6 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from lumenlm.errors import CheckpointError
+from lumenlm.modelio import make_temp_dir
 
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
@@ -126,7 +126,7 @@ def write_checkpoint(
     from safetensors.torch import save_file
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp.", dir=target.parent))
+    tmp = make_temp_dir(target)
     try:
         save_model_fn(tmp)
         save_file(tensors, str(tmp / STATE_TENSORS), metadata={"format": "lumenlm-trainer"})

@@ -485,8 +485,10 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
+        # In a log file (not a terminal) a redraw every second would flood it.
+        interval = 1.0 if sys.stderr.isatty() else 30.0
         return tqdm(total=self.p.total_steps, initial=self.p.step, desc="train", unit="step",
-                    file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+                    file=sys.stderr, dynamic_ncols=True, mininterval=interval)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         """SIGINT/SIGTERM set a flag checked at the next step boundary (a second SIGINT aborts)."""

@@ -1,0 +1,82 @@
+"""Multiple-choice scoring speed: shared-context batching vs one row per choice.
+
+Both paths score the same ARC-Easy questions with the same model and tokenizer, in one
+process, interleaved repeats; reports questions/s (median) and the speed-up ratio
+(naive time / shared time: > 1 means sharing the context pass is faster). The naive
+path is lm-eval's layout (one right-padded row per choice, same batch of questions).
+
+    .venv/bin/python benchmarks/bench_eval.py [--tasks-dir ../shared/data] [--limit 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from lumenlm.evaluate import load_task, score_items, tokenizer_encoder
+from lumenlm.model import GPT
+from lumenlm.presets import get_preset
+
+CASES = [
+    # (label, preset, overrides)
+    ("librarian-1.3m (GPT-2, ctx 128)", "librarian-1.3m", {}),
+    ("lumenbase-style 4L d256 (Llama, ctx 512)", "lumenbase-128m",
+     {"n_layers": 4, "d_model": 256, "n_heads": 8, "n_kv_heads": 4, "d_head": 32, "d_ff": 1024,
+      "vocab_size": 8000, "context_length": 512}),
+]
+
+
+def _tokenizer(arc_dir: Path, vocab: int) -> Tokenizer:
+    text = (arc_dir / "ARC-Easy-Train.jsonl").read_text(encoding="utf-8")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([text], trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
+def main() -> None:
+    default_dir = os.environ.get("LUMENLM_DATA") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks-dir", default=default_dir)
+    ap.add_argument("--task", default="arc-easy")
+    ap.add_argument("--limit", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+
+    items = load_task(args.task, args.tasks_dir, args.limit, download=False)
+    print(f"{args.task}: {len(items)} questions, batch {args.batch_size} questions, "
+          f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for label, preset, overrides in CASES:
+        cfg = get_preset(preset).model
+        for k, v in overrides.items():
+            setattr(cfg, k, v)
+        torch.manual_seed(0)
+        model = GPT(cfg).to(args.device).eval()
+        encode = tokenizer_encoder(_tokenizer(Path(args.tasks_dir) / "arc", cfg.vocab_size))
+        times: dict[bool, list[float]] = {True: [], False: []}
+        score_items(model, encode, items[:16], args.batch_size, progress=False)  # warm-up
+        for _ in range(args.repeats):
+            for shared in (True, False):
+                t = time.perf_counter()
+                score_items(model, encode, items, args.batch_size, shared=shared, progress=False)
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                times[shared].append(time.perf_counter() - t)
+        shared_t, naive_t = statistics.median(times[True]), statistics.median(times[False])
+        print(f"{label}: shared {len(items) / shared_t:8.1f} q/s   naive {len(items) / naive_t:8.1f} q/s"
+              f"   ratio naive/shared {naive_t / shared_t:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

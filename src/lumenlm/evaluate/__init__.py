@@ -1,0 +1,51 @@
+"""Evaluation: language-model metrics on prepared splits and zero-shot benchmarks.
+
+- `evaluate_lm(model, data_dir, split)`: loss, perplexity, bits-per-byte, top-1/5/10.
+- `evaluate_tasks(model, ["arc-easy", ...])`: ARC-Easy, ARC-Challenge, HellaSwag,
+  scored by log-likelihood exactly as EleutherAI lm-evaluation-harness does.
+"""
+
+from __future__ import annotations
+
+from lumenlm.evaluate.lm import LMResult, evaluate_lm, evaluate_tokens, window_spans
+from lumenlm.evaluate.multiple_choice import (
+    ItemResult,
+    TaskResult,
+    encode_pair,
+    score_items,
+    tokenizer_encoder,
+)
+from lumenlm.evaluate.run import evaluate_tasks
+from lumenlm.evaluate.tasks import (
+    TASKS,
+    MCItem,
+    get_task,
+    hellaswag_preprocess,
+    load_arc,
+    load_hellaswag,
+    load_hellaswag_jsonl,
+    load_hellaswag_text,
+    load_task,
+)
+
+__all__ = [
+    "TASKS",
+    "ItemResult",
+    "LMResult",
+    "MCItem",
+    "TaskResult",
+    "encode_pair",
+    "evaluate_lm",
+    "evaluate_tasks",
+    "evaluate_tokens",
+    "get_task",
+    "hellaswag_preprocess",
+    "load_arc",
+    "load_hellaswag",
+    "load_hellaswag_jsonl",
+    "load_hellaswag_text",
+    "load_task",
+    "score_items",
+    "tokenizer_encoder",
+    "window_spans",
+]

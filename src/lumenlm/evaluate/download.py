@@ -1,0 +1,84 @@
+"""Fetch benchmark files when no local copy exists (through `lumenlm.data.download`).
+
+Sources (official): HellaSwag `hellaswag_val.jsonl` from rowanz/hellaswag on GitHub;
+ARC from AI2's `ARC-V1-Feb2018.zip` (about 680 MB, as it bundles the ARC corpus; the six
+question files are extracted and the zip is deleted). ``$LUMENLM_TASKS_URL`` (else
+``$LUMENLM_DATA_URL``) names a mirror serving the tasks-dir layout,
+``<base>/arc/ARC-Easy-Test.jsonl`` and ``<base>/hellaswag/hellaswag_val.jsonl``, which
+also skips the zip. Files land in ``$LUMENLM_CACHE/tasks/<subdir>/`` (default
+``~/.cache/lumenlm``), are written atomically, and are checked against the official
+SHA-256 where known. Offline, the one-line error says where to put the files instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+from lumenlm.data.download import cache_dir, download, sha256_file
+from lumenlm.errors import DataError
+from lumenlm.evaluate.tasks import TaskSpec, _missing_message
+
+TASKS_URL_ENV = "LUMENLM_TASKS_URL"
+ARC_ZIP_URL = "https://ai2-public-datasets.s3.amazonaws.com/arc/ARC-V1-Feb2018.zip"
+HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+ARC_FILES = tuple(f"ARC-{level}-{split}.jsonl" for level in ("Easy", "Challenge")
+                  for split in ("Train", "Dev", "Test"))
+
+# Official digests and sizes (see ../shared/data/*/SOURCE.md); other bytes are refused.
+KNOWN = {
+    "ARC-Easy-Test.jsonl": ("ce32a0774b4beb1977d2c6b16dda5dd2b24fdc9c7f506882c452678676bd09be", 895_104),
+    "ARC-Challenge-Test.jsonl": ("9fa8ffb3e3a1f88cb302d53dd95aae81e39209ad9bcf974376b319d8fd35717c", 492_726),
+    "hellaswag_val.jsonl": ("0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588", 12_246_618),
+}
+
+
+def tasks_cache_dir() -> Path:
+    """Where downloaded task files are kept: ``<lumenlm cache>/tasks``."""
+    return cache_dir() / "tasks"
+
+
+def download_task_file(spec: TaskSpec, timeout: float = 60.0) -> Path:
+    """Download (or reuse from the cache) the first file of `spec`; return its path."""
+    filename = spec.filenames[0]
+    dest = tasks_cache_dir() / spec.subdir / filename
+    sha, size = KNOWN.get(filename, (None, None))
+    if dest.is_file():
+        return dest
+    base = os.environ.get(TASKS_URL_ENV) or os.environ.get("LUMENLM_DATA_URL")
+    try:
+        if base:
+            download(f"{base.rstrip('/')}/{spec.subdir}/{filename}", dest, sha256=sha, size=size,
+                     timeout=timeout)
+        elif spec.subdir == "arc":
+            _fetch_arc_zip(dest.parent, timeout)
+        else:
+            download(HELLASWAG_URL, dest, sha256=sha, size=size, timeout=timeout)
+    except DataError as exc:
+        raise DataError(f"{_missing_message(spec)} (download failed: {exc})") from None
+    return dest
+
+
+def _fetch_arc_zip(out_dir: Path, timeout: float) -> None:
+    """Download AI2's ARC zip, keep only the six question files (test files checked)."""
+    zip_path = download(ARC_ZIP_URL, out_dir / "ARC-V1-Feb2018.zip", timeout=timeout)
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            for info in zf.infolist():
+                name = Path(info.filename).name
+                if name not in ARC_FILES:
+                    continue
+                tmp = out_dir / f"{name}.part"
+                with zf.open(info) as src, tmp.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                want = KNOWN.get(name, (None, None))[0]
+                if want and sha256_file(tmp) != want:
+                    tmp.unlink()
+                    raise DataError(f"{name} in {ARC_ZIP_URL} differs from the official sha256")
+                os.replace(tmp, out_dir / name)
+    except zipfile.BadZipFile:
+        raise DataError(f"{ARC_ZIP_URL} did not give a zip file") from None
+    finally:
+        zip_path.unlink(missing_ok=True)

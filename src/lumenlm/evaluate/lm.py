@@ -1,0 +1,199 @@
+"""Language-model metrics over a token stream: cross-entropy, perplexity, bits-per-byte,
+top-1/5/10 next-token accuracy.
+
+Windows: a window of W tokens is the model's input ``tokens[b : b + W]`` with targets
+``tokens[b + 1 : b + W + 1]``. Windows start every `stride` tokens. The first window
+scores all its targets; each later window scores only targets not scored before (its
+last `stride` when full), so every token after the first is scored exactly once
+(N - 1 targets for N tokens) and, with stride < W, with at least W - stride tokens of
+context: the Hugging Face "perplexity of fixed-length models" scheme. stride == W (the
+default) is non-overlapping windows; the last window may be shorter.
+
+perplexity = exp(mean token NLL); bits_per_byte = total NLL / (ln 2 * bytes), where
+bytes = scored content tokens * the split's UTF-8 bytes per token from `meta.json`
+(nanochat's vocabulary-independent measure; `<|endoftext|>` targets carry no bytes and
+are left out of both sums).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lumenlm.data.tokens import load_split, read_meta
+from lumenlm.errors import ConfigError, DataError
+from lumenlm.model import GPT
+
+TOPK = (1, 5, 10)
+CONVENTION = ("window W tokens predict the next W; windows every `stride` tokens; each target "
+              "scored once, by the first window that contains it (HF fixed-length perplexity)")
+
+
+@dataclass
+class LMResult:
+    """Metrics of one pass over a token stream, with how they were computed."""
+
+    loss: float
+    perplexity: float
+    bits_per_byte: float | None
+    top1: float
+    top5: float
+    top10: float
+    tokens: int  # scored targets
+    content_tokens: int  # scored targets that are not <|endoftext|> (the bits-per-byte base)
+    window: int
+    stride: int
+    windows: int
+    nll_sum: float
+    bytes: float | None
+    bytes_per_token: float | None
+    split: str | None = None
+    convention: str = CONVENTION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def window_spans(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first_scored) per window: inputs tokens[begin:end], targets
+    tokens[begin+1:end+1], of which those at offsets >= first_scored are scored."""
+    if window < 1 or stride < 1:
+        raise ConfigError(f"window and stride must be >= 1 (got {window}, {stride})")
+    if stride > window:
+        raise ConfigError(f"stride {stride} > window {window} would skip tokens")
+    n_targets = n_tokens - 1
+    spans = []
+    scored_to = 0  # targets [0, scored_to) are done; target j predicts token j + 1
+    for begin in range(0, max(n_targets, 0), stride):
+        end = min(begin + window, n_targets)
+        spans.append((begin, end, scored_to - begin))
+        scored_to = end
+        if end == n_targets:
+            break
+    return spans
+
+
+@torch.no_grad()
+def evaluate_tokens(
+    model: GPT,
+    tokens: np.ndarray | torch.Tensor,
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    bytes_per_token: float | None = None,
+    progress: bool | None = None,
+    split: str | None = None,
+    eot_id: int | None = None,
+) -> LMResult:
+    """Score a flat token stream; see the module docstring for the window scheme.
+
+    loss/perplexity/top-k cover every scored target. bits_per_byte covers the content
+    targets only: targets equal to `eot_id` (document separators) have no bytes in the
+    text, so their NLL is left out of it too, as nanochat does.
+    """
+    from tqdm import tqdm
+
+    window = window or model.config.context_length
+    stride = stride or window
+    if window > model.config.context_length:
+        raise ConfigError(f"window {window} > the model's context length {model.config.context_length}")
+    data = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+    if data.numel() < 2:
+        raise DataError(f"need at least 2 tokens to score, got {data.numel()}")
+    spans = window_spans(int(data.numel()), window, stride)
+    device = model.tok_emb.weight.device
+    nll_sum, n = 0.0, 0
+    content_nll, n_content = 0.0, 0
+    hits = dict.fromkeys(TOPK, 0)
+    disable = None if progress is None else not progress
+    with tqdm(total=len(spans), desc="lm eval", unit="win", disable=disable, leave=False) as bar:
+        i = 0
+        while i < len(spans):
+            # a batch of equally long windows (only the last window can be shorter)
+            length = spans[i][1] - spans[i][0]
+            group = [spans[i]]
+            while (len(group) < batch_size and i + len(group) < len(spans)
+                   and spans[i + len(group)][1] - spans[i + len(group)][0] == length):
+                group.append(spans[i + len(group)])
+            x = torch.stack([data[b:e] for b, e, _ in group]).to(device)
+            y = torch.stack([data[b + 1 : e + 1] for b, e, _ in group]).to(device)
+            logits = model(x).logits
+            for row, (_, _, first) in enumerate(group):
+                lg = logits[row, first:].float()
+                tg = y[row, first:]
+                nll = F.cross_entropy(lg, tg, reduction="none").double()
+                nll_sum += float(nll.sum())
+                content = tg != eot_id if eot_id is not None else torch.ones_like(tg, dtype=torch.bool)
+                content_nll += float(nll[content].sum())
+                n_content += int(content.sum())
+                top = lg.topk(min(max(TOPK), lg.shape[-1]), dim=-1).indices
+                match = top == tg[:, None]
+                for k in TOPK:
+                    hits[k] += int(match[:, :k].any(-1).sum())
+                n += tg.numel()
+            i += len(group)
+            bar.update(len(group))
+    mean = nll_sum / n
+    total_bytes = n_content * bytes_per_token if bytes_per_token else None
+    return LMResult(
+        loss=mean, perplexity=math.exp(mean),
+        bits_per_byte=content_nll / (math.log(2) * total_bytes) if total_bytes else None,
+        top1=hits[1] / n, top5=hits[5] / n, top10=hits[10] / n, tokens=n, content_tokens=n_content, window=window,
+        stride=stride, windows=len(spans), nll_sum=nll_sum, bytes=total_bytes,
+        bytes_per_token=bytes_per_token, split=split,
+    )
+
+
+# ----------------------------------------------------------------------------- prepared data
+
+
+def split_bytes_per_token(meta: dict, split: str) -> float | None:
+    """UTF-8 bytes per content token of `split` (``<|endoftext|>`` separators excluded, as
+    `lumenlm prepare` stores it): the stored per-split ratio, else the split's bytes /
+    content tokens, else the overall ratio. None when the metadata has none of these."""
+    bpt = meta.get("bytes_per_token")
+    if isinstance(bpt, dict) and bpt.get(split):
+        return float(bpt[split])
+    if isinstance(bpt, (int, float)) and not isinstance(bpt, bool) and bpt > 0:
+        return float(bpt)
+    info = (meta.get("splits") or {}).get(split) or {}
+    tokens = info.get("content_tokens") or info.get("tokens")
+    if info.get("bytes") and tokens:
+        return float(info["bytes"]) / float(tokens)
+    if isinstance(bpt, dict):
+        value = bpt.get("all", bpt.get("overall"))
+        return float(value) if value else None
+    return None
+
+
+def evaluate_lm(
+    model: GPT,
+    data_dir: str | Path,
+    split: str = "val",
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    progress: bool | None = None,
+) -> LMResult:
+    """Loss, perplexity, bits-per-byte and top-k accuracy on a prepared split.
+
+    `max_tokens` scores only the first tokens of the split (quick looks).
+    """
+    meta = read_meta(data_dir)
+    vocab = meta.get("vocab_size")
+    if vocab and int(vocab) > model.config.vocab_size:
+        raise DataError(f"{data_dir}: vocab_size {vocab} > the model's {model.config.vocab_size}; "
+                        "was it prepared with another tokenizer?")
+    tokens = load_split(data_dir, split)
+    if max_tokens is not None:
+        tokens = tokens[:max_tokens]
+    eot = meta.get("eot_id")
+    return evaluate_tokens(model, tokens, window, stride, batch_size,
+                           split_bytes_per_token(meta, split), progress, split,
+                           int(eot) if eot is not None else None)

@@ -1,0 +1,38 @@
+"""`evaluate_tasks`: load each benchmark, score it, aggregate (acc, acc_norm, stderr)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lumenlm.errors import ConfigError
+from lumenlm.evaluate.multiple_choice import TaskResult, aggregate, score_items, tokenizer_encoder
+from lumenlm.evaluate.tasks import get_task, load_task_with_source
+from lumenlm.model import GPT
+
+
+def evaluate_tasks(
+    model: GPT,
+    tasks: Sequence[str],
+    tokenizer: Any = None,  # tokenizers.Tokenizer; default: model.tokenizer
+    tasks_dir: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    shared: bool = True,
+    download: bool = True,
+    progress: bool | None = None,
+) -> dict[str, TaskResult]:
+    """Zero-shot accuracy on each task (first `limit` items), keyed by task name."""
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ConfigError("the model has no tokenizer.json; benchmarks need one to encode text")
+    encode = tokenizer_encoder(tokenizer)
+    out: dict[str, TaskResult] = {}
+    for name in tasks:
+        spec = get_task(name)
+        items, path = load_task_with_source(spec.name, tasks_dir, limit, download)
+        results = score_items(model, encode, items, batch_size, shared, progress, desc=spec.name)
+        out[spec.name] = aggregate(spec.name, results)
+        out[spec.name].source = str(path)
+    return out

@@ -1,0 +1,173 @@
+"""LM metrics: hand-computed perplexity / top-k / bits-per-byte, window and stride rules."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lumenlm.cli import main
+from lumenlm.errors import ConfigError
+from lumenlm.evaluate import evaluate_lm, evaluate_tokens, window_spans
+from lumenlm.evaluate.lm import split_bytes_per_token
+from lumenlm.model import GPT
+from lumenlm.modelio import save_model
+from lumenlm.presets import get_preset
+
+
+class Bigram(nn.Module):
+    """Toy LM whose next-token logits are a fixed table row per current token."""
+
+    def __init__(self, vocab: int, context_length: int) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(context_length=context_length, vocab_size=vocab)
+        self.tok_emb = nn.Embedding(vocab, vocab)
+        nn.init.normal_(self.tok_emb.weight, std=2.0)
+
+    def forward(self, idx: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.tok_emb(idx))
+
+
+def hand_metrics(table: np.ndarray, tokens: list[int], eot: int | None = None) -> dict:
+    """NLL, ranks and counts by brute force in float64 Python, pair by pair."""
+    nll, content_nll, n_content, hits = [], 0.0, 0, {1: 0, 5: 0, 10: 0}
+    for a, b in itertools.pairwise(tokens):
+        row = [float(x) for x in table[a]]
+        m = max(row)
+        logz = m + math.log(sum(math.exp(x - m) for x in row))
+        nll.append(logz - row[b])
+        if b != eot:
+            content_nll += logz - row[b]
+            n_content += 1
+        rank = sum(1 for x in row if x > row[b])  # tokens strictly more likely than the target
+        for k in hits:
+            hits[k] += rank < k
+    return {"nll": nll, "content_nll": content_nll, "n_content": n_content, "hits": hits}
+
+
+def test_hand_computed_perplexity_topk_bits_per_byte() -> None:
+    torch.manual_seed(1)
+    vocab, n = 37, 301
+    model = Bigram(vocab, context_length=16).eval()
+    tokens = torch.randint(0, vocab, (n,)).tolist()
+    tokens[::7] = [0] * len(tokens[::7])  # token 0 plays <|endoftext|>
+    bpt = 3.25
+    res = evaluate_tokens(model, np.array(tokens), window=16, bytes_per_token=bpt, eot_id=0)
+    ref = hand_metrics(model.tok_emb.weight.detach().double().numpy(), tokens, eot=0)
+    mean = sum(ref["nll"]) / len(ref["nll"])
+    assert res.tokens == n - 1
+    assert res.loss == pytest.approx(mean, rel=1e-5)
+    assert res.perplexity == pytest.approx(math.exp(mean), rel=1e-5)
+    for k in (1, 5, 10):
+        assert getattr(res, f"top{k}") == ref["hits"][k] / (n - 1)
+    assert res.content_tokens == ref["n_content"]
+    assert res.bytes == pytest.approx(ref["n_content"] * bpt)
+    assert res.bits_per_byte == pytest.approx(
+        ref["content_nll"] / (math.log(2) * ref["n_content"] * bpt), rel=1e-5)
+    # a bigram model needs no context: every window/stride gives the same numbers
+    for window, stride in [(16, 5), (4, 4), (9, 1)]:
+        other = evaluate_tokens(model, np.array(tokens), window=window, stride=stride,
+                                bytes_per_token=bpt, eot_id=0)
+        assert other.tokens == n - 1
+        assert other.loss == pytest.approx(res.loss, rel=1e-6)
+        assert other.top5 == res.top5
+
+
+@pytest.mark.parametrize("n,window,stride", [(100, 10, 10), (100, 10, 3), (11, 10, 4),
+                                             (12, 10, 10), (2, 8, 8), (57, 16, 1)])
+def test_window_spans_score_each_target_once(n: int, window: int, stride: int) -> None:
+    spans = window_spans(n, window, stride)
+    scored = []
+    for i, (begin, end, first) in enumerate(spans):
+        assert 0 < end - begin <= window and end <= n - 1
+        assert first == 0 if i == 0 else first == max(end - begin - stride, 0) or end == n - 1
+        targets = list(range(begin + first, end))  # target j predicts token j + 1
+        # each later target sees at least window - stride tokens of context (or all before it)
+        for j in targets:
+            assert j - begin + 1 >= min(window - stride + 1, j + 1)
+        scored += targets
+    assert scored == list(range(n - 1))
+
+
+def test_window_args_checked() -> None:
+    with pytest.raises(ConfigError, match="skip tokens"):
+        window_spans(100, 8, 9)
+    model = GPT(get_preset("tiny").model).eval()
+    with pytest.raises(ConfigError, match="context length"):
+        evaluate_tokens(model, np.arange(100), window=65)
+
+
+def test_sliding_window_on_gpt() -> None:
+    model = GPT(get_preset("tiny").model).eval()
+    tokens = np.random.default_rng(0).integers(0, 512, size=400)
+    full = evaluate_tokens(model, tokens, batch_size=3)  # window = stride = 64
+    assert (full.window, full.stride, full.tokens) == (64, 64, 399)
+    # stride == window is exactly non-overlapping windows, computed here with the model's loss
+    nll, count = 0.0, 0
+    for b in range(0, 399, 64):
+        x = torch.as_tensor(tokens[b : min(b + 64, 399)])[None]
+        y = torch.as_tensor(tokens[b + 1 : min(b + 64, 399) + 1])[None]
+        with torch.no_grad():
+            nll += float(model(x, y).loss) * y.numel()
+        count += y.numel()
+    assert full.loss == pytest.approx(nll / count, rel=1e-5)
+    same = evaluate_tokens(model, tokens, window=64, stride=64, batch_size=1)
+    assert same.loss == pytest.approx(full.loss, rel=1e-6)
+    sliding = evaluate_tokens(model, tokens, window=64, stride=16, batch_size=4)
+    assert sliding.tokens == 399 and sliding.stride == 16
+    assert sliding.windows == len(window_spans(400, 64, 16))
+
+
+def write_dataset(path: Path, tokens: np.ndarray, split: str = "val", eot: int = 0,
+                  n_bytes: int = 1000) -> Path:
+    """A minimal prepared-dataset folder following `lumenlm.data.tokens`' contract."""
+    path.mkdir(parents=True, exist_ok=True)
+    tokens.astype(np.uint16).tofile(path / f"{split}.bin")
+    content = int((tokens != eot).sum())
+    meta = {"vocab_size": 512, "dtype": "uint16", "eot_id": eot,
+            "splits": {split: {"tokens": int(tokens.size), "documents": 3, "content_tokens": content,
+                               "bytes": n_bytes, "sha256": "x"}},
+            "bytes_per_token": {split: n_bytes / content, "all": n_bytes / content}}
+    (path / "meta.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_evaluate_lm_on_prepared_split_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tokens = np.random.default_rng(1).integers(1, 512, size=300)
+    tokens[[50, 170, 299]] = 0
+    data = write_dataset(tmp_path / "data", tokens, n_bytes=1200)
+    meta = json.loads((data / "meta.json").read_text())
+    assert split_bytes_per_token(meta, "val") == pytest.approx(1200 / 297)
+    model = GPT(get_preset("tiny").model).eval()
+    res = evaluate_lm(model, data, "val", stride=32)
+    # the first token is never a target: 296 of the 297 content tokens are scored
+    assert res.tokens == 299 and res.content_tokens == 296
+    assert res.bytes == pytest.approx(1200 * 296 / 297)
+    assert res.bits_per_byte is not None and math.isfinite(res.bits_per_byte)
+
+    save_model(model, tmp_path / "model")
+    out = tmp_path / "report.json"
+    rc = main(["eval", str(tmp_path / "model"), "--data", str(data), "--stride", "32",
+               "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "window 64" in text and "stride 32" in text and "299 tokens" in text
+    doc = json.loads(out.read_text())["lm"]
+    for key in ("loss", "perplexity", "bits_per_byte", "top1", "top5", "top10", "window",
+                "stride", "tokens"):
+        assert key in doc
+    assert doc["loss"] == pytest.approx(res.loss, rel=1e-6)
+    assert doc["perplexity"] == pytest.approx(math.exp(res.loss), rel=1e-6)
+
+
+def test_cli_needs_something_to_do(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    save_model(GPT(get_preset("tiny").model), tmp_path / "m")
+    assert main(["eval", str(tmp_path / "m")]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err
