@@ -154,17 +154,18 @@ def evaluate_tokens(
 
 def split_bytes_per_token(meta: dict, split: str) -> float | None:
     """UTF-8 bytes per content token of `split` (``<|endoftext|>`` separators excluded, as
-    `lumenlm prepare` stores it): the stored per-split ratio, else the split's bytes /
-    content tokens, else the overall ratio. None when the metadata has none of these."""
+    `lumenlm prepare` stores it): the split's bytes / content tokens, else the stored
+    per-split ratio, else the overall ratio. None when the metadata has none of these."""
+    # Exact counts first: the stored ratio is rounded to 6 decimals.
+    info = (meta.get("splits") or {}).get(split) or {}
+    tokens = info.get("content_tokens") or info.get("tokens")
+    if info.get("bytes") and tokens:
+        return float(info["bytes"]) / float(tokens)
     bpt = meta.get("bytes_per_token")
     if isinstance(bpt, dict) and bpt.get(split):
         return float(bpt[split])
     if isinstance(bpt, (int, float)) and not isinstance(bpt, bool) and bpt > 0:
         return float(bpt)
-    info = (meta.get("splits") or {}).get(split) or {}
-    tokens = info.get("content_tokens") or info.get("tokens")
-    if info.get("bytes") and tokens:
-        return float(info["bytes"]) / float(tokens)
     if isinstance(bpt, dict):
         value = bpt.get("all", bpt.get("overall"))
         return float(value) if value else None
