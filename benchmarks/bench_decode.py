@@ -31,9 +31,20 @@ from lumenlm.presets import get_preset
 CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("librarian-1.3m (GPT-2)", "librarian-1.3m", {}),
     ("lumiere-1m (no HF class)", "lumiere-1m", {}),
-    ("mid d512 8L (Llama, GQA)", "lumenbase-128m",
-     {"n_layers": 8, "d_model": 512, "n_heads": 8, "n_kv_heads": 4, "d_head": 64, "d_ff": 1408,
-      "vocab_size": 8000, "context_length": 512}),
+    (
+        "mid d512 8L (Llama, GQA)",
+        "lumenbase-128m",
+        {
+            "n_layers": 8,
+            "d_model": 512,
+            "n_heads": 8,
+            "n_kv_heads": 4,
+            "d_head": 64,
+            "d_ff": 1408,
+            "vocab_size": 8000,
+            "context_length": 512,
+        },
+    ),
 ]
 BATCHES = (1, 8)
 PROMPT_LEN = 16
@@ -66,32 +77,47 @@ def build(preset: str, overrides: dict[str, Any], device: str) -> tuple[GPT, Any
     try:
         with tempfile.TemporaryDirectory() as d:
             export_hf(ours, f"{d}/hf")
-            hf = AutoModelForCausalLM.from_pretrained(f"{d}/hf", dtype=torch.float32,
-                                                      attn_implementation="sdpa").eval().to(device)
+            hf = (
+                AutoModelForCausalLM.from_pretrained(
+                    f"{d}/hf", dtype=torch.float32, attn_implementation="sdpa"
+                )
+                .eval()
+                .to(device)
+            )
     except LumenError:
         pass
     return ours.to(device), hf
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch intra-op threads (default: torch's choice); on a busy machine 1 "
-                    "avoids stalls of every small op waiting for a descheduled thread")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice); on a busy machine 1 "
+        "avoids stalls of every small op waiting for a descheduled thread",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     import transformers
 
     N, dev = args.new_tokens, args.device
-    print(f"device={dev} torch={torch.__version__} transformers={transformers.__version__} "
-          f"threads={torch.get_num_threads()} prompt={PROMPT_LEN} new_tokens={N} "
-          f"repeats={args.repeats} (median)")
-    print(f"{'case':27} {'batch':>5} {'lumenlm tok/s':>14} {'HF tok/s':>10} {'lumenlm/HF':>10} "
-          f"{'same tokens':>11}")
+    print(
+        f"device={dev} torch={torch.__version__} transformers={transformers.__version__} "
+        f"threads={torch.get_num_threads()} prompt={PROMPT_LEN} new_tokens={N} "
+        f"repeats={args.repeats} (median)"
+    )
+    print(
+        f"{'case':27} {'batch':>5} {'lumenlm tok/s':>14} {'HF tok/s':>10} {'lumenlm/HF':>10} "
+        f"{'same tokens':>11}"
+    )
     for label, preset, overrides in CASES:
         ours, hf = build(preset, overrides, dev)
         vocab = ours.config.vocab_size
@@ -106,9 +132,14 @@ def main() -> None:
 
             def run_hf(prompt: torch.Tensor = prompt, hf: Any = hf) -> torch.Tensor:
                 with torch.inference_mode():
-                    out = hf.generate(prompt, attention_mask=torch.ones_like(prompt),
-                                      do_sample=False, max_new_tokens=N, min_new_tokens=N,
-                                      pad_token_id=0)
+                    out = hf.generate(
+                        prompt,
+                        attention_mask=torch.ones_like(prompt),
+                        do_sample=False,
+                        max_new_tokens=N,
+                        min_new_tokens=N,
+                        pad_token_id=0,
+                    )
                 return out[:, PROMPT_LEN:].cpu()
 
             run_ours()  # warm-up
@@ -128,8 +159,10 @@ def main() -> None:
                 print(f"{label:27} {B:>5} {ours_tps:>14.0f} {'-':>10} {'-':>10} {same:>11}")
                 continue
             hf_tps = B * N / statistics.median(t_hf)
-            print(f"{label:27} {B:>5} {ours_tps:>14.0f} {hf_tps:>10.0f} {ours_tps / hf_tps:>9.2f}x "
-                  f"{same:>11}")
+            print(
+                f"{label:27} {B:>5} {ours_tps:>14.0f} {hf_tps:>10.0f} {ours_tps / hf_tps:>9.2f}x "
+                f"{same:>11}"
+            )
 
 
 if __name__ == "__main__":

@@ -26,9 +26,20 @@ from lumenlm.presets import get_preset
 CASES = [
     # (label, preset, overrides)
     ("librarian-1.3m (GPT-2, ctx 128)", "librarian-1.3m", {}),
-    ("lumenbase-style 4L d256 (Llama, ctx 512)", "lumenbase-128m",
-     {"n_layers": 4, "d_model": 256, "n_heads": 8, "n_kv_heads": 4, "d_head": 32, "d_ff": 1024,
-      "vocab_size": 8000, "context_length": 512}),
+    (
+        "lumenbase-style 4L d256 (Llama, ctx 512)",
+        "lumenbase-128m",
+        {
+            "n_layers": 4,
+            "d_model": 256,
+            "n_heads": 8,
+            "n_kv_heads": 4,
+            "d_head": 32,
+            "d_ff": 1024,
+            "vocab_size": 8000,
+            "context_length": 512,
+        },
+    ),
 ]
 
 
@@ -37,14 +48,21 @@ def _tokenizer(arc_dir: Path, vocab: int) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([text], trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        [text],
+        trainers.BpeTrainer(
+            vocab_size=vocab,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     return tok
 
 
 def main() -> None:
-    default_dir = os.environ.get("LUMENLM_DATA") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    default_dir = os.environ.get("LUMENLM_DATA") or str(
+        Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks-dir", default=default_dir)
     ap.add_argument("--task", default="arc-easy")
@@ -55,8 +73,10 @@ def main() -> None:
     args = ap.parse_args()
 
     items = load_task(args.task, args.tasks_dir, args.limit, download=False)
-    print(f"{args.task}: {len(items)} questions, batch {args.batch_size} questions, "
-          f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"{args.task}: {len(items)} questions, batch {args.batch_size} questions, "
+        f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     for label, preset, overrides in CASES:
         cfg = get_preset(preset).model
         for k, v in overrides.items():
@@ -74,8 +94,10 @@ def main() -> None:
                     torch.cuda.synchronize()
                 times[shared].append(time.perf_counter() - t)
         shared_t, naive_t = statistics.median(times[True]), statistics.median(times[False])
-        print(f"{label}: shared {len(items) / shared_t:8.1f} q/s   naive {len(items) / naive_t:8.1f} q/s"
-              f"   ratio naive/shared {naive_t / shared_t:.2f}x")
+        print(
+            f"{label}: shared {len(items) / shared_t:8.1f} q/s   naive {len(items) / naive_t:8.1f} q/s"
+            f"   ratio naive/shared {naive_t / shared_t:.2f}x"
+        )
 
 
 if __name__ == "__main__":

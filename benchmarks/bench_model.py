@@ -22,9 +22,22 @@ from lumenlm.presets import get_preset
 CASES = [
     # (label, preset, overrides, batch, seq)
     ("librarian-1.3m (GPT-2)", "librarian-1.3m", {}, 32, 128),
-    ("lumenbase-style 4L d256 (Llama)", "lumenbase-128m",
-     {"n_layers": 4, "d_model": 256, "n_heads": 8, "n_kv_heads": 4, "d_head": 32, "d_ff": 1024,
-      "vocab_size": 8000, "context_length": 256}, 8, 256),
+    (
+        "lumenbase-style 4L d256 (Llama)",
+        "lumenbase-128m",
+        {
+            "n_layers": 4,
+            "d_model": 256,
+            "n_heads": 8,
+            "n_kv_heads": 4,
+            "d_head": 32,
+            "d_ff": 1024,
+            "vocab_size": 8000,
+            "context_length": 256,
+        },
+        8,
+        256,
+    ),
 ]
 
 
@@ -52,10 +65,12 @@ def main() -> None:
         ours = GPT(cfg).to(args.device)
         with tempfile.TemporaryDirectory() as d:
             export_hf(ours, f"{d}/hf")
-            hf = AutoModelForCausalLM.from_pretrained(f"{d}/hf", dtype=torch.float32,
-                                                      attn_implementation="sdpa").to(args.device)
+            hf = AutoModelForCausalLM.from_pretrained(
+                f"{d}/hf", dtype=torch.float32, attn_implementation="sdpa"
+            ).to(args.device)
         x = torch.randint(0, cfg.vocab_size, (B, T), device=args.device)
         for mode in ("forward", "fwd+bwd"):
+
             def run_ours(mode: str = mode, x: torch.Tensor = x, ours: GPT = ours) -> None:
                 if mode == "forward":
                     with torch.no_grad():

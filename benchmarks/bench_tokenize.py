@@ -33,7 +33,10 @@ from lumenlm.data.tokenizer import eot_id, train_tokenizer
 def find_source(arg: str | None) -> Path:
     if arg:
         return Path(arg)
-    for base in (os.environ.get("LUMENLM_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data"):
+    for base in (
+        os.environ.get("LUMENLM_DATA"),
+        Path(__file__).resolve().parents[2] / "shared" / "data",
+    ):
         if base and (Path(base) / "tinystories").is_dir():
             return Path(base) / "tinystories"
     raise SystemExit("no TinyStories pieces found: pass --source DIR or set LUMENLM_DATA")
@@ -52,7 +55,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", help="TinyStories folder (default: $LUMENLM_DATA/tinystories)")
     ap.add_argument("--vocab-size", type=int, default=8000)
-    ap.add_argument("--repeat", type=int, default=2, help="encode the corpus this many times per round")
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="encode the corpus this many times per round"
+    )
     ap.add_argument("--rounds", type=int, default=3, help="best of this many rounds")
     args = ap.parse_args()
 
@@ -67,8 +72,10 @@ def main() -> None:
     tok = train_tokenizer(docs[: len(docs) // args.repeat], vocab_size=args.vocab_size)
     eot = eot_id(tok)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"corpus: {src} ({len(docs)} documents, {mb:.1f} MB per round, "
-          f"{os.cpu_count()} CPUs, load average {load}, vocab {tok.get_vocab_size()})")
+    print(
+        f"corpus: {src} ({len(docs)} documents, {mb:.1f} MB per round, "
+        f"{os.cpu_count()} CPUs, load average {load}, vocab {tok.get_vocab_size()})"
+    )
 
     def plain() -> None:
         tok.encode_batch(docs)
@@ -84,9 +91,15 @@ def main() -> None:
 
     def end_to_end() -> None:
         with contextlib.redirect_stderr(io.StringIO()):  # the partial-data notes
-            prepare_dataset(PrepareConfig(dataset="tinystories", source=str(src),
-                                          out=work / f"out{next(outs)}", tokenizer=str(work),
-                                          progress=False))
+            prepare_dataset(
+                PrepareConfig(
+                    dataset="tinystories",
+                    source=str(src),
+                    out=work / f"out{next(outs)}",
+                    tokenizer=str(work),
+                    progress=False,
+                )
+            )
 
     # (name, TOKENIZERS_PARALLELISM, function, MB); rounds interleave the paths so a
     # change in machine load hits all of them alike; the best round of each is reported
@@ -107,8 +120,10 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     results = [(name, best[name], size) for name, _p, _f, size in paths]
 
-    print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
-          "(parallel speedups need idle cores; compare runs on a quiet machine)")
+    print(
+        f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
+        "(parallel speedups need idle cores; compare runs on a quiet machine)"
+    )
     base = results[0][2] / results[0][1]
     print(f"{'path':<10} {'seconds':>8} {'MB':>6} {'MB/s':>7} {'vs plain-1t':>12}")
     for name, seconds, size in results:

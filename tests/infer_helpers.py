@@ -43,7 +43,9 @@ def train_tokenizer(path: Path, vocab_size: int = VOCAB) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(corpus().splitlines(), trainer=trainer)
@@ -54,8 +56,9 @@ def train_tokenizer(path: Path, vocab_size: int = VOCAB) -> Path:
 def make_model(preset: str, vocab_size: int = VOCAB, seed: int = 0, **overrides: object) -> GPT:
     """A randomly initialised tiny model in eval mode (larger init so logits are peaked,
     which keeps greedy comparisons away from near-ties)."""
-    cfg = dataclasses.replace(get_preset(preset).model, vocab_size=vocab_size, init_std=0.08,
-                              **overrides)
+    cfg = dataclasses.replace(
+        get_preset(preset).model, vocab_size=vocab_size, init_std=0.08, **overrides
+    )
     torch.manual_seed(seed)
     return GPT(cfg).eval()
 

@@ -45,7 +45,9 @@ def test_unknown_preset_one_line_error(capsys) -> None:
 def test_export_cli(tmp_path, capsys) -> None:
     pytest.importorskip("transformers")
     save_model(GPT(get_preset("tiny-gpt2").model), tmp_path / "m")
-    assert main(["export", str(tmp_path / "m"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert (
+        main(["export", str(tmp_path / "m"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    )
     assert (tmp_path / "hf" / "config.json").exists()
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "gpt2"
 

@@ -71,5 +71,7 @@ def test_unknown_preset_lists_known() -> None:
 
 
 def test_distinct_dkey_dvalue() -> None:
-    cfg = ModelConfig(d_model=64, n_heads=4, d_head=8, d_value=24, vocab_size=50, context_length=16, d_ff=32)
+    cfg = ModelConfig(
+        d_model=64, n_heads=4, d_head=8, d_value=24, vocab_size=50, context_length=16, d_ff=32
+    )
     assert (cfg.d_head, cfg.d_value) == (8, 24)

@@ -41,7 +41,9 @@ def test_split_is_deterministic_and_close_to_ratios() -> None:
     kept = sum(in_fraction(d, 0.02) for d in docs)
     assert 300 < kept < 500
     # the fraction depends on the text only, not on order
-    assert [in_fraction(d, 0.02) for d in reversed(docs)] == [in_fraction(d, 0.02) for d in docs][::-1]
+    assert [in_fraction(d, 0.02) for d in reversed(docs)] == [in_fraction(d, 0.02) for d in docs][
+        ::-1
+    ]
     assert contiguous_bounds(40_000, 0.05, 0.05) == (36_000, 38_000)
 
 

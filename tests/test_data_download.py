@@ -64,8 +64,9 @@ def test_download_bad_checksum_removes_file(tmp_path: Path) -> None:
 
 def test_download_unreachable_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(DataError) as exc:
-        download.download("http://127.0.0.1:9/nothing.txt", tmp_path / "x.txt", progress=False,
-                          timeout=5)
+        download.download(
+            "http://127.0.0.1:9/nothing.txt", tmp_path / "x.txt", progress=False, timeout=5
+        )
     assert "\n" not in str(exc.value) and "could not download" in str(exc.value)
 
 
@@ -77,37 +78,91 @@ def test_prepare_downloads_tinyshakespeare_and_wikitext_zip(tmp_path: Path, monk
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for split in ("train", "valid", "test"):
-            arts = "".join(f" \n = Article {split} {i} = \n \n Text of {split} {i} . \n" for i in range(8))
+            arts = "".join(
+                f" \n = Article {split} {i} = \n \n Text of {split} {i} . \n" for i in range(8)
+            )
             zf.writestr(f"wikitext-2-raw/wiki.{split}.raw", arts)
     (served / "wikitext-2").mkdir()
     (served / "wikitext-2" / "wikitext-2-raw-v1.zip").write_bytes(buf.getvalue())
     # the fake files are not the official ones: drop the known sizes/digests for this test
     spec = sources.SPECS["tinyshakespeare"]
-    monkeypatch.setitem(sources.SPECS, "tinyshakespeare", sources.DatasetSpec(
-        **{**spec.__dict__, "remote": (sources.RemoteFile("input.txt", "unused"),)}))
+    monkeypatch.setitem(
+        sources.SPECS,
+        "tinyshakespeare",
+        sources.DatasetSpec(
+            **{**spec.__dict__, "remote": (sources.RemoteFile("input.txt", "unused"),)}
+        ),
+    )
     wspec = sources.SPECS["wikitext-2"]
     zremote = wspec.remote[0]
-    monkeypatch.setitem(sources.SPECS, "wikitext-2", sources.DatasetSpec(**{
-        **wspec.__dict__,
-        "remote": (sources.RemoteFile(zremote.filename, "unused", members=zremote.members),)}))
+    monkeypatch.setitem(
+        sources.SPECS,
+        "wikitext-2",
+        sources.DatasetSpec(
+            **{
+                **wspec.__dict__,
+                "remote": (
+                    sources.RemoteFile(zremote.filename, "unused", members=zremote.members),
+                ),
+            }
+        ),
+    )
     monkeypatch.setenv("LUMENLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("LUMENLM_DATA", raising=False)
     monkeypatch.delenv("LUMENLM_OFFLINE", raising=False)
     with serve_folder(served) as (base, handler):
         monkeypatch.setenv("LUMENLM_DATA_URL", base)
-        assert main(["prepare", "tinyshakespeare", "--out", str(tmp_path / "ts"), "--vocab-size",
-                     "300", "--no-progress"]) == 0
-        assert main(["prepare", "wikitext-2", "--out", str(tmp_path / "wt"), "--vocab-size",
-                     "300", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "prepare",
+                    "tinyshakespeare",
+                    "--out",
+                    str(tmp_path / "ts"),
+                    "--vocab-size",
+                    "300",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "prepare",
+                    "wikitext-2",
+                    "--out",
+                    str(tmp_path / "wt"),
+                    "--vocab-size",
+                    "300",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         n = len(handler.requests)
-        assert main(["prepare", "tinyshakespeare", "--out", str(tmp_path / "ts2"), "--vocab-size",
-                     "300", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "prepare",
+                    "tinyshakespeare",
+                    "--out",
+                    str(tmp_path / "ts2"),
+                    "--vocab-size",
+                    "300",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         assert len(handler.requests) == n  # second run uses the cache
     assert (tmp_path / "cache" / "tinyshakespeare" / "input.txt").read_text() == text
     assert (tmp_path / "cache" / "wikitext-2" / "wiki.train.raw").is_file()
     for name in ("ts", "ts2"):
         assert (tmp_path / name / "train.bin").is_file()
-    assert (tmp_path / "ts" / "train.bin").read_bytes() == (tmp_path / "ts2" / "train.bin").read_bytes()
+    assert (tmp_path / "ts" / "train.bin").read_bytes() == (
+        tmp_path / "ts2" / "train.bin"
+    ).read_bytes()
 
 
 def test_missing_source_offline_is_one_line_error(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -120,6 +175,7 @@ def test_missing_source_offline_is_one_line_error(tmp_path: Path, monkeypatch, c
     assert "offline" in err and "TinyStories-train.txt" in err
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
 
 def test_stories_file_helper_layout(tmp_path: Path) -> None:
     stories = write_stories(tmp_path / "s.txt", n=3)

@@ -55,13 +55,31 @@ def _corpus(tmp_path: Path) -> Path:
 
 def test_prepare_text_outputs_meta_and_round_trip(tmp_path: Path) -> None:
     src = _corpus(tmp_path)
-    config = PrepareConfig(dataset="text", out=tmp_path / "out", source=str(src), vocab_size=350,
-                           val_ratio=0.2, test_ratio=0.2, progress=False)
+    config = PrepareConfig(
+        dataset="text",
+        out=tmp_path / "out",
+        source=str(src),
+        vocab_size=350,
+        val_ratio=0.2,
+        test_ratio=0.2,
+        progress=False,
+    )
     meta = prepare_dataset(config)
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == OUT_FILES
-    for key in ("vocab_size", "dtype", "eot_id", "pad_id", "special_tokens", "splits",
-                "bytes_per_token", "source", "tokenizer", "cleaning", "version"):
+    for key in (
+        "vocab_size",
+        "dtype",
+        "eot_id",
+        "pad_id",
+        "special_tokens",
+        "splits",
+        "bytes_per_token",
+        "source",
+        "tokenizer",
+        "cleaning",
+        "version",
+    ):
         assert key in meta
     assert meta["dtype"] == "uint16" and meta["eot_id"] == 0 and meta["pad_id"] == 1
     assert sum(s["documents"] for s in meta["splits"].values()) == 70
@@ -69,7 +87,10 @@ def test_prepare_text_outputs_meta_and_round_trip(tmp_path: Path) -> None:
         assert s["tokens"] == s["content_tokens"] + s["documents"]
         assert meta["bytes_per_token"][split] == round(s["bytes"] / s["content_tokens"], 6)
         assert hashlib.sha256((out / f"{split}.bin").read_bytes()).hexdigest() == s["sha256"]
-    assert meta["tokenizer"]["sha256"] == hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest()
+    assert (
+        meta["tokenizer"]["sha256"]
+        == hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest()
+    )
     names = [f["name"] for f in meta["source"]["files"]]
     assert names[0] == "doc00.txt" and names[-1] == "sub/extra.jsonl"  # relative, sorted
     assert str(tmp_path) not in (out / "meta.json").read_text()
@@ -81,8 +102,16 @@ def test_prepare_text_outputs_meta_and_round_trip(tmp_path: Path) -> None:
 
 def test_prepare_is_byte_identical_and_force_replaces(tmp_path: Path) -> None:
     src = _corpus(tmp_path)
-    args = ["prepare", "text", "--source", str(src), "--vocab-size", "300", "--dedup",
-            "--no-progress"]
+    args = [
+        "prepare",
+        "text",
+        "--source",
+        str(src),
+        "--vocab-size",
+        "300",
+        "--dedup",
+        "--no-progress",
+    ]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
@@ -97,14 +126,29 @@ def test_reuse_tokenizer_and_fraction(tmp_path: Path) -> None:
     write_stories(src / "TinyStories-train.txt", n=400)
     write_stories(src / "TinyStories-valid.txt", n=40)
     (src / "TinyStories-valid.txt").write_text(
-        (src / "TinyStories-valid.txt").read_text().replace("Story", "Valid story"))
-    full = prepare_dataset(PrepareConfig(dataset="tinystories", out=tmp_path / "full",
-                                         source=str(src), vocab_size=300, progress=False))
+        (src / "TinyStories-valid.txt").read_text().replace("Story", "Valid story")
+    )
+    full = prepare_dataset(
+        PrepareConfig(
+            dataset="tinystories",
+            out=tmp_path / "full",
+            source=str(src),
+            vocab_size=300,
+            progress=False,
+        )
+    )
     assert full["splits"]["train"]["documents"] == 400
     assert full["source"]["notes"] == []
-    part = prepare_dataset(PrepareConfig(dataset="tinystories", out=tmp_path / "part",
-                                         source=str(src), tokenizer=str(tmp_path / "full"),
-                                         fraction=0.25, progress=False))
+    part = prepare_dataset(
+        PrepareConfig(
+            dataset="tinystories",
+            out=tmp_path / "part",
+            source=str(src),
+            tokenizer=str(tmp_path / "full"),
+            fraction=0.25,
+            progress=False,
+        )
+    )
     assert 60 < part["splits"]["train"]["documents"] < 140
     assert part["splits"]["val"] == full["splits"]["val"]  # fraction only thins train
     assert part["tokenizer"]["sha256"] == full["tokenizer"]["sha256"]
@@ -143,7 +187,8 @@ def test_bad_inputs_fail_with_one_line_and_leave_nothing(tmp_path: Path, capsys)
     jl.write_text('{"text": "a"}\n{"text": oops}\n')
     assert "j.jsonl:2: malformed JSON" in _one_line_error(capsys, [*base, "--source", str(jl)])
     assert "--val-ratio" in _one_line_error(
-        capsys, [*base, "--source", str(good), "--val-ratio", "0.6", "--test-ratio", "0.5"])
+        capsys, [*base, "--source", str(good), "--val-ratio", "0.6", "--test-ratio", "0.5"]
+    )
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     out.mkdir()
@@ -167,9 +212,21 @@ def test_token_id_beyond_dtype_is_an_error(tmp_path: Path, capsys) -> None:
     src = tmp_path / "c.jsonl"
     src.write_text("".join(json.dumps({"text": f"doc {i} has text"}) + "\n" for i in range(30)))
     out = tmp_path / "out"
-    base = ["prepare", "text", "--source", str(src), "--out", str(out), "--tokenizer",
-            str(tmp_path / "big.json"), "--val-ratio", "0.3", "--test-ratio", "0.3",
-            "--no-progress"]
+    base = [
+        "prepare",
+        "text",
+        "--source",
+        str(src),
+        "--out",
+        str(out),
+        "--tokenizer",
+        str(tmp_path / "big.json"),
+        "--val-ratio",
+        "0.3",
+        "--test-ratio",
+        "0.3",
+        "--no-progress",
+    ]
     assert "does not fit uint16" in _one_line_error(capsys, [*base, "--dtype", "uint16"])
     assert not out.exists()
     assert main(base) == 0  # auto picks uint32 and keeps the big ids intact
@@ -178,13 +235,18 @@ def test_token_id_beyond_dtype_is_an_error(tmp_path: Path, capsys) -> None:
     assert ids.dtype == np.uint32 and int(ids.max()) == len(tokens) - 1
     assert decode(load_tokenizer(out), ids[: list(ids).index(0)].tolist()).endswith("has text")
 
+
 def test_cli_subprocess_bad_input(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "lumenlm"
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "lumenlm.cli"]
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    res = subprocess.run([*cmd, "prepare", "text", "--source", str(empty), "--out",
-                          str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
+    res = subprocess.run(
+        [*cmd, "prepare", "text", "--source", str(empty), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert res.returncode != 0
     assert res.stderr.strip().count("\n") == 0 and "is empty" in res.stderr
     assert not (tmp_path / "o").exists()
@@ -192,8 +254,9 @@ def test_cli_subprocess_bad_input(tmp_path: Path) -> None:
 
 def test_local_tinystories_round_trip(tmp_path: Path) -> None:
     src = require_shared("tinystories")
-    config = PrepareConfig(dataset="tinystories", out=tmp_path / "ts", source=str(src),
-                           vocab_size=8000, progress=False)
+    config = PrepareConfig(
+        dataset="tinystories", out=tmp_path / "ts", source=str(src), vocab_size=8000, progress=False
+    )
     meta = prepare_dataset(config)
     assert meta["splits"]["train"]["documents"] == 2316 + 2997
     assert meta["source"]["notes"] and "partial pieces" in meta["source"]["notes"][0]
@@ -203,8 +266,9 @@ def test_local_tinystories_round_trip(tmp_path: Path) -> None:
 def test_local_wikitext_round_trip_and_honest_notes(tmp_path: Path, monkeypatch) -> None:
     root = require_shared("wikitext-2-raw").parent
     monkeypatch.setenv("LUMENLM_DATA", str(root))
-    config = PrepareConfig(dataset="wikitext-2", out=tmp_path / "wt", vocab_size=1000,
-                           progress=False)
+    config = PrepareConfig(
+        dataset="wikitext-2", out=tmp_path / "wt", vocab_size=1000, progress=False
+    )
     meta = prepare_dataset(config)
     files = {f["name"]: f for f in meta["source"]["files"]}
     assert all(f["matches_official_sha256"] for f in files.values())
@@ -216,8 +280,15 @@ def test_local_wikitext_round_trip_and_honest_notes(tmp_path: Path, monkeypatch)
 
 def test_local_tinyshakespeare_contiguous(tmp_path: Path) -> None:
     src = require_shared("tinyshakespeare")
-    meta = prepare_dataset(PrepareConfig(dataset="tinyshakespeare", out=tmp_path / "sh",
-                                         source=str(src), vocab_size=500, progress=False))
+    meta = prepare_dataset(
+        PrepareConfig(
+            dataset="tinyshakespeare",
+            out=tmp_path / "sh",
+            source=str(src),
+            vocab_size=500,
+            progress=False,
+        )
+    )
     assert [meta["splits"][s]["documents"] for s in ("train", "val", "test")] == [1, 1, 1]
     assert "[0, 36000) train" in meta["source"]["split_rule"]
     tok = load_tokenizer(tmp_path / "sh")
@@ -258,8 +329,20 @@ def test_failure_mid_encoding_keeps_old_output(tmp_path: Path, monkeypatch) -> N
 def test_preset_flags(tmp_path: Path, monkeypatch) -> None:
     root = require_shared("tinyshakespeare").parent
     monkeypatch.setenv("LUMENLM_DATA", str(root))
-    assert main(["prepare", "tinyshakespeare", "--preset", "lumiere-1m", "--out",
-                 str(tmp_path / "o"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "tinyshakespeare",
+                "--preset",
+                "lumiere-1m",
+                "--out",
+                str(tmp_path / "o"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     meta = read_meta(tmp_path / "o")
     assert meta["tokenizer"]["vocab_size_requested"] == 4096
     assert meta["special_tokens"] == {"<|endoftext|>": 0, "<|pad|>": 1}
@@ -273,8 +356,14 @@ def test_dedup_drops_repeats_and_train_copies_of_heldout(tmp_path: Path) -> None
         f.write(f"{stories[3]}\n<|endoftext|>\n  {stories[4]}  \n<|endoftext|>\n")
     valid = [f"Held out story {i}." for i in range(20)] + [stories[7]]
     (src / "TinyStories-valid.txt").write_text("".join(f"{v}\n<|endoftext|>\n" for v in valid))
-    config = PrepareConfig(dataset="tinystories", out=tmp_path / "o", source=str(src),
-                           vocab_size=300, dedup=True, progress=False)
+    config = PrepareConfig(
+        dataset="tinystories",
+        out=tmp_path / "o",
+        source=str(src),
+        vocab_size=300,
+        dedup=True,
+        progress=False,
+    )
     meta = prepare_dataset(config)
     assert meta["cleaning"]["dropped_documents"]["duplicate"] == 3
     assert meta["splits"]["train"]["documents"] == 49
@@ -286,8 +375,11 @@ def test_prepared_split_feeds_window_and_packed_datasets(tmp_path: Path) -> None
     from lumenlm.data.windows import EpochSampler, PackedDataset, WindowDataset, batches
 
     src = _corpus(tmp_path)
-    meta = prepare_dataset(PrepareConfig(dataset="text", out=tmp_path / "o", source=str(src),
-                                         vocab_size=300, progress=False))
+    meta = prepare_dataset(
+        PrepareConfig(
+            dataset="text", out=tmp_path / "o", source=str(src), vocab_size=300, progress=False
+        )
+    )
     train = load_split(tmp_path / "o", "train")
     windows = WindowDataset(train, 16, stride=8)
     assert len(windows) == (len(train) - 17) // 8 + 1

@@ -15,10 +15,20 @@ def _digests(d: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("dataset,vocab", [("tinystories", 8000), ("wikitext-2", 4096)])
-def test_prepare_twice_is_byte_identical(tmp_path, shared_data, monkeypatch, dataset, vocab) -> None:
+def test_prepare_twice_is_byte_identical(
+    tmp_path, shared_data, monkeypatch, dataset, vocab
+) -> None:
     monkeypatch.setenv("LUMENLM_DATA", str(shared_data))
     for run in ("a", "b"):
-        args = ["prepare", dataset, "--vocab-size", str(vocab), "--out", str(tmp_path / run), "--no-progress"]
+        args = [
+            "prepare",
+            dataset,
+            "--vocab-size",
+            str(vocab),
+            "--out",
+            str(tmp_path / run),
+            "--no-progress",
+        ]
         if dataset == "tinystories":
             args += ["--source", str(shared_data / "tinystories")]
         assert main(args) == 0

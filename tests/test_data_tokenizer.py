@@ -86,8 +86,9 @@ print(hashlib.sha256(tok.to_str().encode()).hexdigest())
 def test_training_is_deterministic_across_processes() -> None:
     code = _TRAIN_SCRIPT.format(tests=str(Path(__file__).parent))
     digests = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       check=True).stdout.strip()
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
         for _ in range(3)
     }
     assert len(digests) == 1

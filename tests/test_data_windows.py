@@ -31,8 +31,10 @@ def test_read_meta_and_load_split(tmp_path: Path) -> None:
         read_meta(tmp_path)
     ids = np.arange(10, dtype=np.uint16)
     ids.tofile(tmp_path / "train.bin")
-    meta = {"dtype": "uint16", "splits": {"train": {"tokens": 10}, "val": {"tokens": 0},
-                                          "test": {"tokens": 3}}}
+    meta = {
+        "dtype": "uint16",
+        "splits": {"train": {"tokens": 10}, "val": {"tokens": 0}, "test": {"tokens": 3}},
+    }
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     (tmp_path / "val.bin").write_bytes(b"")
     (tmp_path / "test.bin").write_bytes(b"\x00" * 4)

@@ -70,18 +70,22 @@ def test_hand_computed_perplexity_topk_bits_per_byte() -> None:
     assert res.content_tokens == ref["n_content"]
     assert res.bytes == pytest.approx(ref["n_content"] * bpt)
     assert res.bits_per_byte == pytest.approx(
-        ref["content_nll"] / (math.log(2) * ref["n_content"] * bpt), rel=1e-5)
+        ref["content_nll"] / (math.log(2) * ref["n_content"] * bpt), rel=1e-5
+    )
     # a bigram model needs no context: every window/stride gives the same numbers
     for window, stride in [(16, 5), (4, 4), (9, 1)]:
-        other = evaluate_tokens(model, np.array(tokens), window=window, stride=stride,
-                                bytes_per_token=bpt, eot_id=0)
+        other = evaluate_tokens(
+            model, np.array(tokens), window=window, stride=stride, bytes_per_token=bpt, eot_id=0
+        )
         assert other.tokens == n - 1
         assert other.loss == pytest.approx(res.loss, rel=1e-6)
         assert other.top5 == res.top5
 
 
-@pytest.mark.parametrize("n,window,stride", [(100, 10, 10), (100, 10, 3), (11, 10, 4),
-                                             (12, 10, 10), (2, 8, 8), (57, 16, 1)])
+@pytest.mark.parametrize(
+    "n,window,stride",
+    [(100, 10, 10), (100, 10, 3), (11, 10, 4), (12, 10, 10), (2, 8, 8), (57, 16, 1)],
+)
 def test_window_spans_score_each_target_once(n: int, window: int, stride: int) -> None:
     spans = window_spans(n, window, stride)
     scored = []
@@ -125,21 +129,35 @@ def test_sliding_window_on_gpt() -> None:
     assert sliding.windows == len(window_spans(400, 64, 16))
 
 
-def write_dataset(path: Path, tokens: np.ndarray, split: str = "val", eot: int = 0,
-                  n_bytes: int = 1000) -> Path:
+def write_dataset(
+    path: Path, tokens: np.ndarray, split: str = "val", eot: int = 0, n_bytes: int = 1000
+) -> Path:
     """A minimal prepared-dataset folder following `lumenlm.data.tokens`' contract."""
     path.mkdir(parents=True, exist_ok=True)
     tokens.astype(np.uint16).tofile(path / f"{split}.bin")
     content = int((tokens != eot).sum())
-    meta = {"vocab_size": 512, "dtype": "uint16", "eot_id": eot,
-            "splits": {split: {"tokens": int(tokens.size), "documents": 3, "content_tokens": content,
-                               "bytes": n_bytes, "sha256": "x"}},
-            "bytes_per_token": {split: n_bytes / content, "all": n_bytes / content}}
+    meta = {
+        "vocab_size": 512,
+        "dtype": "uint16",
+        "eot_id": eot,
+        "splits": {
+            split: {
+                "tokens": int(tokens.size),
+                "documents": 3,
+                "content_tokens": content,
+                "bytes": n_bytes,
+                "sha256": "x",
+            }
+        },
+        "bytes_per_token": {split: n_bytes / content, "all": n_bytes / content},
+    }
     (path / "meta.json").write_text(json.dumps(meta))
     return path
 
 
-def test_evaluate_lm_on_prepared_split_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_lm_on_prepared_split_and_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     tokens = np.random.default_rng(1).integers(1, 512, size=300)
     tokens[[50, 170, 299]] = 0
     data = write_dataset(tmp_path / "data", tokens, n_bytes=1200)
@@ -154,14 +172,35 @@ def test_evaluate_lm_on_prepared_split_and_cli(tmp_path: Path, capsys: pytest.Ca
 
     save_model(model, tmp_path / "model")
     out = tmp_path / "report.json"
-    rc = main(["eval", str(tmp_path / "model"), "--data", str(data), "--stride", "32",
-               "--out", str(out), "--device", "cpu"])
+    rc = main(
+        [
+            "eval",
+            str(tmp_path / "model"),
+            "--data",
+            str(data),
+            "--stride",
+            "32",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "window 64" in text and "stride 32" in text and "299 tokens" in text
     doc = json.loads(out.read_text())["lm"]
-    for key in ("loss", "perplexity", "bits_per_byte", "top1", "top5", "top10", "window",
-                "stride", "tokens"):
+    for key in (
+        "loss",
+        "perplexity",
+        "bits_per_byte",
+        "top1",
+        "top5",
+        "top10",
+        "window",
+        "stride",
+        "tokens",
+    ):
         assert key in doc
     assert doc["loss"] == pytest.approx(res.loss, rel=1e-6)
     assert doc["perplexity"] == pytest.approx(math.exp(res.loss), rel=1e-6)

@@ -45,8 +45,11 @@ def _train_tokenizer(text: str, path: Path) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([text], trainer)
     tok.save(str(path))
     return tok
@@ -83,8 +86,13 @@ def _local_task(task_dir: Path, arc_file: Path) -> str:
     cfg = yaml.safe_load(official.read_text())
     assert cfg["doc_to_text"] == "Question: {{question}}\nAnswer:"  # what lumenlm uses
     cfg.pop("tag", None)
-    cfg.update(task="lumenlm_arc_easy_local", dataset_path="json", dataset_name=None,
-               dataset_kwargs={"data_files": {"test": str(arc_file)}}, test_split="test")
+    cfg.update(
+        task="lumenlm_arc_easy_local",
+        dataset_path="json",
+        dataset_name=None,
+        dataset_kwargs={"data_files": {"test": str(arc_file)}},
+        test_split="test",
+    )
     for key in ("training_split", "validation_split"):
         cfg.pop(key, None)
     text = yaml.safe_dump(cfg, sort_keys=False) + "process_docs: !function utils.process_docs\n"
@@ -95,8 +103,9 @@ def _local_task(task_dir: Path, arc_file: Path) -> str:
 
 
 @pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny"])
-def test_arc_easy_matches_lm_eval(preset: str, tmp_path: Path, shared_data: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_arc_easy_matches_lm_eval(
+    preset: str, tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lm_eval = pytest.importorskip("lm_eval", reason="pip install lm-eval for the cross-check")
     from lm_eval.tasks import TaskManager
 
@@ -109,8 +118,10 @@ def test_arc_easy_matches_lm_eval(preset: str, tmp_path: Path, shared_data: Path
     train_text = "\n".join(
         "Question: {}\nAnswer: {}".format(
             d["question"]["stem"],
-            next(c["text"] for c in d["question"]["choices"] if c["label"] == d["answerKey"]))
-        for d in map(json.loads, (arc_dir / "ARC-Easy-Train.jsonl").read_text().splitlines()))
+            next(c["text"] for c in d["question"]["choices"] if c["label"] == d["answerKey"]),
+        )
+        for d in map(json.loads, (arc_dir / "ARC-Easy-Train.jsonl").read_text().splitlines())
+    )
     tok_path = tmp_path / "tokenizer.json"
     tok = _train_tokenizer(train_text, tok_path)
     model = _train_model(preset, tok.encode(train_text).ids)
@@ -123,9 +134,14 @@ def test_arc_easy_matches_lm_eval(preset: str, tmp_path: Path, shared_data: Path
     # reference
     task_name = _local_task(tmp_path / "tasks", arc_dir / "ARC-Easy-Test.jsonl")
     out = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={hf_dir},dtype=float32", tasks=[task_name],
-        task_manager=TaskManager(include_path=str(tmp_path / "tasks")), batch_size=32,
-        device="cpu", limit=LIMIT, log_samples=True,
+        model="hf",
+        model_args=f"pretrained={hf_dir},dtype=float32",
+        tasks=[task_name],
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+        batch_size=32,
+        device="cpu",
+        limit=LIMIT,
+        log_samples=True,
     )
     samples = sorted(out["samples"][task_name], key=lambda s: s["doc_id"])
     assert len(samples) == len(ours_items) == LIMIT
@@ -148,5 +164,7 @@ def test_arc_easy_matches_lm_eval(preset: str, tmp_path: Path, shared_data: Path
     assert res["acc,none"] == pytest.approx(ours["arc-easy"].acc, abs=1e-12)
     assert res["acc_norm,none"] == pytest.approx(ours["arc-easy"].acc_norm, abs=1e-12)
     assert res["acc_stderr,none"] == pytest.approx(ours["arc-easy"].acc_stderr, rel=1e-9)
-    print(f"{preset}: lm-eval acc {res['acc,none']:.4f} acc_norm {res['acc_norm,none']:.4f}; "
-          f"lumenlm {ours['arc-easy'].correct}/{ours['arc-easy'].total}, max |dll| {max_diff:.2e}")
+    print(
+        f"{preset}: lm-eval acc {res['acc,none']:.4f} acc_norm {res['acc_norm,none']:.4f}; "
+        f"lumenlm {ours['arc-easy'].correct}/{ours['arc-easy'].total}, max |dll| {max_diff:.2e}"
+    )

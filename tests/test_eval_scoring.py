@@ -24,9 +24,11 @@ from lumenlm.model import GPT
 from lumenlm.modelio import save_model
 from lumenlm.presets import get_preset
 
-WORDS = ("the a man woman dog sun water plant energy question answer which what is are was to of "
-         "and in on for with light heat cells animals rocks earth moon food grows eats runs jumps "
-         "because when then scientist experiment measure change temperature gas liquid solid").split()
+WORDS = (
+    "the a man woman dog sun water plant energy question answer which what is are was to of "
+    "and in on for with light heat cells animals rocks earth moon food grows eats runs jumps "
+    "because when then scientist experiment measure change temperature gas liquid solid"
+).split()
 
 
 def training_text() -> str:
@@ -45,8 +47,11 @@ def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([training_text()], trainer)
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     tok.save(str(path))
@@ -96,11 +101,14 @@ def test_acc_norm_divides_by_choice_characters() -> None:
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-gpt2"])
-def test_shared_context_equals_separate_scoring(preset: str, tokenizer: Tokenizer,
-                                                shared_data: Path) -> None:
+def test_shared_context_equals_separate_scoring(
+    preset: str, tokenizer: Tokenizer, shared_data: Path
+) -> None:
     model = GPT(get_preset(preset).model).eval()
     enc = tokenizer_encoder(tokenizer)
-    items = load_task("arc-easy", shared_data, limit=40) + load_task("hellaswag", shared_data, limit=8)
+    items = load_task("arc-easy", shared_data, limit=40) + load_task(
+        "hellaswag", shared_data, limit=8
+    )
     encoded = [encode_item(enc, it) for it in items]
     fits = [e for e in encoded if e.fits(64)]
     assert 5 < len(fits) < len(encoded)  # both paths are exercised below
@@ -133,24 +141,49 @@ def test_truncation_keeps_the_last_tokens(tokenizer: Tokenizer) -> None:
 def test_random_init_model_near_chance(tokenizer: Tokenizer, shared_data: Path) -> None:
     torch.manual_seed(0)
     model = GPT(get_preset("tiny").model).eval()
-    results = evaluate_tasks(model, ["arc-easy", "arc-challenge", "hellaswag"], tokenizer,
-                             shared_data, limit=300, batch_size=32, progress=False)
+    results = evaluate_tasks(
+        model,
+        ["arc-easy", "arc-challenge", "hellaswag"],
+        tokenizer,
+        shared_data,
+        limit=300,
+        batch_size=32,
+        progress=False,
+    )
     for name, res in results.items():
         assert res.total == 300, name
         # chance is about 25% (a few ARC items have 3 or 5 choices); 300 items: stderr ~2.5%
         assert 0.15 <= res.acc <= 0.36, (name, res.acc)
         assert 0.15 <= res.acc_norm <= 0.36, (name, res.acc_norm)
         assert res.acc_stderr == pytest.approx(
-            math.sqrt(res.acc * (1 - res.acc) * 300 / 299) / math.sqrt(300))
+            math.sqrt(res.acc * (1 - res.acc) * 300 / 299) / math.sqrt(300)
+        )
 
 
-def test_cli_tasks_report_and_per_example(tmp_path: Path, tokenizer_file: Path, shared_data: Path,
-                                          capsys: pytest.CaptureFixture) -> None:
+def test_cli_tasks_report_and_per_example(
+    tmp_path: Path, tokenizer_file: Path, shared_data: Path, capsys: pytest.CaptureFixture
+) -> None:
     save_model(GPT(get_preset("tiny").model), tmp_path / "model", tokenizer_path=tokenizer_file)
     out, per = tmp_path / "r.json", tmp_path / "ex.jsonl"
-    rc = main(["eval", str(tmp_path / "model"), "--tasks", "arc-easy,hellaswag", "--tasks-dir",
-               str(shared_data), "--limit", "12", "--batch-size", "5", "--out", str(out),
-               "--per-example", str(per), "--no-download"])
+    rc = main(
+        [
+            "eval",
+            str(tmp_path / "model"),
+            "--tasks",
+            "arc-easy,hellaswag",
+            "--tasks-dir",
+            str(shared_data),
+            "--limit",
+            "12",
+            "--batch-size",
+            "5",
+            "--out",
+            str(out),
+            "--per-example",
+            str(per),
+            "--no-download",
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "arc-easy" in table and "hellaswag" in table and "/12" in table
@@ -163,7 +196,10 @@ def test_cli_tasks_report_and_per_example(tmp_path: Path, tokenizer_file: Path, 
     lines = [json.loads(x) for x in per.read_text().splitlines()]
     assert len(lines) == 24
     assert {"task", "id", "gold", "pred", "pred_norm", "loglikelihoods"} <= set(lines[0])
-    assert sum(x["acc"] for x in lines if x["task"] == "arc-easy") == doc["tasks"]["arc-easy"]["correct"]
+    assert (
+        sum(x["acc"] for x in lines if x["task"] == "arc-easy")
+        == doc["tasks"]["arc-easy"]["correct"]
+    )
 
 
 def test_choice_longer_than_context_is_scored_on_its_tail(tokenizer: Tokenizer) -> None:

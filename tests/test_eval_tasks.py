@@ -32,11 +32,16 @@ def arc_line(qid: str, stem: str, labels: list[str], key: str) -> str:
 
 def test_arc_three_five_choices_and_numeric_labels(tmp_path: Path) -> None:
     path = tmp_path / "ARC-Easy-Test.jsonl"
-    path.write_text("\n".join([
-        arc_line("q3", "Three?", ["A", "B", "C"], "C"),
-        arc_line("q5", "Five?", ["A", "B", "C", "D", "E"], "E"),
-        arc_line("qn", "Numeric?", ["1", "2", "3", "4"], "2"),
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                arc_line("q3", "Three?", ["A", "B", "C"], "C"),
+                arc_line("q5", "Five?", ["A", "B", "C", "D", "E"], "E"),
+                arc_line("qn", "Numeric?", ["1", "2", "3", "4"], "2"),
+            ]
+        )
+        + "\n"
+    )
     items = load_arc(path)
     assert [len(it.choices) for it in items] == [3, 5, 4]
     assert [it.gold for it in items] == [2, 4, 1]
@@ -44,8 +49,17 @@ def test_arc_three_five_choices_and_numeric_labels(tmp_path: Path) -> None:
     assert items[2].choices[1] == "answer 2"
     # the Hugging Face allenai/ai2_arc row layout is read too
     hf = tmp_path / "hf.jsonl"
-    hf.write_text(json.dumps({"id": "x", "question": "Q?", "choices": {"text": ["a", "b", "c"],
-                              "label": ["1", "2", "3"]}, "answerKey": "3"}) + "\n")
+    hf.write_text(
+        json.dumps(
+            {
+                "id": "x",
+                "question": "Q?",
+                "choices": {"text": ["a", "b", "c"], "label": ["1", "2", "3"]},
+                "answerKey": "3",
+            }
+        )
+        + "\n"
+    )
     assert load_arc(hf)[0].gold == 2
 
 
@@ -57,8 +71,10 @@ def test_official_arc_files(shared_data: Path) -> None:
     assert Counter(len(it.choices) for it in challenge) == {4: 1165, 3: 4, 5: 3}
     first = easy[0]
     assert first.id == "Mercury_417466" and first.gold == 0
-    assert first.context == ("Question: Which statement best explains why photosynthesis is the "
-                             "foundation of most food webs?\nAnswer:")
+    assert first.context == (
+        "Question: Which statement best explains why photosynthesis is the "
+        "foundation of most food webs?\nAnswer:"
+    )
     numeric = next(it for it in easy if it.id == "NYSEDREGENTS_2015_8_28")
     assert numeric.choices[numeric.gold] == "elements"
 
@@ -66,9 +82,14 @@ def test_official_arc_files(shared_data: Path) -> None:
 # Expected strings worked out from lm-eval's hellaswag/utils.py::preprocess (strip, then
 # " [title]" -> ". ", then drop "[...]" non-greedily, then ONE pass of "  " -> " ").
 PREPROCESS_CASES = [
-    ("  Making a sandwich: [header] How to make a sandwich [title] Get bread.  ",
-     "Making a sandwich: How to make a sandwich. Get bread."),
-    ("[step] Cut the bread. [substeps] Use a knife.", " Cut the bread. Use a knife."),  # strip first
+    (
+        "  Making a sandwich: [header] How to make a sandwich [title] Get bread.  ",
+        "Making a sandwich: How to make a sandwich. Get bread.",
+    ),
+    (
+        "[step] Cut the bread. [substeps] Use a knife.",
+        " Cut the bread. Use a knife.",
+    ),  # strip first
     ("a   b", "a  b"),  # a single replace pass
     ("x [a] y [b] z", "x y z"),  # non-greedy
     ("Title [title] Next", "Title. Next"),
@@ -81,16 +102,28 @@ def test_hellaswag_preprocess_matches_lm_eval(raw: str, expected: str) -> None:
 
 
 def test_hellaswag_query_capitalizes_ctx_b() -> None:
-    assert hellaswag_query("Roof shingle removal", "A man is sitting on a roof.", "he IS") == \
-        "Roof shingle removal: A man is sitting on a roof. He is"
+    assert (
+        hellaswag_query("Roof shingle removal", "A man is sitting on a roof.", "he IS")
+        == "Roof shingle removal: A man is sitting on a roof. He is"
+    )
     assert hellaswag_query("Act", "Ends here.", "") == "Act: Ends here."
 
 
 def test_hellaswag_official_jsonl(tmp_path: Path) -> None:
-    doc = {"ind": 24, "activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.",
-           "ctx_b": "he", "endings": ["is using wrap [title] to wrap.", "is ripping  tiles off.",
-                                      "is holding a cube.", "starts pulling up roofing."],
-           "label": 3, "split": "val"}
+    doc = {
+        "ind": 24,
+        "activity_label": "Roof shingle removal",
+        "ctx_a": "A man is sitting on a roof.",
+        "ctx_b": "he",
+        "endings": [
+            "is using wrap [title] to wrap.",
+            "is ripping  tiles off.",
+            "is holding a cube.",
+            "starts pulling up roofing.",
+        ],
+        "label": 3,
+        "split": "val",
+    }
     path = tmp_path / "hellaswag_val.jsonl"
     path.write_text(json.dumps(doc) + "\n")
     (item,) = load_hellaswag(path)
@@ -114,14 +147,18 @@ def test_malformed_lines_name_file_and_line(tmp_path: Path) -> None:
     bad.write_text(arc_line("a", "ok", ["A", "B"], "A") + "\n{not json\n")
     with pytest.raises(DataError, match=r"ARC-Easy-Test\.jsonl:2: not valid JSON"):
         load_arc(bad)
-    bad.write_text(arc_line("a", "ok", ["A", "B"], "A") + "\n\n" + arc_line("b", "x", ["A", "B"], "C") + "\n")
+    bad.write_text(
+        arc_line("a", "ok", ["A", "B"], "A") + "\n\n" + arc_line("b", "x", ["A", "B"], "C") + "\n"
+    )
     with pytest.raises(DataError, match=r"ARC-Easy-Test\.jsonl:3: answerKey 'C'"):
         load_arc(bad)
     bad.write_text('{"id": "a", "question": {"stem": "s"}}\n')
     with pytest.raises(DataError, match=r":1: not an ARC question"):
         load_arc(bad)
     hs = tmp_path / "hellaswag_val.jsonl"
-    hs.write_text('{"activity_label": "a", "ctx_a": "b", "ctx_b": "c", "endings": ["x"], "label": 2}\n')
+    hs.write_text(
+        '{"activity_label": "a", "ctx_a": "b", "ctx_b": "c", "endings": ["x"], "label": 2}\n'
+    )
     with pytest.raises(DataError, match=r"hellaswag_val\.jsonl:1: label 2 out of range"):
         load_hellaswag_jsonl(hs)
     txt = tmp_path / "hellaswag_val_full.txt"
@@ -140,11 +177,14 @@ def test_unknown_task_lists_known(tmp_path: Path, capsys: pytest.CaptureFixture)
     rc = main(["eval", str(tmp_path / "missing"), "--tasks", "arc-easy,winogrande"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "unknown task 'winogrande'" in err and "arc-challenge" in err and len(err.splitlines()) == 1
+    assert (
+        "unknown task 'winogrande'" in err and "arc-challenge" in err and len(err.splitlines()) == 1
+    )
 
 
-def test_task_files_found_in_tasks_dir_then_env(tmp_path: Path, shared_data: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_task_files_found_in_tasks_dir_then_env(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("LUMENLM_DATA", raising=False)
     assert len(load_task("arc-challenge", shared_data, limit=7)) == 7
     flat = tmp_path / "flat"
@@ -177,12 +217,17 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def test_download_from_mirror_is_verified_and_cached(
-    tmp_path: Path, shared_data: Path, http_root: tuple[Path, str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    shared_data: Path,
+    http_root: tuple[Path, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     root, url = http_root
     (root / "arc").mkdir()
     shutil.copy(shared_data / "arc" / "ARC-Easy-Test.jsonl", root / "arc")
-    (root / "arc" / "ARC-Challenge-Test.jsonl").write_text(arc_line("a", "s", ["A", "B"], "A") + "\n")
+    (root / "arc" / "ARC-Challenge-Test.jsonl").write_text(
+        arc_line("a", "s", ["A", "B"], "A") + "\n"
+    )
     monkeypatch.delenv("LUMENLM_DATA", raising=False)
     monkeypatch.setenv("LUMENLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LUMENLM_TASKS_URL", url)
@@ -198,7 +243,8 @@ def test_download_from_mirror_is_verified_and_cached(
 
 
 def test_offline_without_files_says_where_to_put_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("LUMENLM_DATA", raising=False)
     monkeypatch.setenv("LUMENLM_CACHE", str(tmp_path / "cache"))

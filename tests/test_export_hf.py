@@ -43,9 +43,17 @@ def test_librarian_to_gpt2(tmp_path) -> None:
 def test_lumenbase_style_to_llama(tmp_path, kv_heads: int, theta: float) -> None:
     # lumenbase-128m's architecture at a size that runs in a second.
     base = get_preset("lumenbase-128m").model.with_dropout(0.0)
-    cfg = base.replace(vocab_size=1000, d_model=192, n_layers=2, n_heads=12,
-                              n_kv_heads=kv_heads, d_head=16, d_ff=384, context_length=128,
-                              rope_theta=theta)
+    cfg = base.replace(
+        vocab_size=1000,
+        d_model=192,
+        n_layers=2,
+        n_heads=12,
+        n_kv_heads=kv_heads,
+        d_head=16,
+        d_ff=384,
+        context_length=128,
+        rope_theta=theta,
+    )
     diff, cls = _roundtrip(_perturb(GPT(cfg)), tmp_path)
     assert cls == "LlamaForCausalLM"
     assert diff < 1e-4

@@ -14,8 +14,12 @@ from lumenlm.infer import SamplingParams
 from lumenlm.infer.chat import ChatSession, ChatTemplate, fit_history, run_repl
 from lumenlm.modelio import load
 
-CUSTOM = {"user": "<|user|>{content}\n", "assistant": "<|assistant|>{content}\n",
-          "generation_prompt": "<|assistant|>", "stop": ["<|user|>"]}
+CUSTOM = {
+    "user": "<|user|>{content}\n",
+    "assistant": "<|assistant|>{content}\n",
+    "generation_prompt": "<|assistant|>",
+    "stop": ["<|user|>"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +29,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, tok_path: Path) -> Path:
 
 def test_default_template_is_the_librarian_format() -> None:
     tpl = ChatTemplate()
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": " Hello! "}, {"role": "user", "content": "Story?"}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": " Hello! "},
+        {"role": "user", "content": "Story?"},
+    ]
     assert tpl.render(msgs) == "Be brief.\nUser: Hi\nAssistant: Hello!\nUser: Story?\nAssistant:"
     assert tpl.stop == ["\nUser:"]
     with pytest.raises(ValueError, match="role"):
@@ -46,8 +54,10 @@ def test_fit_history_keeps_system_and_last_message() -> None:
     tpl = ChatTemplate()
     msgs = [{"role": "system", "content": "S"}]
     for i in range(10):
-        msgs += [{"role": "user", "content": f"question {i} " * 5},
-                 {"role": "assistant", "content": f"answer {i} " * 5}]
+        msgs += [
+            {"role": "user", "content": f"question {i} " * 5},
+            {"role": "assistant", "content": f"answer {i} " * 5},
+        ]
     msgs.append({"role": "user", "content": "last"})
     count = len  # characters stand in for tokens
     full = count(tpl.render(msgs))
@@ -55,7 +65,7 @@ def test_fit_history_keeps_system_and_last_message() -> None:
     assert fitted[0] == msgs[0] and fitted[-1] == msgs[-1]
     assert fitted[1]["role"] == "user" and len(fitted) < len(msgs)
     assert count(tpl.render(fitted)) <= full // 3
-    assert fitted[1:] == msgs[len(msgs) - len(fitted) + 1:]  # a suffix: the most recent turns
+    assert fitted[1:] == msgs[len(msgs) - len(fitted) + 1 :]  # a suffix: the most recent turns
     tiny = fit_history(msgs, tpl, count, 1)  # nothing fits: system + last message
     assert tiny == [msgs[0], msgs[-1]]
 
@@ -63,7 +73,9 @@ def test_fit_history_keeps_system_and_last_message() -> None:
 def test_repl_commands_and_piped_stdin(tok) -> None:  # noqa: F811
     model = make_model("tiny-gpt2")
     session = ChatSession(model, tok, params=SamplingParams(max_new_tokens=8, seed=0))
-    stdin = io.StringIO("hello\n/system be kind\n\nhow are you\n/reset\n/bogus\nbye\n/exit\nignored\n")
+    stdin = io.StringIO(
+        "hello\n/system be kind\n\nhow are you\n/reset\n/bogus\nbye\n/exit\nignored\n"
+    )
     out = io.StringIO()
     assert run_repl(session, stdin, out) == 0
     text = out.getvalue()
@@ -77,8 +89,9 @@ def test_repl_commands_and_piped_stdin(tok) -> None:  # noqa: F811
 
 def test_chat_prompt_trimmed_to_window(tok) -> None:  # noqa: F811
     model = make_model("tiny")  # ctx 64
-    session = ChatSession(model, tok, params=SamplingParams(max_new_tokens=16, temperature=0),
-                          system="sys")
+    session = ChatSession(
+        model, tok, params=SamplingParams(max_new_tokens=16, temperature=0), system="sys"
+    )
     for i in range(12):
         list(session.send(f"tell me about the cat number {i}"))
     prompt = session.prompt_for("and now?")

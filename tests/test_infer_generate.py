@@ -44,7 +44,7 @@ def test_cache_matches_manual_argmax_loop(model) -> None:
     with torch.no_grad():
         for _ in range(12):
             seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
-    assert res.token_ids == seq[len(prompt):]
+    assert res.token_ids == seq[len(prompt) :]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -63,8 +63,9 @@ def test_sliding_past_context_length(preset: str, tok) -> None:  # noqa: F811
     for p, r in zip(prompts, cached):  # per-row sliding: batch-mates do not matter
         assert generate(model, p, **kw)[0].token_ids == r.token_ids
     kept = generate(model, prompts, window_keep=ctx - 1, **kw)  # slide every token
-    assert ids_of(kept) == ids_of(generate(model, prompts, window_keep=ctx - 1, use_cache=False,
-                                           **kw))
+    assert ids_of(kept) == ids_of(
+        generate(model, prompts, window_keep=ctx - 1, use_cache=False, **kw)
+    )
 
 
 def test_decoder_never_exceeds_context() -> None:
@@ -81,8 +82,9 @@ def test_decoder_never_exceeds_context() -> None:
 
 
 def test_seeded_sampling_reproducible(model, tok) -> None:  # noqa: F811
-    kw = dict(tokenizer=tok, temperature=1.0, top_k=50, top_p=0.95, max_new_tokens=25,
-              ignore_eos=True)
+    kw = dict(
+        tokenizer=tok, temperature=1.0, top_k=50, top_p=0.95, max_new_tokens=25, ignore_eos=True
+    )
     a = generate(model, PROMPTS, seed=11, **kw)
     b = generate(model, PROMPTS, seed=11, **kw)
     c = generate(model, PROMPTS, seed=12, **kw)
@@ -113,12 +115,15 @@ def test_stop_token_ids_and_default_eos(tok) -> None:  # noqa: F811
     [ref] = generate(model, "The cat", tokenizer=tok, temperature=0, max_new_tokens=30)
     stop_id = ref.token_ids[6]
     first = ref.token_ids.index(stop_id)
-    [res] = generate(model, "The cat", tokenizer=tok, temperature=0, max_new_tokens=30,
-                     stop_token_ids=[stop_id])
+    [res] = generate(
+        model, "The cat", tokenizer=tok, temperature=0, max_new_tokens=30, stop_token_ids=[stop_id]
+    )
     assert res.token_ids == ref.token_ids[:first] and res.finish_reason == "stop"
 
     eos = tok.token_to_id("<|endoftext|>")
-    hook = model.lm_head.register_forward_hook(lambda m, i, out: out.index_fill(-1, torch.tensor([eos]), 1e4))
+    hook = model.lm_head.register_forward_hook(
+        lambda m, i, out: out.index_fill(-1, torch.tensor([eos]), 1e4)
+    )
     try:
         [res] = generate(model, "The cat", tokenizer=tok, max_new_tokens=10, seed=0)
         assert (res.token_ids, res.text, res.finish_reason) == ([], "", "stop")

@@ -27,16 +27,28 @@ def kept(logits: torch.Tensor) -> set[int]:
     return set(torch.nonzero(torch.isfinite(logits[0])).flatten().tolist())
 
 
-@pytest.mark.parametrize(("k", "expected"), [(1, {1}), (2, {1, 3}), (0, {0, 1, 2, 3, 4}),
-                                             (None, {0, 1, 2, 3, 4}), (9, {0, 1, 2, 3, 4})])
+@pytest.mark.parametrize(
+    ("k", "expected"),
+    [(1, {1}), (2, {1, 3}), (0, {0, 1, 2, 3, 4}), (None, {0, 1, 2, 3, 4}), (9, {0, 1, 2, 3, 4})],
+)
 def test_top_k(k: int | None, expected: set[int]) -> None:
     assert kept(apply_top_k(LOGITS, k)) == expected
 
 
-@pytest.mark.parametrize(("p", "expected"), [
-    (0.0, {1}), (1e-9, {1}), (0.49, {1}), (0.51, {1, 3}), (0.74, {1, 3}),
-    (0.76, {1, 3, 2, 4}) , (0.94, {1, 3, 2, 4}), (0.96, {0, 1, 2, 3, 4}), (1.0, {0, 1, 2, 3, 4}),
-])
+@pytest.mark.parametrize(
+    ("p", "expected"),
+    [
+        (0.0, {1}),
+        (1e-9, {1}),
+        (0.49, {1}),
+        (0.51, {1, 3}),
+        (0.74, {1, 3}),
+        (0.76, {1, 3, 2, 4}),
+        (0.94, {1, 3, 2, 4}),
+        (0.96, {0, 1, 2, 3, 4}),
+        (1.0, {0, 1, 2, 3, 4}),
+    ],
+)
 def test_top_p_smallest_set_reaching_p(p: float, expected: set[int]) -> None:
     # 2 and 4 tie at 0.1: at p=0.76 only one of them is needed; the sort keeps one
     # (stable order picks the lower index) -- so check the size and the sure members.
@@ -47,9 +59,17 @@ def test_top_p_smallest_set_reaching_p(p: float, expected: set[int]) -> None:
         assert got == expected
 
 
-@pytest.mark.parametrize(("m", "expected"), [(0.0, {0, 1, 2, 3, 4}), (0.49, {1, 3}), (0.51, {1}),
-                                             (0.19, {1, 2, 3, 4}), (0.09, {0, 1, 2, 3, 4}),
-                                             (1.0, {1})])
+@pytest.mark.parametrize(
+    ("m", "expected"),
+    [
+        (0.0, {0, 1, 2, 3, 4}),
+        (0.49, {1, 3}),
+        (0.51, {1}),
+        (0.19, {1, 2, 3, 4}),
+        (0.09, {0, 1, 2, 3, 4}),
+        (1.0, {1}),
+    ],
+)
 def test_min_p(m: float, expected: set[int]) -> None:
     assert kept(apply_min_p(LOGITS, m)) == expected
 
@@ -117,10 +137,19 @@ def test_greedy_and_degenerate_filters_equal_argmax() -> None:
         assert torch.equal(sample_next(logits, params, make_generator(1)), greedy)
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=1.5), dict(min_p=-0.1),
-                                 dict(top_k=-2), dict(repetition_penalty=0),
-                                 dict(max_new_tokens=-1), dict(temperature=math.inf),
-                                 dict(stop=[""])])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(temperature=-1),
+        dict(top_p=1.5),
+        dict(min_p=-0.1),
+        dict(top_k=-2),
+        dict(repetition_penalty=0),
+        dict(max_new_tokens=-1),
+        dict(temperature=math.inf),
+        dict(stop=[""]),
+    ],
+)
 def test_invalid_params_raise(bad: dict) -> None:
     with pytest.raises(ValueError):
         SamplingParams(**bad)

@@ -76,29 +76,51 @@ def test_health_and_models(server: str, client) -> None:
 def test_completions_match_cli_generate(client, model_dir: Path, capsys) -> None:
     settings = dict(temperature=0.9, top_p=0.95, seed=42, max_tokens=24)
     resp = client.completions.create(model="tiny", prompt="Once upon a time", **settings)
-    row = cli_generate(model_dir, capsys, "--prompt", "Once upon a time", "--temperature", "0.9",
-                       "--top-p", "0.95", "--seed", "42", "--max-new-tokens", "24")
+    row = cli_generate(
+        model_dir,
+        capsys,
+        "--prompt",
+        "Once upon a time",
+        "--temperature",
+        "0.9",
+        "--top-p",
+        "0.95",
+        "--seed",
+        "42",
+        "--max-new-tokens",
+        "24",
+    )
     assert resp.choices[0].text == row["completion"]
     assert resp.choices[0].finish_reason == row["finish_reason"]
     assert resp.usage.completion_tokens == row["completion_tokens"]
     assert resp.usage.prompt_tokens == row["prompt_tokens"]
-    stream = client.completions.create(model="tiny", prompt="Once upon a time", stream=True,
-                                       stream_options={"include_usage": True}, **settings)
+    stream = client.completions.create(
+        model="tiny",
+        prompt="Once upon a time",
+        stream=True,
+        stream_options={"include_usage": True},
+        **settings,
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].text for c in chunks if c.choices) == row["completion"]
     assert chunks[-2].choices[0].finish_reason == row["finish_reason"]
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == row["completion_tokens"]
+    assert (
+        chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == row["completion_tokens"]
+    )
 
 
 def test_chat_completions_stream_and_not(client, model) -> None:
-    messages = [{"role": "system", "content": "You are a librarian."},
-                {"role": "user", "content": "Tell me a story"}]
+    messages = [
+        {"role": "system", "content": "You are a librarian."},
+        {"role": "user", "content": "Tell me a story"},
+    ]
     settings = dict(temperature=0.8, seed=7, max_tokens=20)
     resp = client.chat.completions.create(model="tiny", messages=messages, **settings)
     content = resp.choices[0].message.content
     assert resp.choices[0].message.role == "assistant"
-    chunks = list(client.chat.completions.create(model="tiny", messages=messages, stream=True,
-                                                 **settings))
+    chunks = list(
+        client.chat.completions.create(model="tiny", messages=messages, stream=True, **settings)
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == content
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
@@ -106,15 +128,17 @@ def test_chat_completions_stream_and_not(client, model) -> None:
     prompt = ChatTemplate().render(messages)
     [ref] = generate(model, prompt, temperature=0.8, seed=7, max_new_tokens=20, stop=["\nUser:"])
     assert content == ref.text.lstrip(" ")
-    greedy = client.chat.completions.create(model="tiny", messages=messages, temperature=0,
-                                            max_tokens=10, n=2)
+    greedy = client.chat.completions.create(
+        model="tiny", messages=messages, temperature=0, max_tokens=10, n=2
+    )
     assert len(greedy.choices) == 2
     assert greedy.choices[0].message.content == greedy.choices[1].message.content
 
 
 def test_max_tokens_is_capped(client) -> None:
-    resp = client.completions.create(model="tiny", prompt="The", max_tokens=1000, temperature=0,
-                                     extra_body={"ignore_eos": True})
+    resp = client.completions.create(
+        model="tiny", prompt="The", max_tokens=1000, temperature=0, extra_body={"ignore_eos": True}
+    )
     assert resp.usage.completion_tokens <= 48
 
 
@@ -136,8 +160,13 @@ def test_32_concurrent_streams(server: str, model) -> None:
 
     def one(i: int) -> None:
         try:
-            body = {"prompt": f"The cat {i}", "max_tokens": 12, "temperature": 1.0, "seed": i,
-                    "stream": True}
+            body = {
+                "prompt": f"The cat {i}",
+                "max_tokens": 12,
+                "temperature": 1.0,
+                "seed": i,
+                "stream": True,
+            }
             with httpx.stream("POST", server + "/v1/completions", json=body, timeout=90) as r:
                 assert r.status_code == 200
                 assert r.headers["content-type"].startswith("text/event-stream")
@@ -169,11 +198,16 @@ def test_validation_errors_in_openai_shape(server: str) -> None:
     r = httpx.post(url, json={"prompt": "hi", "max_tokens": 2, "frobnicate": {"x": 1}})
     assert r.status_code == 200  # unknown fields are ignored
     assert httpx.post(url, json={"max_tokens": 2}).status_code == 400  # prompt missing
-    assert httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}
-                      ).status_code == 400
+    assert (
+        httpx.post(
+            url, content=b"{not json", headers={"content-type": "application/json"}
+        ).status_code
+        == 400
+    )
     assert httpx.post(url, json={"prompt": [[1, 10**6]]}).status_code == 400
-    r = httpx.post(server + "/v1/chat/completions", json={"messages": [{"role": "robot",
-                                                                        "content": "x"}]})
+    r = httpx.post(
+        server + "/v1/chat/completions", json={"messages": [{"role": "robot", "content": "x"}]}
+    )
     assert r.status_code == 400 and "error" in r.json()
     r = httpx.post(url, json={"prompt": "x" * 1_100_000})
     assert r.status_code == 413 and "error" in r.json()
@@ -190,6 +224,9 @@ def test_api_key(model) -> None:
         r = tc.get("/v1/models")
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert tc.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
-        ok = tc.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2},
-                     headers={"Authorization": "Bearer s3cret"})
+        ok = tc.post(
+            "/v1/completions",
+            json={"prompt": "hi", "max_tokens": 2},
+            headers={"Authorization": "Bearer s3cret"},
+        )
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 2

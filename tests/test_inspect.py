@@ -18,9 +18,14 @@ def _model_dir(tmp_path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["the cat sat on the mat. " * 20, "a dog ran in the park. " * 20], trainer)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(
+        ["the cat sat on the mat. " * 20, "a dog ran in the park. " * 20], trainer
+    )
     tok.save(str(tmp_path / "tokenizer.json"))
     cfg = get_preset("lumiere-1m").model.replace(vocab_size=tok.get_vocab_size())
     save_model(GPT(cfg), tmp_path / "m", tokenizer_path=tmp_path / "tokenizer.json")
@@ -35,7 +40,9 @@ def test_inspection_matches_model(tmp_path) -> None:
     assert len(ins.hidden_states) == 5
     # The last logit-lens entry is exactly the model's output distribution.
     logits = model(torch.tensor([ins.ids])).logits[0]
-    torch.testing.assert_close(ins.lens_logprobs[-1], torch.log_softmax(logits, -1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        ins.lens_logprobs[-1], torch.log_softmax(logits, -1), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_cli_writes_png_and_json(tmp_path, capsys) -> None:

@@ -98,7 +98,14 @@ def _decode_incrementally(model: GPT, x: torch.Tensor, prefill: int) -> torch.Te
 
 @pytest.mark.parametrize(
     "name,kv_heads",
-    [("tiny-gpt2", None), ("lumiere-1m", None), ("tiny", 1), ("tiny", 2), ("tiny", 4), ("librarian-1.3m", None)],
+    [
+        ("tiny-gpt2", None),
+        ("lumiere-1m", None),
+        ("tiny", 1),
+        ("tiny", 2),
+        ("tiny", 4),
+        ("librarian-1.3m", None),
+    ],
 )
 def test_kv_cache_equals_full_recompute(name: str, kv_heads: int | None) -> None:
     kw = {} if kv_heads is None else {"n_kv_heads": kv_heads}
@@ -107,7 +114,9 @@ def test_kv_cache_equals_full_recompute(name: str, kv_heads: int | None) -> None
     x = torch.randint(0, cfg.vocab_size, (2, min(30, cfg.context_length)))
     full = model(x).logits
     for prefill in (1, 7):
-        torch.testing.assert_close(_decode_incrementally(model, x, prefill), full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            _decode_incrementally(model, x, prefill), full, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_kv_cache_explicit_path_and_chunks() -> None:
@@ -116,7 +125,9 @@ def test_kv_cache_explicit_path_and_chunks() -> None:
     full = model(x, return_attentions=True).logits
     cache = model.new_cache(1)
     a = model(x[:, :8], cache=cache, return_attentions=True).logits
-    b = model(x[:, 8:15], cache=cache, return_attentions=True).logits  # multi-token chunk over a cache
+    b = model(
+        x[:, 8:15], cache=cache, return_attentions=True
+    ).logits  # multi-token chunk over a cache
     c = model(x[:, 15:], cache=cache).logits
     torch.testing.assert_close(torch.cat([a, b, c], 1), full, rtol=1e-5, atol=1e-5)
 
@@ -132,7 +143,9 @@ def test_gqa_matches_explicit_repeat(kv_heads: int) -> None:
     for i in range(cfg.n_layers):
         for n in ("k", "v"):
             w = sd[f"blocks.{i}.attn.{n}_proj.weight"].view(kv_heads, cfg.d_head, cfg.d_model)
-            sd[f"blocks.{i}.attn.{n}_proj.weight"] = w.repeat_interleave(rep, 0).reshape(-1, cfg.d_model)
+            sd[f"blocks.{i}.attn.{n}_proj.weight"] = w.repeat_interleave(rep, 0).reshape(
+                -1, cfg.d_model
+            )
     mha.load_state_dict(sd)
     x = torch.randint(0, cfg.vocab_size, (2, 16))
     torch.testing.assert_close(gqa(x).logits, mha(x).logits, rtol=1e-5, atol=1e-5)

@@ -17,7 +17,10 @@ from lumenlm.presets import get_preset
 def test_save_load_identical_logits(tmp_path, name: str) -> None:
     model = GPT(get_preset(name).model).eval()
     save_model(model, tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
     loaded = load(tmp_path / "m")
     x = torch.randint(0, model.config.vocab_size, (2, 16))
     assert torch.equal(model(x).logits, loaded(x).logits)

@@ -14,10 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_demo_script_end_to_end(tmp_path: Path, shared_data: Path) -> None:
-    env = {**os.environ, "DEMO_OUT": str(tmp_path), "DEMO_MINUTES": "0.5",
-           "LUMENLM_DATA": str(shared_data)}
-    res = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=900)
+    env = {
+        **os.environ,
+        "DEMO_OUT": str(tmp_path),
+        "DEMO_MINUTES": "0.5",
+        "LUMENLM_DATA": str(shared_data),
+    }
+    res = subprocess.run(
+        ["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     run = sorted((tmp_path / "runs").glob("run_*"))[-1]
     for name in ("config.json", "metrics.jsonl", "loss_curve.png", "README.md", "eval_val.json"):

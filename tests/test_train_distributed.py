@@ -30,14 +30,22 @@ def _env() -> dict[str, str]:
 
 def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     script = str(Path(PYTHON).parent / "lumenlm")
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           script, *args]
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        script,
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO)
 
 
 def _single(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([*LUMENLM, *args], capture_output=True, text=True, timeout=300,
-                          env=_env(), cwd=REPO)
+    return subprocess.run(
+        [*LUMENLM, *args], capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO
+    )
 
 
 def _losses(run: Path, key: str = "loss") -> list[float]:
@@ -46,8 +54,19 @@ def _losses(run: Path, key: str = "loss") -> list[float]:
 
 
 def _train_args(data: Path, out: Path, batch: int, **extra: object) -> list[str]:
-    return ["train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--device",
-            "cpu", "--no-progress", *set_args(**RECIPE, batch_size=batch, **extra)]
+    return [
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *set_args(**RECIPE, batch_size=batch, **extra),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +87,9 @@ def _close(a: list[float], b: list[float]) -> None:
     assert max(abs(x - y) for x, y in zip(a, b)) < TOL, (a, b)
 
 
-def test_ddp_two_ranks_match_single_process_double_batch(data: Path, single: Path,
-                                                         tmp_path: Path) -> None:
+def test_ddp_two_ranks_match_single_process_double_batch(
+    data: Path, single: Path, tmp_path: Path
+) -> None:
     r = _torchrun(_train_args(data, tmp_path, batch=2))
     assert r.returncode == 0, r.stderr[-3000:]
     run = only_run(tmp_path)
@@ -88,8 +108,9 @@ def test_fsdp2_two_ranks_match_single_process(data: Path, single: Path, tmp_path
 
 
 @pytest.mark.slow
-def test_fsdp2_two_ranks_match_and_resume_on_two_ranks(data: Path, single: Path,
-                                                       tmp_path: Path) -> None:
+def test_fsdp2_two_ranks_match_and_resume_on_two_ranks(
+    data: Path, single: Path, tmp_path: Path
+) -> None:
     r = _torchrun([*_train_args(data, tmp_path, batch=2), "--strategy", "fsdp", "--max-steps", "3"])
     assert r.returncode == 0, r.stderr[-3000:]
     run = only_run(tmp_path)
@@ -103,14 +124,16 @@ def test_fsdp2_two_ranks_match_and_resume_on_two_ranks(data: Path, single: Path,
     assert model.num_parameters() > 0
 
 
-def test_two_rank_checkpoint_resumes_in_one_process(data: Path, single: Path,
-                                                    tmp_path: Path) -> None:
+def test_two_rank_checkpoint_resumes_in_one_process(
+    data: Path, single: Path, tmp_path: Path
+) -> None:
     r = _torchrun([*_train_args(data, tmp_path, batch=2), "--max-steps", "3"])
     assert r.returncode == 0, r.stderr[-3000:]
     run = only_run(tmp_path)
     # one process with twice the per-rank batch continues the same global batch order
-    r = _single(["train", "--resume", str(run), "--device", "cpu", "--no-progress",
-                 "--set", "batch_size=4"])
+    r = _single(
+        ["train", "--resume", str(run), "--device", "cpu", "--no-progress", "--set", "batch_size=4"]
+    )
     assert r.returncode == 0, r.stderr
     _close(_losses(run), _losses(single))
     from safetensors.torch import load_file

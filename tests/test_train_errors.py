@@ -43,13 +43,30 @@ def _one_line_error(err: str, *needles: str) -> None:
         (["--preset", "tiny", "--set", "model.d_modl=64"], ["unknown config key", "model.d_model"]),
         (["--preset", "tiny", "--set", "n_heads=3"], ["n_heads=3 does not divide d_model=32"]),
         (["--preset", "tiny", "--set", "batch_size=0"], ["batch_size"]),
-        (["--preset", "tiny", "--set", "context_length=2048"], ["train split", "1500 tokens", "context_length=2048"]),
-        (["--preset", "tiny", "--set", "batch_size=512"], ["93 windows", "one optimizer step needs 512"]),
+        (
+            ["--preset", "tiny", "--set", "context_length=2048"],
+            ["train split", "1500 tokens", "context_length=2048"],
+        ),
+        (
+            ["--preset", "tiny", "--set", "batch_size=512"],
+            ["93 windows", "one optimizer step needs 512"],
+        ),
     ],
 )
-def test_bad_config(data: Path, tmp_path: Path, capsys, extra: list[str], needles: list[str]) -> None:
-    args = ["train", "--data", str(data), "--out", str(tmp_path / "runs"), "--device", "cpu",
-            "--no-progress", *set_args(max_steps=2)]
+def test_bad_config(
+    data: Path, tmp_path: Path, capsys, extra: list[str], needles: list[str]
+) -> None:
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "runs"),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *set_args(max_steps=2),
+    ]
     code, err = _run([*args, *extra], capsys)
     assert code != 0
     _one_line_error(err, *needles)
@@ -58,8 +75,21 @@ def test_bad_config(data: Path, tmp_path: Path, capsys, extra: list[str], needle
 
 def test_val_split_too_short(tmp_path: Path, capsys) -> None:
     d = make_dataset(tmp_path / "d", n_train=1500, n_val=10)
-    code, err = _run(["train", "--preset", "tiny", "--data", str(d), "--out", str(tmp_path / "r"),
-                      "--device", "cpu", *set_args(max_steps=2)], capsys)
+    code, err = _run(
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(d),
+            "--out",
+            str(tmp_path / "r"),
+            "--device",
+            "cpu",
+            *set_args(max_steps=2),
+        ],
+        capsys,
+    )
     assert code != 0
     _one_line_error(err, "val split", "10 tokens")
 
@@ -70,8 +100,20 @@ def test_bad_data_dir(tmp_path: Path, capsys, kind: str) -> None:
     if kind == "foreign":
         d.mkdir()
         (d / "notes.txt").write_text("hello")
-    code, err = _run(["train", "--preset", "tiny", "--data", str(d), "--out", str(tmp_path / "r"),
-                      "--device", "cpu"], capsys)
+    code, err = _run(
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(d),
+            "--out",
+            str(tmp_path / "r"),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code != 0
     _one_line_error(err, str(d))
 
@@ -90,9 +132,22 @@ def _corrupt(path: Path) -> None:
 
 def test_corrupt_checkpoint_falls_back_then_says_so(data: Path, tmp_path: Path, capsys) -> None:
     base = ["--device", "cpu", "--no-progress"]
-    code, _ = _run(["train", "--preset", "tiny", "--data", str(data), "--out", str(tmp_path), *base,
-                    "--max-steps", "4", *set_args(max_steps=6, checkpoint_interval=2, eval_interval=100,
-                                                  keep_checkpoints=5)], capsys)
+    code, _ = _run(
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path),
+            *base,
+            "--max-steps",
+            "4",
+            *set_args(max_steps=6, checkpoint_interval=2, eval_interval=100, keep_checkpoints=5),
+        ],
+        capsys,
+    )
     assert code == 0
     run = next(tmp_path.glob("run_*"))
     ckpts = run / "checkpoints"
@@ -114,10 +169,24 @@ def test_corrupt_checkpoint_falls_back_then_says_so(data: Path, tmp_path: Path, 
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data: Path, tmp_path: Path, capsys) -> None:
-    code, err = _run(["train", "--preset", "tiny", "--data", str(data), "--out", str(tmp_path),
-                      "--device", "cpu", "--no-progress",
-                      *set_args(max_steps=20, lr=1e30, warmup_steps=0, checkpoint_interval=1,
-                                eval_interval=100)], capsys)
+    code, err = _run(
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--no-progress",
+            *set_args(
+                max_steps=20, lr=1e30, warmup_steps=0, checkpoint_interval=1, eval_interval=100
+            ),
+        ],
+        capsys,
+    )
     assert code != 0
     line = next(x for x in err.splitlines() if x.startswith("lumenlm train: error"))
     _one_line_error(err, "at step", "last good checkpoint kept")

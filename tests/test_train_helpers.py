@@ -22,13 +22,31 @@ PYTHON = sys.executable
 LUMENLM = [PYTHON, "-c", "import sys; from lumenlm.cli import main; sys.exit(main())"]
 
 # A tiny, fast model and recipe: no dropout (so DDP == single process exactly) unless asked.
-TINY = {"d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_ff": 64,
-        "context_length": 16, "batch_size": 4, "warmup_steps": 3, "log_interval": 1,
-        "eval_interval": 5, "eval_batches": 2, "checkpoint_interval": 4, "seed": 7}
+TINY = {
+    "d_model": 32,
+    "n_layers": 2,
+    "n_heads": 4,
+    "n_kv_heads": 2,
+    "d_ff": 64,
+    "context_length": 16,
+    "batch_size": 4,
+    "warmup_steps": 3,
+    "log_interval": 1,
+    "eval_interval": 5,
+    "eval_batches": 2,
+    "checkpoint_interval": 4,
+    "seed": 7,
+}
 
 
-def make_dataset(path: Path, n_train: int = 4000, n_val: int = 600, vocab: int = 300,
-                 seed: int = 0, tokenizer: bool = False) -> Path:
+def make_dataset(
+    path: Path,
+    n_train: int = 4000,
+    n_val: int = 600,
+    vocab: int = 300,
+    seed: int = 0,
+    tokenizer: bool = False,
+) -> Path:
     """A prepared-dataset dir (train/val/test .bin + meta.json) of learnable synthetic text."""
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -41,18 +59,33 @@ def make_dataset(path: Path, n_train: int = 4000, n_val: int = 600, vocab: int =
             toks[i] = t
         data = toks.tobytes()
         (path / f"{split}.bin").write_bytes(data)
-        splits[split] = {"tokens": n, "documents": 1, "bytes": n * 4,
-                         "sha256": hashlib.sha256(data).hexdigest()}
-    meta = {"version": 1, "vocab_size": vocab, "dtype": "uint16", "eot_id": 0, "pad_id": 1,
-            "splits": splits, "bytes_per_token": 4.0, "tokenizer": {"vocab_size": vocab}}
+        splits[split] = {
+            "tokens": n,
+            "documents": 1,
+            "bytes": n * 4,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    meta = {
+        "version": 1,
+        "vocab_size": vocab,
+        "dtype": "uint16",
+        "eot_id": 0,
+        "pad_id": 1,
+        "splits": splits,
+        "bytes_per_token": 4.0,
+        "tokenizer": {"vocab_size": vocab},
+    }
     (path / "meta.json").write_text(json.dumps(meta))
     if tokenizer:
         from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab,
+            special_tokens=["<|endoftext|>", "<|pad|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
         tok.train_from_iterator(["once upon a time there was a tiny model"] * 50, trainer)
         tok.save(str(path / "tokenizer.json"))
     return path
@@ -72,7 +105,11 @@ def set_args(**extra: object) -> list[str]:
 
 
 def weights(run_or_ckpt: Path) -> dict[str, torch.Tensor]:
-    d = run_or_ckpt / "checkpoints" / "last" if (run_or_ckpt / "checkpoints").exists() else run_or_ckpt
+    d = (
+        run_or_ckpt / "checkpoints" / "last"
+        if (run_or_ckpt / "checkpoints").exists()
+        else run_or_ckpt
+    )
     return load_file(str(d / "model.safetensors"))
 
 
@@ -95,8 +132,15 @@ def assert_same_state(a: Path, b: Path) -> None:
 
 def run_cli(args: list[str], timeout: float = 300, **popen: object) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([*LUMENLM, *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO, **popen)
+    return subprocess.run(
+        [*LUMENLM, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+        **popen,
+    )
 
 
 def only_run(out: Path) -> Path:

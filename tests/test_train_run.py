@@ -26,10 +26,21 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     one_thread()
     data = make_dataset(tmp_path_factory.mktemp("data"), n_train=3000, n_val=400, tokenizer=True)
     out = tmp_path_factory.mktemp("runs")
-    return train("tiny-gpt2", data, out, overrides(max_steps=30, n_kv_heads=None, lr=3e-3,
-                                                   checkpoint_interval=10, keep_checkpoints=2,
-                                                   dropout=0.1),
-                 device="cpu", progress_bar=False)
+    return train(
+        "tiny-gpt2",
+        data,
+        out,
+        overrides(
+            max_steps=30,
+            n_kv_heads=None,
+            lr=3e-3,
+            checkpoint_interval=10,
+            keep_checkpoints=2,
+            dropout=0.1,
+        ),
+        device="cpu",
+        progress_bar=False,
+    )
 
 
 def test_run_dir_layout(run: Path) -> None:
@@ -49,8 +60,17 @@ def test_run_dir_layout(run: Path) -> None:
 def test_metrics_and_falling_loss(run: Path) -> None:
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     train_recs = [r for r in recs if "loss" in r]
-    for key in ("step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "elapsed_s",
-                "tokens_seen"):
+    for key in (
+        "step",
+        "epoch",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "mfu",
+        "elapsed_s",
+        "tokens_seen",
+    ):
         assert key in train_recs[0], key
     assert [r["step"] for r in train_recs] == list(range(1, 31))
     assert train_recs[-1]["loss"] < train_recs[0]["loss"] - 0.3
@@ -117,9 +137,19 @@ def test_overrides_resolution(tmp_path: Path) -> None:
 
 def test_presets_carry_card_recipes() -> None:
     _, _, lib = resolve_config("librarian-1.3m")
-    assert (lib.batch_size, lib.lr, lib.weight_decay, lib.early_stopping_patience) == (32, 1e-4, 0.01, 5)
+    assert (lib.batch_size, lib.lr, lib.weight_decay, lib.early_stopping_patience) == (
+        32,
+        1e-4,
+        0.01,
+        5,
+    )
     _, lm, lum = resolve_config("lumiere-1m")
-    assert (lum.stride, lum.warmup_steps, lum.max_epochs, lum.early_stopping_on) == (8, 500, 250, "epoch")
+    assert (lum.stride, lum.warmup_steps, lum.max_epochs, lum.early_stopping_on) == (
+        8,
+        500,
+        250,
+        "epoch",
+    )
     assert lm.attn_dropout == 0.1
     _, _, base = resolve_config("lumenbase-128m")
     assert (base.batch_size, base.grad_accum, base.weight_decay) == (12, 4, 0.1)
@@ -129,9 +159,23 @@ def test_config_file_and_cli_set(tmp_path: Path, capsys) -> None:
     data = make_dataset(tmp_path / "d", n_train=1500, n_val=300)
     cfg = tmp_path / "run.yaml"
     cfg.write_text("preset: tiny\ntrain:\n  beta2: 0.99\n  warmup_steps: 1\n")
-    code = main(["train", "--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "r"),
-                 "--device", "cpu", "--no-progress", "--precision", "bf16",
-                 *set_args(max_steps=3, seed=11)])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(cfg),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "r"),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--precision",
+            "bf16",
+            *set_args(max_steps=3, seed=11),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     run = next((tmp_path / "r").iterdir())
     doc = json.loads((run / "config.json").read_text())

@@ -214,7 +214,9 @@ class TrainConfig:
                 f"train.early_stopping_patience must be positive or null, got {self.early_stopping_patience}"
             )
         if self.eval_batches is not None and self.eval_batches <= 0:
-            raise ConfigError(f"train.eval_batches must be positive or null, got {self.eval_batches}")
+            raise ConfigError(
+                f"train.eval_batches must be positive or null, got {self.eval_batches}"
+            )
         if not (0.0 <= self.min_lr_ratio <= 1.0):
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.grad_clip is not None and self.grad_clip < 0:
@@ -290,7 +292,9 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
             data = json.loads(text)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({first})") from None
+        raise ConfigError(
+            f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({first})"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

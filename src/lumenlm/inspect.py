@@ -28,7 +28,9 @@ class Inspection:
     ids: list[int]
     attentions: list[torch.Tensor]  # per layer: (n_heads, T, T)
     hidden_states: list[torch.Tensor]  # n_layers + 1 entries of (T, d_model)
-    lens_logprobs: list[torch.Tensor]  # per hidden state: (T, V) log-probs after final norm + unembed
+    lens_logprobs: list[
+        torch.Tensor
+    ]  # per hidden state: (T, V) log-probs after final norm + unembed
 
 
 @torch.inference_mode()
@@ -42,7 +44,9 @@ def inspect_text(model: GPT, text: str, tokenizer: Any = None) -> Inspection:
         raise LumenError("--text encodes to no tokens; give some text")
     ids = ids[-model.config.context_length :]
     device = model.tok_emb.weight.device
-    out = model(torch.tensor([ids], device=device), return_attentions=True, return_hidden_states=True)
+    out = model(
+        torch.tensor([ids], device=device), return_attentions=True, return_hidden_states=True
+    )
     assert out.attentions is not None and out.hidden_states is not None
     hidden = [h[0].float().cpu() for h in out.hidden_states]
     lens = []
@@ -63,23 +67,33 @@ def summary(ins: Inspection, tokenizer: Any, top_k: int = 5) -> dict[str, Any]:
     layers = []
     for i, att in enumerate(ins.attentions):
         ent = -(att.clamp_min(1e-12).log() * att).sum(-1).mean(-1)  # (n_heads,)
-        layers.append({
-            "layer": i,
-            "hook_resid_pre_norm": [round(float(x), 5) for x in ins.hidden_states[i].norm(dim=-1)],
-            "attn_entropy_per_head": [round(float(x), 5) for x in ent],
-            "attn_pattern": [[[round(float(v), 5) for v in row] for row in head] for head in att],
-        })
+        layers.append(
+            {
+                "layer": i,
+                "hook_resid_pre_norm": [
+                    round(float(x), 5) for x in ins.hidden_states[i].norm(dim=-1)
+                ],
+                "attn_entropy_per_head": [round(float(x), 5) for x in ent],
+                "attn_pattern": [
+                    [[round(float(v), 5) for v in row] for row in head] for head in att
+                ],
+            }
+        )
     lens = []
     for i, lp in enumerate(ins.lens_logprobs):
         top = lp.topk(top_k, dim=-1)
-        lens.append({
-            "after_layer": i - 1 if i > 0 else "embeddings",
-            "top": [
-                [{"token": tokenizer.decode([int(t)]), "logprob": round(float(v), 5)}
-                 for v, t in zip(vals, idx)]
-                for vals, idx in zip(top.values, top.indices)
-            ],
-        })
+        lens.append(
+            {
+                "after_layer": i - 1 if i > 0 else "embeddings",
+                "top": [
+                    [
+                        {"token": tokenizer.decode([int(t)]), "logprob": round(float(v), 5)}
+                        for v, t in zip(vals, idx)
+                    ]
+                    for vals, idx in zip(top.values, top.indices)
+                ],
+            }
+        )
     return {"tokens": ins.tokens, "ids": ins.ids, "layers": layers, "logit_lens": lens}
 
 
@@ -93,7 +107,9 @@ def plot_attention(ins: Inspection, path: Path) -> None:
     n_layers, n_heads = len(ins.attentions), ins.attentions[0].shape[0]
     T = len(ins.tokens)
     size = max(2.0, min(4.0, 0.25 * T))
-    fig, axes = plt.subplots(n_layers, n_heads, figsize=(size * n_heads, size * n_layers), squeeze=False)
+    fig, axes = plt.subplots(
+        n_layers, n_heads, figsize=(size * n_heads, size * n_layers), squeeze=False
+    )
     labels = [t.replace("\n", "\\n") for t in ins.tokens]
     for layer in range(n_layers):
         for head in range(n_heads):
@@ -124,9 +140,20 @@ def plot_logit_lens(ins: Inspection, tokenizer: Any, path: Path) -> None:
     nxt = torch.tensor(ins.ids[1:])
     grid = torch.stack([lp[:-1].gather(-1, nxt[:, None])[:, 0] for lp in ins.lens_logprobs])
     fig, ax = plt.subplots(figsize=(max(4, 0.35 * T), 0.5 * len(ins.lens_logprobs) + 1.5))
-    im = ax.imshow(grid.numpy(), aspect="auto", cmap="magma", vmin=-math.log(len(ins.lens_logprobs[0][0])), vmax=0)
-    ax.set_yticks(range(len(ins.lens_logprobs)), ["emb"] + [f"L{i}" for i in range(len(ins.lens_logprobs) - 1)])
-    ax.set_xticks(range(T - 1), [t.replace("\n", "\\n") for t in ins.tokens[1:]], rotation=90, fontsize=7)
+    im = ax.imshow(
+        grid.numpy(),
+        aspect="auto",
+        cmap="magma",
+        vmin=-math.log(len(ins.lens_logprobs[0][0])),
+        vmax=0,
+    )
+    ax.set_yticks(
+        range(len(ins.lens_logprobs)),
+        ["emb"] + [f"L{i}" for i in range(len(ins.lens_logprobs) - 1)],
+    )
+    ax.set_xticks(
+        range(T - 1), [t.replace("\n", "\\n") for t in ins.tokens[1:]], rotation=90, fontsize=7
+    )
     ax.set_title("logit lens: log p(next token) after each layer")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
@@ -140,7 +167,11 @@ def write_inspection(model: GPT, text: str, out_dir: str | Path, top_k: int = 5)
     out.mkdir(parents=True, exist_ok=True)
     tok = model.tokenizer
     ins = inspect_text(model, text, tok)
-    paths = {"json": out / "inspect.json", "attention": out / "attention.png", "logit_lens": out / "logit_lens.png"}
+    paths = {
+        "json": out / "inspect.json",
+        "attention": out / "attention.png",
+        "logit_lens": out / "logit_lens.png",
+    }
     tmp = paths["json"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary(ins, tok, top_k)) + "\n")
     tmp.replace(paths["json"])

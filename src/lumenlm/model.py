@@ -60,7 +60,11 @@ def rope_cos_sin(
     the same as Hugging Face Llama, so weights need no permutation on export.
     """
     inv_freq = 1.0 / (
-        theta ** (torch.arange(0, d_head, 2, device=position_ids.device, dtype=torch.int64).float() / d_head)
+        theta
+        ** (
+            torch.arange(0, d_head, 2, device=position_ids.device, dtype=torch.int64).float()
+            / d_head
+        )
     )
     freqs = position_ids.float()[..., None] * inv_freq  # (B, T, d_head/2)
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -178,7 +182,12 @@ class Attention(nn.Module):
             y = F.dropout(weights, dropout_p, self.training) @ v
         else:
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=dropout_p,
+                is_causal=is_causal,
                 enable_gqa=self.n_rep > 1,
             )
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.d_value)
@@ -279,7 +288,9 @@ class GPT(nn.Module):
         """GPT-2 init: N(0, std) weights, zero biases, and residual output
         projections scaled by 1/sqrt(2 * n_layers) when `init == "gpt2"`."""
         cfg = self.config
-        resid_std = cfg.init_std / math.sqrt(2 * cfg.n_layers) if cfg.init == "gpt2" else cfg.init_std
+        resid_std = (
+            cfg.init_std / math.sqrt(2 * cfg.n_layers) if cfg.init == "gpt2" else cfg.init_std
+        )
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 std = resid_std if name.endswith(("o_proj", "down_proj")) else cfg.init_std
@@ -364,7 +375,8 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                logits.float().view(-1, logits.size(-1)),
+                targets.reshape(-1),
                 ignore_index=cfg.ignore_index,
             )
         return ModelOutput(
@@ -387,7 +399,9 @@ class GPT(nn.Module):
         mask = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)
         if attention_mask is not None:
             if attention_mask.shape != (B, S):
-                raise ValueError(f"attention_mask must have shape {(B, S)}, got {tuple(attention_mask.shape)}")
+                raise ValueError(
+                    f"attention_mask must have shape {(B, S)}, got {tuple(attention_mask.shape)}"
+                )
             mask = mask & attention_mask.bool()[:, None, None, :]
             # A padding query sees no key at all; let it see itself so softmax stays finite.
             mask = mask | (k_pos == q_pos)[None, None]
@@ -397,4 +411,6 @@ class GPT(nn.Module):
     def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
         """A KV cache on this model's device/dtype (default length: the context length)."""
         p = self.tok_emb.weight
-        return KVCache(self.config, batch_size, max_length or self.config.context_length, p.device, p.dtype)
+        return KVCache(
+            self.config, batch_size, max_length or self.config.context_length, p.device, p.dtype
+        )

@@ -103,10 +103,19 @@ def save_model(
     out.mkdir(parents=True, exist_ok=True)
     inner = unwrap_model(model)
     cfg: ModelConfig = inner.config  # type: ignore[assignment]
-    atomic_write_bytes(out / WEIGHTS_NAME, st_save(model_state_dict(inner), metadata={"format": "pt"}))
-    if tokenizer_path is not None and Path(tokenizer_path).resolve() != (out / TOKENIZER_NAME).resolve():
+    atomic_write_bytes(
+        out / WEIGHTS_NAME, st_save(model_state_dict(inner), metadata={"format": "pt"})
+    )
+    if (
+        tokenizer_path is not None
+        and Path(tokenizer_path).resolve() != (out / TOKENIZER_NAME).resolve()
+    ):
         atomic_write_bytes(out / TOKENIZER_NAME, Path(tokenizer_path).read_bytes())
-    doc: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": cfg.to_dict()}
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": cfg.to_dict(),
+    }
     if extra:
         doc.update(extra)
     # config.json last: a directory with a config.json is complete.
@@ -120,7 +129,9 @@ def read_model_config(model_dir: str | Path) -> tuple[ModelConfig, dict[str, Any
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found; is {model_dir} a lumenlm model directory?") from None
+        raise CheckpointError(
+            f"{path}: not found; is {model_dir} a lumenlm model directory?"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: corrupt JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or "model" not in doc:
@@ -148,7 +159,9 @@ def resolve_model_dir(path: str | Path) -> Path:
     if (p / CONFIG_NAME).exists() and (p / WEIGHTS_NAME).exists():
         return p
     if (p / "checkpoints").is_dir():
-        raise CheckpointError(f"{p}: run directory has no complete checkpoint yet (checkpoints/best or checkpoints/last)")
+        raise CheckpointError(
+            f"{p}: run directory has no complete checkpoint yet (checkpoints/best or checkpoints/last)"
+        )
     if (p / CONFIG_NAME).exists():
         raise CheckpointError(f"{p / WEIGHTS_NAME}: not found")
     raise CheckpointError(
@@ -167,7 +180,9 @@ def load_state_into(model: GPT, weights_path: Path) -> None:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{weights_path}: corrupt or not a safetensors file ({first})") from None
+        raise CheckpointError(
+            f"{weights_path}: corrupt or not a safetensors file ({first})"
+        ) from None
     expected = model.state_dict()
     if model.config.tie_embeddings:
         expected.pop("lm_head.weight", None)
@@ -179,8 +194,12 @@ def load_state_into(model: GPT, weights_path: Path) -> None:
         if missing:
             parts.append(f"missing {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}")
         if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}{'...' if len(unexpected) > 3 else ''}")
-        raise CheckpointError(f"{weights_path}: weights do not match config.json ({'; '.join(parts)})")
+            parts.append(
+                f"unexpected {', '.join(unexpected[:3])}{'...' if len(unexpected) > 3 else ''}"
+            )
+        raise CheckpointError(
+            f"{weights_path}: weights do not match config.json ({'; '.join(parts)})"
+        )
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise CheckpointError(

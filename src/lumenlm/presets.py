@@ -18,23 +18,59 @@ CHAT_SPECIALS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assist
 def _librarian() -> Preset:
     # Librarian-Base-v0: GPT-2 style, 1,305,600 parameters exactly.
     model = ModelConfig(
-        vocab_size=8000, context_length=128, d_model=128, n_layers=2, n_heads=4, d_ff=256,
-        norm="layernorm", norm_bias=True, norm_eps=1e-5, activation="gelu", positions="learned",
-        attn_bias=True, mlp_bias=True, tie_embeddings=True,
-        embd_dropout=0.2, attn_dropout=0.2, resid_dropout=0.2, init="gpt2",
+        vocab_size=8000,
+        context_length=128,
+        d_model=128,
+        n_layers=2,
+        n_heads=4,
+        d_ff=256,
+        norm="layernorm",
+        norm_bias=True,
+        norm_eps=1e-5,
+        activation="gelu",
+        positions="learned",
+        attn_bias=True,
+        mlp_bias=True,
+        tie_embeddings=True,
+        embd_dropout=0.2,
+        attn_dropout=0.2,
+        resid_dropout=0.2,
+        init="gpt2",
     )
     train = TrainConfig(
-        batch_size=32, grad_accum=1, lr=1e-4, min_lr_ratio=0.1, weight_decay=0.01,
-        beta1=0.9, beta2=0.999, warmup_steps=100, max_epochs=20, grad_clip=1.0,
-        precision="auto", eval_interval=500, eval_each_epoch=True,
-        early_stopping_patience=5, early_stopping_min_delta=1e-4, early_stopping_on="epoch",
+        batch_size=32,
+        grad_accum=1,
+        lr=1e-4,
+        min_lr_ratio=0.1,
+        weight_decay=0.01,
+        beta1=0.9,
+        beta2=0.999,
+        warmup_steps=100,
+        max_epochs=20,
+        grad_clip=1.0,
+        precision="auto",
+        eval_interval=500,
+        eval_each_epoch=True,
+        early_stopping_patience=5,
+        early_stopping_min_delta=1e-4,
+        early_stopping_on="epoch",
     )
     return Preset(
         name="librarian-1.3m",
         description="Librarian-Base-v0: GPT-2 style (learned positions, LayerNorm, GELU), TinyStories 2%",
-        model=model, train=train, dataset="tinystories",
+        model=model,
+        train=train,
+        dataset="tinystories",
         tokenizer={"vocab_size": 8000, "special_tokens": CHAT_SPECIALS, "fraction": 0.02},
-        card={"metrics": {"loss": 2.5466, "perplexity": 12.7630, "top1": 0.4537, "top5": 0.7245, "top10": 0.8023}},
+        card={
+            "metrics": {
+                "loss": 2.5466,
+                "perplexity": 12.7630,
+                "top1": 0.4537,
+                "top5": 0.7245,
+                "top10": 0.8023,
+            }
+        },
     )
 
 
@@ -42,21 +78,53 @@ def _lumiere() -> Preset:
     # Lumiere: RMSNorm + SwiGLU + learned positions, d_key = d_value = 32, tied output
     # projection, biased attention projections and bias-free SwiGLU (as in the original code).
     model = ModelConfig(
-        vocab_size=4096, context_length=64, d_model=128, n_layers=4, n_heads=4,
-        d_head=32, d_value=32, d_ff=256, norm="rmsnorm", norm_bias=False, norm_eps=1e-6,
-        activation="swiglu", positions="learned", attn_bias=True, mlp_bias=False,
-        tie_embeddings=True, embd_dropout=0.1, attn_dropout=0.1, resid_dropout=0.1, init="gpt2",
+        vocab_size=4096,
+        context_length=64,
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        d_head=32,
+        d_value=32,
+        d_ff=256,
+        norm="rmsnorm",
+        norm_bias=False,
+        norm_eps=1e-6,
+        activation="swiglu",
+        positions="learned",
+        attn_bias=True,
+        mlp_bias=False,
+        tie_embeddings=True,
+        embd_dropout=0.1,
+        attn_dropout=0.1,
+        resid_dropout=0.1,
+        init="gpt2",
     )
     train = TrainConfig(
-        batch_size=32, grad_accum=1, lr=3e-4, min_lr_ratio=0.1, weight_decay=0.01,
-        beta1=0.9, beta2=0.999, warmup_steps=500, max_epochs=250, grad_clip=1.0, stride=8,
-        precision="auto", eval_interval=1000, eval_each_epoch=True, eval_batches=178,
-        early_stopping_patience=5, early_stopping_min_delta=1e-4, early_stopping_on="epoch",
+        batch_size=32,
+        grad_accum=1,
+        lr=3e-4,
+        min_lr_ratio=0.1,
+        weight_decay=0.01,
+        beta1=0.9,
+        beta2=0.999,
+        warmup_steps=500,
+        max_epochs=250,
+        grad_clip=1.0,
+        stride=8,
+        precision="auto",
+        eval_interval=1000,
+        eval_each_epoch=True,
+        eval_batches=178,
+        early_stopping_patience=5,
+        early_stopping_min_delta=1e-4,
+        early_stopping_on="epoch",
     )
     return Preset(
         name="lumiere-1m",
         description="Lumiere: RMSNorm/SwiGLU, learned positions, d_key=d_value=32, WikiText-2, stride-8 windows",
-        model=model, train=train, dataset="wikitext-2",
+        model=model,
+        train=train,
+        dataset="wikitext-2",
         tokenizer={"vocab_size": 4096, "special_tokens": ["<|endoftext|>", "<|pad|>"]},
         card={"metrics": {"loss": 4.4180, "perplexity": 85.01}},
     )
@@ -65,21 +133,49 @@ def _lumiere() -> Preset:
 def _lumenbase() -> Preset:
     # LumenBase: Llama-style (RMSNorm, SwiGLU, RoPE, GQA 12q/4kv), tied, no biases.
     model = ModelConfig(
-        vocab_size=32000, context_length=2048, d_model=768, n_layers=12, n_heads=12,
-        n_kv_heads=4, d_head=64, d_ff=3072, norm="rmsnorm", norm_bias=False, norm_eps=1e-5,
-        activation="swiglu", positions="rope", rope_theta=10000.0, attn_bias=False,
-        mlp_bias=False, tie_embeddings=True,
-        embd_dropout=0.1, attn_dropout=0.1, resid_dropout=0.1, init="gpt2",
+        vocab_size=32000,
+        context_length=2048,
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        n_kv_heads=4,
+        d_head=64,
+        d_ff=3072,
+        norm="rmsnorm",
+        norm_bias=False,
+        norm_eps=1e-5,
+        activation="swiglu",
+        positions="rope",
+        rope_theta=10000.0,
+        attn_bias=False,
+        mlp_bias=False,
+        tie_embeddings=True,
+        embd_dropout=0.1,
+        attn_dropout=0.1,
+        resid_dropout=0.1,
+        init="gpt2",
     )
     train = TrainConfig(
-        batch_size=12, grad_accum=4, lr=3e-4, min_lr_ratio=0.1, weight_decay=0.1,
-        beta1=0.9, beta2=0.95, warmup_steps=2000, max_epochs=1, grad_clip=1.0,
-        precision="auto", eval_interval=500, eval_each_epoch=True,
+        batch_size=12,
+        grad_accum=4,
+        lr=3e-4,
+        min_lr_ratio=0.1,
+        weight_decay=0.1,
+        beta1=0.9,
+        beta2=0.95,
+        warmup_steps=2000,
+        max_epochs=1,
+        grad_clip=1.0,
+        precision="auto",
+        eval_interval=500,
+        eval_each_epoch=True,
     )
     return Preset(
         name="lumenbase-128m",
         description="LumenBase: Llama-style RMSNorm/SwiGLU/RoPE, GQA 12q/4kv, ctx 2048, vocab 32K",
-        model=model, train=train, dataset="text",
+        model=model,
+        train=train,
+        dataset="text",
         tokenizer={"vocab_size": 32000, "special_tokens": CHAT_SPECIALS},
         card={"tasks": {"arc-easy": 0.3948, "arc-challenge": 0.2355, "hellaswag": 0.3262}},
     )
@@ -88,23 +184,52 @@ def _lumenbase() -> Preset:
 def _tiny() -> Preset:
     # A few-hundred-thousand-parameter Llama-style model for tests and CPU demos.
     model = ModelConfig(
-        vocab_size=512, context_length=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-        d_ff=128, norm="rmsnorm", norm_bias=False, activation="swiglu", positions="rope",
-        attn_bias=False, mlp_bias=False, tie_embeddings=True,
+        vocab_size=512,
+        context_length=64,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=128,
+        norm="rmsnorm",
+        norm_bias=False,
+        activation="swiglu",
+        positions="rope",
+        attn_bias=False,
+        mlp_bias=False,
+        tie_embeddings=True,
     )
     train = TrainConfig(batch_size=8, lr=1e-3, warmup_steps=10, max_epochs=1, eval_interval=50)
-    return Preset(name="tiny", description="tiny Llama-style model for tests and smoke runs",
-                  model=model, train=train, tokenizer={"vocab_size": 512, "special_tokens": CHAT_SPECIALS})
+    return Preset(
+        name="tiny",
+        description="tiny Llama-style model for tests and smoke runs",
+        model=model,
+        train=train,
+        tokenizer={"vocab_size": 512, "special_tokens": CHAT_SPECIALS},
+    )
 
 
 def _tiny_gpt2() -> Preset:
     model = ModelConfig(
-        vocab_size=512, context_length=64, d_model=64, n_layers=2, n_heads=4, d_ff=256,
-        norm="layernorm", activation="gelu", positions="learned", tie_embeddings=True,
+        vocab_size=512,
+        context_length=64,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        d_ff=256,
+        norm="layernorm",
+        activation="gelu",
+        positions="learned",
+        tie_embeddings=True,
     )
     train = TrainConfig(batch_size=8, lr=1e-3, warmup_steps=10, max_epochs=1, eval_interval=50)
-    return Preset(name="tiny-gpt2", description="tiny GPT-2 style model for tests and smoke runs",
-                  model=model, train=train, tokenizer={"vocab_size": 512, "special_tokens": CHAT_SPECIALS})
+    return Preset(
+        name="tiny-gpt2",
+        description="tiny GPT-2 style model for tests and smoke runs",
+        model=model,
+        train=train,
+        tokenizer={"vocab_size": 512, "special_tokens": CHAT_SPECIALS},
+    )
 
 
 _BUILDERS = {
@@ -126,7 +251,9 @@ def get_preset(name: str) -> Preset:
     try:
         return copy.deepcopy(_BUILDERS[name]())
     except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(_BUILDERS)}") from None
+        raise ConfigError(
+            f"unknown preset {name!r}; known presets: {', '.join(_BUILDERS)}"
+        ) from None
 
 
 def count_parameters(cfg: ModelConfig) -> int:
@@ -139,8 +266,12 @@ def count_parameters(cfg: ModelConfig) -> int:
         return n_in * n_out + (n_out if bias else 0)
 
     norm = d * (2 if cfg.norm == "layernorm" and cfg.norm_bias else 1)
-    attn = (linear(d, h * dh, cfg.attn_bias) + linear(d, kv * dh, cfg.attn_bias)
-            + linear(d, kv * dv, cfg.attn_bias) + linear(h * dv, d, cfg.attn_bias))
+    attn = (
+        linear(d, h * dh, cfg.attn_bias)
+        + linear(d, kv * dh, cfg.attn_bias)
+        + linear(d, kv * dv, cfg.attn_bias)
+        + linear(h * dv, d, cfg.attn_bias)
+    )
     if cfg.activation == "swiglu":
         mlp = 2 * linear(d, ff, cfg.mlp_bias) + linear(ff, d, cfg.mlp_bias)
     else:

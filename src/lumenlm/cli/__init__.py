@@ -36,9 +36,7 @@ COMMANDS = [
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every available subcommand registered."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--debug", action="store_true", help="show full tracebacks on errors"
-    )
+    common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser = argparse.ArgumentParser(
         prog="lumenlm",
         description="Build small GPT-style language models from scratch, end to end.",

@@ -9,7 +9,9 @@ from lumenlm.cli.generate import add_model_args, add_sampling_args
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "chat", parents=[common], help="interactive chat with a model",
+        "chat",
+        parents=[common],
+        help="interactive chat with a model",
         description="Chat with a model in the terminal using its chat template (default: the "
         "Librarian card's 'User: ...\\nAssistant:'). Replies stream; the history is trimmed to "
         "fit the context window. Commands: /reset, /system TEXT, /exit. Reads piped stdin too.",
@@ -31,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         template = ChatTemplate.from_meta(getattr(model, "meta", None))
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{args.model}: {exc}") from None
-    session = ChatSession(model, model.tokenizer, template=template, params=params,
-                          system=args.system)
+    session = ChatSession(
+        model, model.tokenizer, template=template, params=params, system=args.system
+    )
     return run_repl(session)

@@ -8,7 +8,9 @@ import sys
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "eval", parents=[common], help="loss, perplexity, bits-per-byte, top-k accuracy; ARC/HellaSwag",
+        "eval",
+        parents=[common],
+        help="loss, perplexity, bits-per-byte, top-k accuracy; ARC/HellaSwag",
         description=(
             "Evaluate MODEL (a model dir or a run dir). With --data: mean token cross-entropy, "
             "perplexity, bits-per-byte and top-1/5/10 next-token accuracy on a prepared split. "
@@ -20,24 +22,40 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--data", metavar="DIR", help="prepared dataset dir (meta.json + <split>.bin)")
     p.add_argument("--split", default="val", help="split to score (default: val)")
     p.add_argument("--window", type=int, help="tokens per window (default: model context length)")
-    p.add_argument("--stride", type=int,
-                   help="tokens between window starts (default: = window, non-overlapping); "
-                        "smaller = sliding window, each token still scored once")
+    p.add_argument(
+        "--stride",
+        type=int,
+        help="tokens between window starts (default: = window, non-overlapping); "
+        "smaller = sliding window, each token still scored once",
+    )
     p.add_argument("--max-tokens", type=int, help="score only the first N tokens of the split")
-    p.add_argument("--tasks", metavar="LIST",
-                   help="comma-separated benchmarks: arc-easy,arc-challenge,hellaswag")
-    p.add_argument("--tasks-dir", metavar="DIR",
-                   help="folder with task files (ARC-*-Test.jsonl, hellaswag_val.jsonl or "
-                        "hellaswag_val_full.txt, directly or under arc/ and hellaswag/); "
-                        "default $LUMENLM_DATA, then download")
+    p.add_argument(
+        "--tasks",
+        metavar="LIST",
+        help="comma-separated benchmarks: arc-easy,arc-challenge,hellaswag",
+    )
+    p.add_argument(
+        "--tasks-dir",
+        metavar="DIR",
+        help="folder with task files (ARC-*-Test.jsonl, hellaswag_val.jsonl or "
+        "hellaswag_val_full.txt, directly or under arc/ and hellaswag/); "
+        "default $LUMENLM_DATA, then download",
+    )
     p.add_argument("--no-download", action="store_true", help="never download task files")
     p.add_argument("--limit", type=int, help="score only the first N items of each task")
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="windows (LM metrics) or questions (tasks) per forward pass (default 16)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="windows (LM metrics) or questions (tasks) per forward pass (default 16)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
     p.add_argument("--out", metavar="FILE.json", help="write the report as JSON")
-    p.add_argument("--per-example", metavar="FILE.jsonl",
-                   help="write one line per task question (log-likelihoods, prediction, gold)")
+    p.add_argument(
+        "--per-example",
+        metavar="FILE.jsonl",
+        help="write one line per task question (log-likelihoods, prediction, gold)",
+    )
     p.set_defaults(func=run)
 
 
@@ -73,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
     lm = None
     if args.data:
-        lm = evaluate_lm(model, args.data, args.split, args.window, args.stride,
-                         args.batch_size, args.max_tokens)
+        lm = evaluate_lm(
+            model, args.data, args.split, args.window, args.stride, args.batch_size, args.max_tokens
+        )
         info["data"] = str(args.data)
     tasks = None
     if task_names:
@@ -83,8 +102,15 @@ def run(args: argparse.Namespace) -> int:
             from tokenizers import Tokenizer
 
             tokenizer = Tokenizer.from_file(str(Path(args.data) / "tokenizer.json"))
-        tasks = evaluate_tasks(model, task_names, tokenizer, args.tasks_dir, args.limit,
-                               args.batch_size, download=not args.no_download)
+        tasks = evaluate_tasks(
+            model,
+            task_names,
+            tokenizer,
+            args.tasks_dir,
+            args.limit,
+            args.batch_size,
+            download=not args.no_download,
+        )
         info["limit"] = args.limit
     print(format_table(lm, tasks))
     doc = build_report(lm, tasks, info)

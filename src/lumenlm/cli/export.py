@@ -7,7 +7,9 @@ import argparse
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "export", parents=[common], help="export a model to Hugging Face transformers format",
+        "export",
+        parents=[common],
+        help="export a model to Hugging Face transformers format",
         description="Export MODEL (a model dir or run dir) to a directory that "
         "transformers' AutoModelForCausalLM.from_pretrained loads: GPT-2 style models "
         "become GPT2LMHeadModel, Llama style models LlamaForCausalLM.",

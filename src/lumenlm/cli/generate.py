@@ -14,23 +14,56 @@ from typing import Any
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 64) -> None:
     """The sampling flags every inference command takes."""
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-new-tokens", "--max-tokens", type=int, default=max_new_tokens,
-                   dest="max_new_tokens", help=f"tokens to generate (default {max_new_tokens})")
-    g.add_argument("--temperature", type=float, default=0.8,
-                   help="softmax temperature; 0 = greedy (default 0.8)")
+    g.add_argument(
+        "--max-new-tokens",
+        "--max-tokens",
+        type=int,
+        default=max_new_tokens,
+        dest="max_new_tokens",
+        help=f"tokens to generate (default {max_new_tokens})",
+    )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="softmax temperature; 0 = greedy (default 0.8)",
+    )
     g.add_argument("--greedy", action="store_true", help="same as --temperature 0")
     g.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus: keep the top tokens "
-                   "whose probability adds up to p (default 1 = off)")
-    g.add_argument("--min-p", type=float, default=0.0,
-                   help="keep tokens with prob >= min_p * top prob (default 0 = off)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="CTRL/HF penalty for tokens already present (default 1 = off)")
+    g.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="nucleus: keep the top tokens whose probability adds up to p (default 1 = off)",
+    )
+    g.add_argument(
+        "--min-p",
+        type=float,
+        default=0.0,
+        help="keep tokens with prob >= min_p * top prob (default 0 = off)",
+    )
+    g.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="CTRL/HF penalty for tokens already present (default 1 = off)",
+    )
     g.add_argument("--seed", type=int, default=None, help="random seed (reproducible output)")
-    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop before this string (repeatable; \\n etc. are unescaped)")
-    g.add_argument("--stop-token-id", action="append", type=int, default=[], metavar="ID",
-                   help="stop at this token id (repeatable)")
+    g.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="stop before this string (repeatable; \\n etc. are unescaped)",
+    )
+    g.add_argument(
+        "--stop-token-id",
+        action="append",
+        type=int,
+        default=[],
+        metavar="ID",
+        help="stop at this token id (repeatable)",
+    )
     g.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")
 
 
@@ -48,9 +81,13 @@ def params_from_args(args: argparse.Namespace) -> Any:
         return SamplingParams(
             max_new_tokens=args.max_new_tokens,
             temperature=0.0 if args.greedy else args.temperature,
-            top_k=args.top_k or None, top_p=args.top_p, min_p=args.min_p,
-            repetition_penalty=args.repetition_penalty, seed=args.seed,
-            stop=tuple(unescape(s) for s in args.stop), stop_token_ids=tuple(args.stop_token_id),
+            top_k=args.top_k or None,
+            top_p=args.top_p,
+            min_p=args.min_p,
+            repetition_penalty=args.repetition_penalty,
+            seed=args.seed,
+            stop=tuple(unescape(s) for s in args.stop),
+            stop_token_ids=tuple(args.stop_token_id),
             ignore_eos=args.ignore_eos,
         )
     except ValueError as exc:
@@ -69,27 +106,39 @@ def load_model(path: str, device: str = "cpu") -> Any:
 
     model = load(path, device=device)
     if model.tokenizer is None:
-        raise CheckpointError(f"{path}: the model directory has no tokenizer.json; "
-                              "text generation needs one")
+        raise CheckpointError(
+            f"{path}: the model directory has no tokenizer.json; text generation needs one"
+        )
     return model
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "generate", parents=[common], help="sample text from a model",
+        "generate",
+        parents=[common],
+        help="sample text from a model",
         description="Sample text from a model: temperature, top-k, top-p, min-p, repetition "
         "penalty, stop strings, batching, streaming. Prints prompt + completion.",
     )
     add_model_args(p)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", action="append", metavar="TEXT",
-                     help="prompt text (repeat for a batch of prompts)")
-    src.add_argument("--prompt-file", metavar="PATH", help="read the prompt from a file ('-' = stdin)")
+    src.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="prompt text (repeat for a batch of prompts)",
+    )
+    src.add_argument(
+        "--prompt-file", metavar="PATH", help="read the prompt from a file ('-' = stdin)"
+    )
     p.add_argument("--num-samples", type=int, default=1, help="samples per prompt (default 1)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.add_argument("--no-cache", action="store_true",
-                   help="recompute the whole window every token (slow; for checking)")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute the whole window every token (slow; for checking)",
+    )
     add_sampling_args(p)
     p.set_defaults(func=run)
 
@@ -119,10 +168,22 @@ def run(args: argparse.Namespace) -> int:
         return 0
     results = generate(model, rows, params, **kw)
     if args.json:
-        print(json.dumps([{"prompt": rows[r.index], "completion": r.text,
-                           "finish_reason": r.finish_reason, "prompt_tokens": r.prompt_tokens,
-                           "completion_tokens": r.completion_tokens} for r in results],
-                         indent=2, ensure_ascii=False))
+        print(
+            json.dumps(
+                [
+                    {
+                        "prompt": rows[r.index],
+                        "completion": r.text,
+                        "finish_reason": r.finish_reason,
+                        "prompt_tokens": r.prompt_tokens,
+                        "completion_tokens": r.completion_tokens,
+                    }
+                    for r in results
+                ],
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
         return 0
     print("\n---\n".join(rows[r.index] + r.text for r in results))
     return 0

@@ -7,7 +7,9 @@ import argparse
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "inspect", parents=[common], help="attention maps, per-layer states and logit lens",
+        "inspect",
+        parents=[common],
+        help="attention maps, per-layer states and logit lens",
         description="Run MODEL on TEXT and write attention.png (layers x heads), "
         "logit_lens.png and inspect.json (tokens, attention patterns, residual norms, "
         "attention entropy, logit-lens top-k per layer).",
@@ -15,7 +17,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("model", metavar="MODEL", help="model directory or run directory")
     p.add_argument("--text", required=True, help="text to run through the model")
     p.add_argument("--out", default="inspect_out", help="output directory (default: inspect_out)")
-    p.add_argument("--top-k", type=int, default=5, help="logit-lens tokens per position (default 5)")
+    p.add_argument(
+        "--top-k", type=int, default=5, help="logit-lens tokens per position (default 5)"
+    )
     p.set_defaults(func=run)
 
 

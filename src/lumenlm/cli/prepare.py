@@ -9,7 +9,9 @@ DATASETS = ["wikitext-2", "tinystories", "tinyshakespeare", "text"]
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "prepare", parents=[common], help="get, clean, split and tokenize a dataset",
+        "prepare",
+        parents=[common],
+        help="get, clean, split and tokenize a dataset",
         description=(
             "Get a dataset's text (--source PATH, $LUMENLM_DATA/<name>/, the download cache, or a "
             "download when online), clean it, split it train/val/test, train a byte-level BPE "
@@ -17,44 +19,88 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
             "meta.json to --out. Runs are deterministic: same inputs and flags, same bytes."
         ),
     )
-    p.add_argument("dataset", choices=DATASETS, metavar="DATASET",
-                   help="one of: " + ", ".join(DATASETS) + " (text: your own .txt/.jsonl files)")
+    p.add_argument(
+        "dataset",
+        choices=DATASETS,
+        metavar="DATASET",
+        help="one of: " + ", ".join(DATASETS) + " (text: your own .txt/.jsonl files)",
+    )
     p.add_argument("--out", required=True, help="output folder (built atomically)")
     p.add_argument("--source", help="local file or folder with the text (overrides $LUMENLM_DATA)")
-    p.add_argument("--preset", help="take vocab size, special tokens and --fraction from a preset "
-                   "(e.g. librarian-1.3m); explicit flags still win")
+    p.add_argument(
+        "--preset",
+        help="take vocab size, special tokens and --fraction from a preset "
+        "(e.g. librarian-1.3m); explicit flags still win",
+    )
     tok = p.add_argument_group("tokenizer")
     tok.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default 8000)")
-    tok.add_argument("--min-frequency", type=int, default=2, help="min pair count to merge (default 2)")
-    tok.add_argument("--special-tokens", help="comma-separated special tokens, first ids first "
-                     "(default <|endoftext|>,<|pad|>,<|system|>,<|user|>,<|assistant|>)")
-    tok.add_argument("--tokenizer", metavar="PATH", help="reuse this tokenizer.json (or a folder with one)")
-    tok.add_argument("--dtype", choices=["auto", "uint16", "uint32"], default="auto",
-                     help="token file dtype (auto: uint16 when the vocab fits)")
+    tok.add_argument(
+        "--min-frequency", type=int, default=2, help="min pair count to merge (default 2)"
+    )
+    tok.add_argument(
+        "--special-tokens",
+        help="comma-separated special tokens, first ids first "
+        "(default <|endoftext|>,<|pad|>,<|system|>,<|user|>,<|assistant|>)",
+    )
+    tok.add_argument(
+        "--tokenizer", metavar="PATH", help="reuse this tokenizer.json (or a folder with one)"
+    )
+    tok.add_argument(
+        "--dtype",
+        choices=["auto", "uint16", "uint32"],
+        default="auto",
+        help="token file dtype (auto: uint16 when the vocab fits)",
+    )
     txt = p.add_argument_group("text and splits")
-    txt.add_argument("--fraction", type=float, help="keep this deterministic fraction of the training "
-                     "documents, chosen by document hash (e.g. 0.02)")
-    txt.add_argument("--text-field", default="text", help="JSONL field holding the text (default text)")
-    txt.add_argument("--doc-sep", choices=["file", "blank", "eot"], default="file",
-                     help="documents in .txt files: one per file, per blank-line paragraph, or "
-                     "separated by <|endoftext|> lines (default file)")
-    txt.add_argument("--val-ratio", type=float, help="share of documents for val where a split "
-                     "must be carved by hash (default: per dataset)")
+    txt.add_argument(
+        "--fraction",
+        type=float,
+        help="keep this deterministic fraction of the training "
+        "documents, chosen by document hash (e.g. 0.02)",
+    )
+    txt.add_argument(
+        "--text-field", default="text", help="JSONL field holding the text (default text)"
+    )
+    txt.add_argument(
+        "--doc-sep",
+        choices=["file", "blank", "eot"],
+        default="file",
+        help="documents in .txt files: one per file, per blank-line paragraph, or "
+        "separated by <|endoftext|> lines (default file)",
+    )
+    txt.add_argument(
+        "--val-ratio",
+        type=float,
+        help="share of documents for val where a split "
+        "must be carved by hash (default: per dataset)",
+    )
     txt.add_argument("--test-ratio", type=float, help="share of documents for test (same rule)")
     txt.add_argument("--dedup", action="store_true", help="drop exact duplicate documents")
-    txt.add_argument("--normalization", choices=["NFC", "NFKC", "none"], default="NFC",
-                     help="Unicode normalization (default NFC)")
-    txt.add_argument("--whitespace", choices=["tidy", "keep"],
-                     help="tidy: strip line ends and document ends; keep: as-is (default: keep for "
-                     "wikitext-2, tidy otherwise)")
-    txt.add_argument("--errors", choices=["strict", "replace"], default="strict",
-                     help="non-UTF-8 bytes: stop with an error, or replace them with U+FFFD")
+    txt.add_argument(
+        "--normalization",
+        choices=["NFC", "NFKC", "none"],
+        default="NFC",
+        help="Unicode normalization (default NFC)",
+    )
+    txt.add_argument(
+        "--whitespace",
+        choices=["tidy", "keep"],
+        help="tidy: strip line ends and document ends; keep: as-is (default: keep for "
+        "wikitext-2, tidy otherwise)",
+    )
+    txt.add_argument(
+        "--errors",
+        choices=["strict", "replace"],
+        default="strict",
+        help="non-UTF-8 bytes: stop with an error, or replace them with U+FFFD",
+    )
     txt.add_argument("--seed", type=int, default=0, help="seed for hash splits and --fraction")
     run_g = p.add_argument_group("run")
     run_g.add_argument("--workers", type=int, help="encoding threads (default: all cores)")
     run_g.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
-    run_g.add_argument("--offline", action="store_true",
-                       help="never download (also: LUMENLM_OFFLINE=1)")
+    run_g.add_argument(
+        "--offline", action="store_true", help="never download (also: LUMENLM_OFFLINE=1)"
+    )
     run_g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -89,13 +135,28 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--workers must be at least 1, got {args.workers}")
 
     config = PrepareConfig(
-        dataset=args.dataset, out=Path(args.out), source=args.source, vocab_size=vocab_size,
-        min_frequency=args.min_frequency, special_tokens=specials, tokenizer=args.tokenizer,
-        fraction=fraction, text_field=args.text_field, doc_sep=args.doc_sep,
-        val_ratio=args.val_ratio, test_ratio=args.test_ratio, dedup=args.dedup,
-        normalization=args.normalization, whitespace=args.whitespace, errors=args.errors,
-        seed=args.seed, workers=args.workers, dtype=args.dtype, force=args.force,
-        offline=args.offline, progress=not args.no_progress,
+        dataset=args.dataset,
+        out=Path(args.out),
+        source=args.source,
+        vocab_size=vocab_size,
+        min_frequency=args.min_frequency,
+        special_tokens=specials,
+        tokenizer=args.tokenizer,
+        fraction=fraction,
+        text_field=args.text_field,
+        doc_sep=args.doc_sep,
+        val_ratio=args.val_ratio,
+        test_ratio=args.test_ratio,
+        dedup=args.dedup,
+        normalization=args.normalization,
+        whitespace=args.whitespace,
+        errors=args.errors,
+        seed=args.seed,
+        workers=args.workers,
+        dtype=args.dtype,
+        force=args.force,
+        offline=args.offline,
+        progress=not args.no_progress,
     )
     t0 = time.perf_counter()
     meta = prepare_dataset(config)

@@ -7,10 +7,19 @@ import json
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("runs", parents=[common], help="list training runs and their best metrics",
-                       description="List the runs under RUNS_DIR with status, steps and best val loss.")
-    p.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR",
-                   help="directory holding run directories (default: runs)")
+    p = sub.add_parser(
+        "runs",
+        parents=[common],
+        help="list training runs and their best metrics",
+        description="List the runs under RUNS_DIR with status, steps and best val loss.",
+    )
+    p.add_argument(
+        "runs_dir",
+        nargs="?",
+        default="runs",
+        metavar="RUNS_DIR",
+        help="directory holding run directories (default: runs)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 

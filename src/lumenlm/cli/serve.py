@@ -10,7 +10,9 @@ from lumenlm.cli.generate import add_model_args
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "serve", parents=[common], help="OpenAI-compatible HTTP API",
+        "serve",
+        parents=[common],
+        help="OpenAI-compatible HTTP API",
         description="Serve /v1/models, /v1/completions and /v1/chat/completions (with "
         "stream: true as server-sent events) plus /health. Binds 127.0.0.1 unless --host says "
         "otherwise. Use with any OpenAI client: base_url=http://HOST:PORT/v1.",
@@ -18,14 +20,28 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--model-name", default=None,
-                   help="name reported by /v1/models (default: the model directory's name)")
-    p.add_argument("--max-tokens-cap", type=int, default=512,
-                   help="upper bound on max_tokens per request (default 512)")
-    p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' (default: $LUMENLM_API_KEY, else none)")
-    p.add_argument("--max-body-bytes", type=int, default=1_000_000,
-                   help="reject larger request bodies with 413 (default 1000000)")
+    p.add_argument(
+        "--model-name",
+        default=None,
+        help="name reported by /v1/models (default: the model directory's name)",
+    )
+    p.add_argument(
+        "--max-tokens-cap",
+        type=int,
+        default=512,
+        help="upper bound on max_tokens per request (default 512)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' (default: $LUMENLM_API_KEY, else none)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=1_000_000,
+        help="reject larger request bodies with 413 (default 1000000)",
+    )
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.set_defaults(func=run)
 
@@ -44,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.device)
     name = args.model_name or Path(getattr(model, "model_dir", args.model)).resolve().name
     api_key = args.api_key or os.environ.get("LUMENLM_API_KEY") or None
-    app = create_app(model, model.tokenizer, model_name=name, max_tokens_cap=args.max_tokens_cap,
-                     api_key=api_key, max_body_bytes=args.max_body_bytes)
+    app = create_app(
+        model,
+        model.tokenizer,
+        model_name=name,
+        max_tokens_cap=args.max_tokens_cap,
+        api_key=api_key,
+        max_body_bytes=args.max_body_bytes,
+    )
     serve(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -8,7 +8,9 @@ import sys
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "train", parents=[common], help="train a model (or resume a run)",
+        "train",
+        parents=[common],
+        help="train a model (or resume a run)",
         description=(
             "Train a GPT-style model on a prepared dataset. Writes RUNS/<run-id>/ with the "
             "resolved config, metrics.jsonl, loss_curve.png, README.md and checkpoints/"
@@ -16,21 +18,45 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         ),
     )
     p.add_argument("--preset", help="preset name (see `lumenlm presets`)")
-    p.add_argument("--config", metavar="FILE", help="YAML/JSON with preset:, model:, train: sections")
+    p.add_argument(
+        "--config", metavar="FILE", help="YAML/JSON with preset:, model:, train: sections"
+    )
     p.add_argument("--data", metavar="DIR", help="prepared dataset directory (`lumenlm prepare`)")
-    p.add_argument("--out", metavar="RUNS", default="runs", help="parent of run directories (default: runs)")
-    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                   help="override a config field: lr=1e-3, train.batch_size=16, model.d_model=128 "
-                        "(repeatable)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last good checkpoint")
-    p.add_argument("--max-steps", type=int, metavar="N",
-                   help="stop this invocation once the run reaches step N (the schedule is unchanged)")
-    p.add_argument("--max-minutes", type=float, metavar="M", help="stop this invocation after M minutes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="numeric precision (default: the recipe's, usually auto)")
+    p.add_argument(
+        "--out", metavar="RUNS", default="runs", help="parent of run directories (default: runs)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config field: lr=1e-3, train.batch_size=16, model.d_model=128 "
+        "(repeatable)",
+    )
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run from its last good checkpoint"
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        metavar="N",
+        help="stop this invocation once the run reaches step N (the schedule is unchanged)",
+    )
+    p.add_argument(
+        "--max-minutes", type=float, metavar="M", help="stop this invocation after M minutes"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="numeric precision (default: the recipe's, usually auto)",
+    )
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--strategy", choices=["ddp", "fsdp"], help="distributed strategy under torchrun")
+    p.add_argument(
+        "--strategy", choices=["ddp", "fsdp"], help="distributed strategy under torchrun"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -44,19 +70,28 @@ def run(args: argparse.Namespace) -> int:
     if args.resume is None and args.preset is None and args.config is None:
         raise ConfigError("give --preset NAME (or --config FILE), or --resume RUN_DIR")
     if args.resume is not None and (args.preset or args.config or args.data):
-        raise ConfigError("--resume takes the preset, config and data from the run; "
-                          "drop --preset/--config/--data")
+        raise ConfigError(
+            "--resume takes the preset, config and data from the run; drop --preset/--config/--data"
+        )
     if args.max_steps is not None and args.max_steps <= 0:
         raise ConfigError(f"--max-steps must be positive, got {args.max_steps}")
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise ConfigError(f"--max-minutes must be positive, got {args.max_minutes}")
     try:
         run_dir = train(
-            preset=args.preset, data_dir=args.data, out_dir=args.out,
-            overrides=parse_set_args(args.overrides), config_file=args.config,
-            max_steps=args.max_steps, max_minutes=args.max_minutes, resume=args.resume,
-            device=args.device, precision=args.precision, compile=args.compile,
-            strategy=args.strategy, progress_bar=not args.no_progress,
+            preset=args.preset,
+            data_dir=args.data,
+            out_dir=args.out,
+            overrides=parse_set_args(args.overrides),
+            config_file=args.config,
+            max_steps=args.max_steps,
+            max_minutes=args.max_minutes,
+            resume=args.resume,
+            device=args.device,
+            precision=args.precision,
+            compile=args.compile,
+            strategy=args.strategy,
+            progress_bar=not args.no_progress,
         )
     except TrainingInterrupted as exc:
         print(f"lumenlm train: {exc}", file=sys.stderr)

@@ -67,9 +67,7 @@ def clean_text(text: str, config: CleanConfig) -> str:
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = text.translate(_CONTROL_TABLE)
-    if config.normalization != "none" and not unicodedata.is_normalized(
-        config.normalization, text
-    ):
+    if config.normalization != "none" and not unicodedata.is_normalized(config.normalization, text):
         text = unicodedata.normalize(config.normalization, text)
     if config.whitespace == "tidy":
         text = _TRAILING_WS.sub("", text)
@@ -106,4 +104,3 @@ class Deduplicator:
 
     def __len__(self) -> int:
         return len(self._seen)
-

@@ -103,10 +103,17 @@ def _fetch(url: str, part: Path, have: int, timeout: float, progress: bool) -> N
             total = resp.headers.get("Content-Length")
             total_bytes = int(total) + have if total is not None else None
             mode = "ab" if have else "wb"
-            with open(part, mode) as out, tqdm(
-                total=total_bytes, initial=have, unit="B", unit_scale=True,
-                desc=f"download {part.name[:-5]}", disable=None if progress else True,
-            ) as bar:
+            with (
+                open(part, mode) as out,
+                tqdm(
+                    total=total_bytes,
+                    initial=have,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"download {part.name[:-5]}",
+                    disable=None if progress else True,
+                ) as bar,
+            ):
                 received = 0
                 while chunk := resp.read(CHUNK):
                     out.write(chunk)
@@ -145,8 +152,9 @@ def is_complete(spec: DatasetSpec, folder: Path) -> bool:
     return True
 
 
-def fetch_dataset(spec: DatasetSpec, folder: Path, *, base_url: str | None = None,
-                  hint: str = "") -> Path:
+def fetch_dataset(
+    spec: DatasetSpec, folder: Path, *, base_url: str | None = None, hint: str = ""
+) -> Path:
     """Download (and unzip) a dataset's files into `folder`; returns `folder`."""
     if not spec.remote:
         raise DataError(f"dataset {spec.name!r} has no download; pass --source PATH")
@@ -175,8 +183,12 @@ def _extract(archive: Path, folder: Path, remote: RemoteFile) -> None:
                 expected = remote.member_sha256.get(local)
                 if expected and sha256_file(tmp) != expected:
                     tmp.unlink()
-                    raise DataError(f"{local} extracted from {archive.name} has the wrong sha256; "
-                                    f"delete {archive} and run again")
+                    raise DataError(
+                        f"{local} extracted from {archive.name} has the wrong sha256; "
+                        f"delete {archive} and run again"
+                    )
                 os.replace(tmp, target)
     except (zipfile.BadZipFile, KeyError) as exc:
-        raise DataError(f"{archive} is not the expected zip ({exc}); delete it and run again") from None
+        raise DataError(
+            f"{archive} is not the expected zip ({exc}); delete it and run again"
+        ) from None

@@ -109,13 +109,22 @@ def open_configured_corpus(config: PrepareConfig) -> tuple[sources.Corpus, Clean
     if config.tokenizer is None:
         check_special_tokens(config.special_tokens)
         check_vocab_size(config.vocab_size, config.special_tokens)
-    clean_cfg = CleanConfig(config.normalization, config.whitespace or spec.whitespace, config.dedup)
+    clean_cfg = CleanConfig(
+        config.normalization, config.whitespace or spec.whitespace, config.dedup
+    )
     offline = config.offline or os.environ.get("LUMENLM_OFFLINE", "") not in ("", "0")
-    root, origin = sources.locate(config.dataset, config.source, offline=offline,
-                                  data_url=config.data_url)
+    root, origin = sources.locate(
+        config.dataset, config.source, offline=offline, data_url=config.data_url
+    )
     corpus = sources.open_corpus(
-        config.dataset, root, origin, val_ratio=val_ratio, test_ratio=test_ratio,
-        seed=config.seed, text_field=config.text_field, doc_sep=config.doc_sep,
+        config.dataset,
+        root,
+        origin,
+        val_ratio=val_ratio,
+        test_ratio=test_ratio,
+        seed=config.seed,
+        text_field=config.text_field,
+        doc_sep=config.doc_sep,
         errors=config.errors,
     )
     corpus.val_ratio, corpus.test_ratio = val_ratio, test_ratio
@@ -152,8 +161,14 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 class _DocumentFilter:
     """Cleans, routes, subsamples and de-duplicates the corpus stream, counting what it drops."""
 
-    def __init__(self, corpus: sources.Corpus, clean_cfg: CleanConfig, fraction: float,
-                 seed: int, heldout: set[bytes] | None) -> None:
+    def __init__(
+        self,
+        corpus: sources.Corpus,
+        clean_cfg: CleanConfig,
+        fraction: float,
+        seed: int,
+        heldout: set[bytes] | None,
+    ) -> None:
         self.corpus = corpus
         self.clean_cfg = clean_cfg
         self.fraction = fraction
@@ -174,7 +189,11 @@ class _DocumentFilter:
                 self.dropped["fraction"] += 1
                 continue
             if dedup is not None:
-                leaked = split == "train" and self.heldout is not None and doc_digest(text) in self.heldout
+                leaked = (
+                    split == "train"
+                    and self.heldout is not None
+                    and doc_digest(text) in self.heldout
+                )
                 if leaked or not dedup[split].is_new(text):
                     self.dropped["duplicate"] += 1
                     continue
@@ -191,8 +210,9 @@ def _heldout_digests(corpus: sources.Corpus, clean_cfg: CleanConfig) -> set[byte
     return digests
 
 
-def _build(config: PrepareConfig, corpus: sources.Corpus, clean_cfg: CleanConfig,
-           tmp: Path) -> dict[str, Any]:
+def _build(
+    config: PrepareConfig, corpus: sources.Corpus, clean_cfg: CleanConfig, tmp: Path
+) -> dict[str, Any]:
     from tqdm import tqdm
 
     from lumenlm.data.download import sha256_file
@@ -205,21 +225,28 @@ def _build(config: PrepareConfig, corpus: sources.Corpus, clean_cfg: CleanConfig
 
     # 1. tokenizer: train on the train split (streamed), or reuse a given one
     if config.tokenizer is None:
-        info(f"training a byte-level BPE tokenizer (vocab {config.vocab_size}) on {corpus.name} train")
+        info(
+            f"training a byte-level BPE tokenizer (vocab {config.vocab_size}) on {corpus.name} train"
+        )
         counter = _Counter()
         tok = train_tokenizer(
             counter.count(text for split, text in stream() if split == "train"),
-            vocab_size=config.vocab_size, min_frequency=config.min_frequency,
+            vocab_size=config.vocab_size,
+            min_frequency=config.min_frequency,
             special_tokens=config.special_tokens,
             show_progress=config.progress and sys.stderr.isatty(),
         )
         if counter.n == 0:
-            raise DataError(f"{corpus.name}: no training documents left after cleaning; "
-                            "check --source, --fraction and the split ratios")
+            raise DataError(
+                f"{corpus.name}: no training documents left after cleaning; "
+                "check --source, --fraction and the split ratios"
+            )
         if tok.get_vocab_size() < config.vocab_size:
-            warn(f"the tokenizer has {tok.get_vocab_size()} tokens, fewer than --vocab-size "
-                 f"{config.vocab_size}: the training text ran out of merges (ids still fit a "
-                 f"model with vocab {config.vocab_size})")
+            warn(
+                f"the tokenizer has {tok.get_vocab_size()} tokens, fewer than --vocab-size "
+                f"{config.vocab_size}: the training text ran out of merges (ids still fit a "
+                f"model with vocab {config.vocab_size})"
+            )
     else:
         tok = load_tokenizer(config.tokenizer)
     tok_path = save_tokenizer(tok, tmp / "tokenizer.json")
@@ -233,8 +260,13 @@ def _build(config: PrepareConfig, corpus: sources.Corpus, clean_cfg: CleanConfig
     writers = {s: TokenWriter(tmp / f"{s}.bin", dtype) for s in SPLITS}
     total_bytes = sum(f.path.stat().st_size for f in corpus.files)
     filt = stream()
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"encode {corpus.name}",
-               disable=None if config.progress else True)
+    bar = tqdm(
+        total=total_bytes,
+        unit="B",
+        unit_scale=True,
+        desc=f"encode {corpus.name}",
+        disable=None if config.progress else True,
+    )
 
     def counted() -> Iterator[tuple[str, str]]:
         for split, text in filt:
@@ -257,8 +289,11 @@ def _build(config: PrepareConfig, corpus: sources.Corpus, clean_cfg: CleanConfig
         if stats[s].documents == 0:
             raise DataError(
                 f"{corpus.name}: the {s} split is empty ({corpus.split_rule}); "
-                + ("add text or lower --fraction's effect" if s == "train" else
-                   f"raise --{s}-ratio or add documents (text: try --doc-sep blank)")
+                + (
+                    "add text or lower --fraction's effect"
+                    if s == "train"
+                    else f"raise --{s}-ratio or add documents (text: try --doc-sep blank)"
+                )
             )
 
     # 3. meta.json
@@ -266,12 +301,18 @@ def _build(config: PrepareConfig, corpus: sources.Corpus, clean_cfg: CleanConfig
     for f in corpus.files:
         digest = sha256_file(f.path)
         known = sources.get_spec(corpus.name).known_sha256.get(f.path.name)
-        entry: dict[str, Any] = {"name": f.name, "role": f.role, "bytes": f.path.stat().st_size,
-                                 "sha256": digest}
+        entry: dict[str, Any] = {
+            "name": f.name,
+            "role": f.role,
+            "bytes": f.path.stat().st_size,
+            "sha256": digest,
+        }
         if known:
             entry["matches_official_sha256"] = digest == known
             if digest != known:
-                warn(f"{f.name} differs from the official file (sha256 {digest[:12]}... != {known[:12]}...)")
+                warn(
+                    f"{f.name} differs from the official file (sha256 {digest[:12]}... != {known[:12]}...)"
+                )
         files.append(entry)
     all_bytes = sum(st.bytes for st in stats.values())
     all_content = sum(st.content_tokens for st in stats.values())
@@ -287,8 +328,14 @@ def _build(config: PrepareConfig, corpus: sources.Corpus, clean_cfg: CleanConfig
         "special_tokens": special_token_ids(tok),
         "layout": "flat token stream per split; <|endoftext|> after every document",
         "splits": {
-            s: {"file": f"{s}.bin", "tokens": st.tokens, "documents": st.documents,
-                "content_tokens": st.content_tokens, "bytes": st.bytes, "sha256": st.sha256}
+            s: {
+                "file": f"{s}.bin",
+                "tokens": st.tokens,
+                "documents": st.documents,
+                "content_tokens": st.content_tokens,
+                "bytes": st.bytes,
+                "sha256": st.sha256,
+            }
             for s, st in stats.items()
         },
         "bytes_per_token": {
@@ -309,8 +356,11 @@ def _build(config: PrepareConfig, corpus: sources.Corpus, clean_cfg: CleanConfig
             "val_ratio": corpus.val_ratio,
             "test_ratio": corpus.test_ratio,
             "seed": config.seed,
-            **({"text_field": config.text_field, "doc_sep": config.doc_sep}
-               if corpus.name == "text" else {}),
+            **(
+                {"text_field": config.text_field, "doc_sep": config.doc_sep}
+                if corpus.name == "text"
+                else {}
+            ),
         },
         "tokenizer": {
             "file": "tokenizer.json",
@@ -323,8 +373,11 @@ def _build(config: PrepareConfig, corpus: sources.Corpus, clean_cfg: CleanConfig
             "min_frequency": config.min_frequency if config.tokenizer is None else None,
             "special_tokens": list(special_token_ids(tok)),
         },
-        "cleaning": {**clean_cfg.to_dict(), "errors": config.errors,
-                     "dropped_documents": dict(filt.dropped)},
+        "cleaning": {
+            **clean_cfg.to_dict(),
+            "errors": config.errors,
+            "dropped_documents": dict(filt.dropped),
+        },
     }
     write_meta(tmp, meta)
     return meta

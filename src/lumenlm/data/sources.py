@@ -107,7 +107,9 @@ SPECS: dict[str, DatasetSpec] = {
         known_sha256={"input.txt": TINYSHAKESPEARE_SHA256},
     ),
     "text": DatasetSpec(
-        name="text", dirnames=("text",), remote=(),
+        name="text",
+        dirnames=("text",),
+        remote=(),
         expected=".txt or .jsonl files",
     ),
 }
@@ -193,7 +195,9 @@ def locate(
             if (root / dirname).is_dir():
                 return root / dirname, "$LUMENLM_DATA"
     if name == "text":
-        raise DataError("dataset 'text' needs --source PATH (a .txt/.jsonl file or a folder of them)")
+        raise DataError(
+            "dataset 'text' needs --source PATH (a .txt/.jsonl file or a folder of them)"
+        )
     cached = download.cache_dir() / name
     if download.is_complete(spec, cached):
         return cached, "cache"
@@ -236,8 +240,12 @@ def open_corpus(
         "text": _text,
     }
     corpus = builders[name](
-        root, val_ratio=val_ratio, test_ratio=test_ratio, text_field=text_field,
-        doc_sep=doc_sep, errors=errors,
+        root,
+        val_ratio=val_ratio,
+        test_ratio=test_ratio,
+        text_field=text_field,
+        doc_sep=doc_sep,
+        errors=errors,
     )
     corpus.origin = origin
     corpus.carve_seed = seed
@@ -246,13 +254,20 @@ def open_corpus(
 
 def _need_dir(root: Path, name: str) -> None:
     if not root.is_dir():
-        raise DataError(f"{root} is not a folder; {name} --source must be the folder holding its files")
+        raise DataError(
+            f"{root} is not a folder; {name} --source must be the folder holding its files"
+        )
 
 
-def _wikitext(root: Path, *, val_ratio: float, test_ratio: float, errors: str, **_: object) -> Corpus:
+def _wikitext(
+    root: Path, *, val_ratio: float, test_ratio: float, errors: str, **_: object
+) -> Corpus:
     _need_dir(root, "wikitext-2")
     base = root / "wikitext-2-raw" if (root / "wikitext-2-raw").is_dir() else root
-    paths = {s: base / f"wiki.{f}.raw" for s, f in (("train", "train"), ("val", "valid"), ("test", "test"))}
+    paths = {
+        s: base / f"wiki.{f}.raw"
+        for s, f in (("train", "train"), ("val", "valid"), ("test", "test"))
+    }
     have = {s: p for s, p in paths.items() if p.is_file()}
     if not have:
         raise DataError(
@@ -285,19 +300,26 @@ def _wikitext(root: Path, *, val_ratio: float, test_ratio: float, errors: str, *
         for s in ("val", "test"):
             if s not in have:
                 ratio = val_ratio if s == "val" else test_ratio
-                routes["train"] = ((s, ratio), *((k, v - ratio) if k == "train" else (k, v)
-                                                  for k, v in routes["train"]))
-                notes.append(f"{paths[s].name} is missing: {s} was carved from train by article "
-                             f"hash ({ratio:g} of its articles)")
+                routes["train"] = (
+                    (s, ratio),
+                    *((k, v - ratio) if k == "train" else (k, v) for k, v in routes["train"]),
+                )
+                notes.append(
+                    f"{paths[s].name} is missing: {s} was carved from train by article "
+                    f"hash ({ratio:g} of its articles)"
+                )
     files = [
         SourceFile(p, _rel(p, root), reader(p), routes[s], f"official {s}")
-        for s, p in have.items() if s in routes
+        for s, p in have.items()
+        if s in routes
     ]
     rule = "official splits" if not notes else "official splits where present; see notes"
     return Corpus("wikitext-2", root, "", files, rule, notes)
 
 
-def _tinystories(root: Path, *, val_ratio: float, test_ratio: float, errors: str, **_: object) -> Corpus:
+def _tinystories(
+    root: Path, *, val_ratio: float, test_ratio: float, errors: str, **_: object
+) -> Corpus:
     _need_dir(root, "tinystories")
     notes: list[str] = []
     train = _first_existing(root, ["TinyStories-train.txt", "TinyStoriesV2-GPT4-train.txt"])
@@ -330,13 +352,22 @@ def _tinystories(root: Path, *, val_ratio: float, test_ratio: float, errors: str
     def reader(p: Path) -> Callable[[], Iterator[str]]:
         return lambda: readers.eot_documents(p, errors)
 
-    files = [SourceFile(p, _rel(p, root), reader(p), (("train", 1.0),), "train") for p in train_files]
+    files = [
+        SourceFile(p, _rel(p, root), reader(p), (("train", 1.0),), "train") for p in train_files
+    ]
     if valid_files:
         half = (("test", 0.5), ("val", 0.5))
         for p in valid_files:
             if ".hf-rows." in p.name:
-                files.append(SourceFile(p, _rel(p, root), _running_text_halves(p, errors), None,
-                                        "validation (running text)"))
+                files.append(
+                    SourceFile(
+                        p,
+                        _rel(p, root),
+                        _running_text_halves(p, errors),
+                        None,
+                        "validation (running text)",
+                    )
+                )
                 notes.append(
                     f"{p.name}: story boundaries are ambiguous (HF rows joined by blank lines), "
                     "so it is used as running text: its first half (by blank-line blocks) is val, "
@@ -346,8 +377,10 @@ def _tinystories(root: Path, *, val_ratio: float, test_ratio: float, errors: str
                 files.append(SourceFile(p, _rel(p, root), reader(p), half, "validation"))
         rule = "train = official train; val and test = the validation split in halves"
     else:
-        files = [SourceFile(f.path, f.name, f.reader, hash_route(val_ratio, test_ratio), "train")
-                 for f in files]
+        files = [
+            SourceFile(f.path, f.name, f.reader, hash_route(val_ratio, test_ratio), "train")
+            for f in files
+        ]
         notes.append(
             f"no TinyStories validation file: val ({val_ratio:g}) and test ({test_ratio:g}) "
             "were carved from train by story hash"
@@ -376,7 +409,9 @@ def _running_text_halves(path: Path, errors: str) -> Callable[[], Iterator[tuple
     return read
 
 
-def _tinyshakespeare(root: Path, *, val_ratio: float, test_ratio: float, errors: str, **_: object) -> Corpus:
+def _tinyshakespeare(
+    root: Path, *, val_ratio: float, test_ratio: float, errors: str, **_: object
+) -> Corpus:
     path = root if root.is_file() else root / "input.txt"
     if not path.is_file():
         raise DataError(f"no input.txt in {root}; put the tinyshakespeare input.txt there")
@@ -392,14 +427,30 @@ def _tinyshakespeare(root: Path, *, val_ratio: float, test_ratio: float, errors:
             if lines:
                 yield split, "".join(lines)
 
-    rule = (f"contiguous by line: lines [0, {a}) train, [{a}, {b}) val, [{b}, {n_lines}) test; "
-            "each split is one document")
-    return Corpus("tinyshakespeare", root, "",
-                  [SourceFile(path, path.name, reader, None, "whole corpus")], rule, [])
+    rule = (
+        f"contiguous by line: lines [0, {a}) train, [{a}, {b}) val, [{b}, {n_lines}) test; "
+        "each split is one document"
+    )
+    return Corpus(
+        "tinyshakespeare",
+        root,
+        "",
+        [SourceFile(path, path.name, reader, None, "whole corpus")],
+        rule,
+        [],
+    )
 
 
-def _text(root: Path, *, val_ratio: float, test_ratio: float, text_field: str, doc_sep: str,
-          errors: str, **_: object) -> Corpus:
+def _text(
+    root: Path,
+    *,
+    val_ratio: float,
+    test_ratio: float,
+    text_field: str,
+    doc_sep: str,
+    errors: str,
+    **_: object,
+) -> Corpus:
     if doc_sep not in DOC_SEPS:
         raise DataError(f"unknown --doc-sep {doc_sep!r}; use one of {', '.join(DOC_SEPS)}")
     if root.is_file():
@@ -417,7 +468,9 @@ def _text(root: Path, *, val_ratio: float, test_ratio: float, text_field: str, d
     notes: list[str] = []
     empty = [p for p in paths if p.stat().st_size == 0]
     if empty and len(empty) == len(paths):
-        raise DataError(f"every .txt/.jsonl file under {root} is empty; there is no text to prepare")
+        raise DataError(
+            f"every .txt/.jsonl file under {root} is empty; there is no text to prepare"
+        )
     if empty:
         notes.append(f"skipped {len(empty)} empty file(s), e.g. {_rel(empty[0], base)}")
     route = hash_route(val_ratio, test_ratio)
@@ -425,14 +478,21 @@ def _text(root: Path, *, val_ratio: float, test_ratio: float, text_field: str, d
     for p in paths:
         if p in empty:
             continue
-        files.append(SourceFile(p, _rel(p, base), _text_reader(p, text_field, doc_sep, errors),
-                                route, "text"))
-    rule = (f"by document hash: test {test_ratio:g}, val {val_ratio:g}, "
-            f"train {1 - val_ratio - test_ratio:g}")
+        files.append(
+            SourceFile(
+                p, _rel(p, base), _text_reader(p, text_field, doc_sep, errors), route, "text"
+            )
+        )
+    rule = (
+        f"by document hash: test {test_ratio:g}, val {val_ratio:g}, "
+        f"train {1 - val_ratio - test_ratio:g}"
+    )
     return Corpus("text", root, "", files, rule, notes)
 
 
-def _text_reader(p: Path, text_field: str, doc_sep: str, errors: str) -> Callable[[], Iterator[str]]:
+def _text_reader(
+    p: Path, text_field: str, doc_sep: str, errors: str
+) -> Callable[[], Iterator[str]]:
     if p.suffix == ".jsonl":
         return lambda: readers.jsonl_documents(p, text_field, errors)
     if doc_sep == "blank":

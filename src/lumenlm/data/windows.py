@@ -33,7 +33,9 @@ def _check_tokens(tokens: np.ndarray, context_length: int) -> None:
         raise DataError(f"token array must be 1-D, got shape {tokens.shape}")
 
 
-def _gather(tokens: np.ndarray, starts: np.ndarray, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _gather(
+    tokens: np.ndarray, starts: np.ndarray, context_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows tokens[s : s + context_length + 1] for each start s, split into (x, y) int64."""
     if starts.size == 0:
         empty = torch.empty((0, context_length), dtype=torch.int64)
@@ -133,8 +135,9 @@ class PackedDataset:
         return x[0], y[0]
 
     def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return _gather(self.tokens, self.starts[np.asarray(indices, dtype=np.int64)],
-                       self.context_length)
+        return _gather(
+            self.tokens, self.starts[np.asarray(indices, dtype=np.int64)], self.context_length
+        )
 
 
 class EpochSampler:
@@ -148,8 +151,9 @@ class EpochSampler:
     already taken in the current epoch.
     """
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, *, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self, n: int, seed: int = 0, shuffle: bool = True, *, rank: int = 0, world_size: int = 1
+    ) -> None:
         if n < 0:
             raise DataError(f"sampler size must be >= 0, got {n}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -202,8 +206,9 @@ class EpochSampler:
         self.position = int(state["position"])
 
 
-def batches(dataset: _Rows, sampler: EpochSampler, batch_size: int,
-            drop_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    dataset: _Rows, sampler: EpochSampler, batch_size: int, drop_last: bool = True
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Stacked (x, y) batches for the rest of the sampler's current epoch.
 
     The sampler's position advances by `batch_size` as each batch is yielded, so

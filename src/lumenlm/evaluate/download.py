@@ -24,14 +24,26 @@ from lumenlm.evaluate.tasks import TaskSpec, _missing_message
 TASKS_URL_ENV = "LUMENLM_TASKS_URL"
 ARC_ZIP_URL = "https://ai2-public-datasets.s3.amazonaws.com/arc/ARC-V1-Feb2018.zip"
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-ARC_FILES = tuple(f"ARC-{level}-{split}.jsonl" for level in ("Easy", "Challenge")
-                  for split in ("Train", "Dev", "Test"))
+ARC_FILES = tuple(
+    f"ARC-{level}-{split}.jsonl"
+    for level in ("Easy", "Challenge")
+    for split in ("Train", "Dev", "Test")
+)
 
 # Official digests and sizes (see ../shared/data/*/SOURCE.md); other bytes are refused.
 KNOWN = {
-    "ARC-Easy-Test.jsonl": ("ce32a0774b4beb1977d2c6b16dda5dd2b24fdc9c7f506882c452678676bd09be", 895_104),
-    "ARC-Challenge-Test.jsonl": ("9fa8ffb3e3a1f88cb302d53dd95aae81e39209ad9bcf974376b319d8fd35717c", 492_726),
-    "hellaswag_val.jsonl": ("0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588", 12_246_618),
+    "ARC-Easy-Test.jsonl": (
+        "ce32a0774b4beb1977d2c6b16dda5dd2b24fdc9c7f506882c452678676bd09be",
+        895_104,
+    ),
+    "ARC-Challenge-Test.jsonl": (
+        "9fa8ffb3e3a1f88cb302d53dd95aae81e39209ad9bcf974376b319d8fd35717c",
+        492_726,
+    ),
+    "hellaswag_val.jsonl": (
+        "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588",
+        12_246_618,
+    ),
 }
 
 
@@ -50,8 +62,13 @@ def download_task_file(spec: TaskSpec, timeout: float = 60.0) -> Path:
     base = os.environ.get(TASKS_URL_ENV) or os.environ.get("LUMENLM_DATA_URL")
     try:
         if base:
-            download(f"{base.rstrip('/')}/{spec.subdir}/{filename}", dest, sha256=sha, size=size,
-                     timeout=timeout)
+            download(
+                f"{base.rstrip('/')}/{spec.subdir}/{filename}",
+                dest,
+                sha256=sha,
+                size=size,
+                timeout=timeout,
+            )
         elif spec.subdir == "arc":
             _fetch_arc_zip(dest.parent, timeout)
         else:

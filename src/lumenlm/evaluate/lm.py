@@ -30,8 +30,10 @@ from lumenlm.errors import ConfigError, DataError
 from lumenlm.model import GPT
 
 TOPK = (1, 5, 10)
-CONVENTION = ("window W tokens predict the next W; windows every `stride` tokens; each target "
-              "scored once, by the first window that contains it (HF fixed-length perplexity)")
+CONVENTION = (
+    "window W tokens predict the next W; windows every `stride` tokens; each target "
+    "scored once, by the first window that contains it (HF fixed-length perplexity)"
+)
 
 
 @dataclass
@@ -101,7 +103,9 @@ def evaluate_tokens(
     window = window or model.config.context_length
     stride = stride or window
     if window > model.config.context_length:
-        raise ConfigError(f"window {window} > the model's context length {model.config.context_length}")
+        raise ConfigError(
+            f"window {window} > the model's context length {model.config.context_length}"
+        )
     data = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
     if data.numel() < 2:
         raise DataError(f"need at least 2 tokens to score, got {data.numel()}")
@@ -117,8 +121,11 @@ def evaluate_tokens(
             # a batch of equally long windows (only the last window can be shorter)
             length = spans[i][1] - spans[i][0]
             group = [spans[i]]
-            while (len(group) < batch_size and i + len(group) < len(spans)
-                   and spans[i + len(group)][1] - spans[i + len(group)][0] == length):
+            while (
+                len(group) < batch_size
+                and i + len(group) < len(spans)
+                and spans[i + len(group)][1] - spans[i + len(group)][0] == length
+            ):
                 group.append(spans[i + len(group)])
             x = torch.stack([data[b:e] for b, e, _ in group]).to(device)
             y = torch.stack([data[b + 1 : e + 1] for b, e, _ in group]).to(device)
@@ -128,7 +135,9 @@ def evaluate_tokens(
                 tg = y[row, first:]
                 nll = F.cross_entropy(lg, tg, reduction="none").double()
                 nll_sum += float(nll.sum())
-                content = tg != eot_id if eot_id is not None else torch.ones_like(tg, dtype=torch.bool)
+                content = (
+                    tg != eot_id if eot_id is not None else torch.ones_like(tg, dtype=torch.bool)
+                )
                 content_nll += float(nll[content].sum())
                 n_content += int(content.sum())
                 top = lg.topk(min(max(TOPK), lg.shape[-1]), dim=-1).indices
@@ -141,11 +150,21 @@ def evaluate_tokens(
     mean = nll_sum / n
     total_bytes = n_content * bytes_per_token if bytes_per_token else None
     return LMResult(
-        loss=mean, perplexity=math.exp(mean),
+        loss=mean,
+        perplexity=math.exp(mean),
         bits_per_byte=content_nll / (math.log(2) * total_bytes) if total_bytes else None,
-        top1=hits[1] / n, top5=hits[5] / n, top10=hits[10] / n, tokens=n, content_tokens=n_content, window=window,
-        stride=stride, windows=len(spans), nll_sum=nll_sum, bytes=total_bytes,
-        bytes_per_token=bytes_per_token, split=split,
+        top1=hits[1] / n,
+        top5=hits[5] / n,
+        top10=hits[10] / n,
+        tokens=n,
+        content_tokens=n_content,
+        window=window,
+        stride=stride,
+        windows=len(spans),
+        nll_sum=nll_sum,
+        bytes=total_bytes,
+        bytes_per_token=bytes_per_token,
+        split=split,
     )
 
 
@@ -189,12 +208,22 @@ def evaluate_lm(
     meta = read_meta(data_dir)
     vocab = meta.get("vocab_size")
     if vocab and int(vocab) > model.config.vocab_size:
-        raise DataError(f"{data_dir}: vocab_size {vocab} > the model's {model.config.vocab_size}; "
-                        "was it prepared with another tokenizer?")
+        raise DataError(
+            f"{data_dir}: vocab_size {vocab} > the model's {model.config.vocab_size}; "
+            "was it prepared with another tokenizer?"
+        )
     tokens = load_split(data_dir, split)
     if max_tokens is not None:
         tokens = tokens[:max_tokens]
     eot = meta.get("eot_id")
-    return evaluate_tokens(model, tokens, window, stride, batch_size,
-                           split_bytes_per_token(meta, split), progress, split,
-                           int(eot) if eot is not None else None)
+    return evaluate_tokens(
+        model,
+        tokens,
+        window,
+        stride,
+        batch_size,
+        split_bytes_per_token(meta, split),
+        progress,
+        split,
+        int(eot) if eot is not None else None,
+    )

@@ -49,7 +49,7 @@ def encode_pair(encode: Encode, context: str, continuation: str) -> tuple[list[i
         context = context[:-n_spaces]
     whole = encode(context + continuation)
     ctx = encode(context)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 @dataclass
@@ -105,13 +105,17 @@ def _token_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
     return lp, logprobs.argmax(-1) == targets
 
 
-def _sum_scores(lp: torch.Tensor, hit: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _sum_scores(
+    lp: torch.Tensor, hit: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     return (lp * valid).sum(-1), (hit | ~valid).all(-1)
 
 
 @torch.no_grad()
 def score_naive(
-    model: GPT, requests: Sequence[tuple[list[int], list[int]]], max_length: int | None = None,
+    model: GPT,
+    requests: Sequence[tuple[list[int], list[int]]],
+    max_length: int | None = None,
 ) -> list[tuple[float, bool]]:
     """lm-eval's layout: one right-padded row per (context, continuation) request.
 
@@ -120,7 +124,7 @@ def score_naive(
     """
     max_length = max_length or model.config.context_length
     _, device = _model_dtype_device(model)
-    rows = [(ctx + cont)[-(max_length + 1):][:-1] for ctx, cont in requests]
+    rows = [(ctx + cont)[-(max_length + 1) :][:-1] for ctx, cont in requests]
     # a continuation longer than the window (lm-eval refuses those) keeps its last tokens
     conts = [cont[-max_length:] for _, cont in requests]
     batch, _ = _padded(rows, max(len(r) for r in rows))
@@ -152,15 +156,20 @@ def score_shared(model: GPT, items: Sequence[EncodedItem]) -> list[list[tuple[fl
     ctx = torch.zeros(k, c_max, dtype=torch.long)
     ctx_mask = torch.zeros(k, c_max, dtype=torch.long)
     for i, e in enumerate(items):
-        ctx[i, c_max - len(e.context):] = torch.tensor(e.context)
-        ctx_mask[i, c_max - len(e.context):] = 1
+        ctx[i, c_max - len(e.context) :] = torch.tensor(e.context)
+        ctx_mask[i, c_max - len(e.context) :] = 1
     pos = (torch.arange(c_max)[None, :] - (c_max - ctx_lens)[:, None]).clamp(min=0)
     owner = torch.tensor([i for i, e in enumerate(items) for _ in e.continuations])
     conts = [cont for e in items for cont in e.continuations]
     tail = max(len(c) for c in conts) - 1  # continuation tokens fed as input
     cache = KVCache(cfg, k, c_max + tail, device, dtype)
-    first = model(ctx.to(device), cache=cache, attention_mask=ctx_mask.to(device),
-                  position_ids=pos.to(device), last_only=True).logits  # (k, 1, V)
+    first = model(
+        ctx.to(device),
+        cache=cache,
+        attention_mask=ctx_mask.to(device),
+        position_ids=pos.to(device),
+        last_only=True,
+    ).logits  # (k, 1, V)
     firsts = torch.tensor([c[0] for c in conts], device=device)
     lp, hit = _token_scores(first[owner.to(device)], firsts[:, None])
     ll, greedy = lp[:, 0], hit[:, 0]
@@ -171,11 +180,17 @@ def score_shared(model: GPT, items: Sequence[EncodedItem]) -> list[list[tuple[fl
         targets, _ = _padded([c[1:] for c in conts], tail)
         mask = torch.cat([ctx_mask[owner], torch.ones(len(conts), tail, dtype=torch.long)], 1)
         cont_pos = (ctx_lens[owner][:, None] + torch.arange(tail)[None, :]).clamp(
-            max=cfg.context_length - 1)  # padding only; real positions fit (see `fits`)
-        logits = model(inp.to(device), cache=cache, attention_mask=mask.to(device),
-                       position_ids=cont_pos.to(device)).logits
-        rest_ll, rest_greedy = _sum_scores(*_token_scores(logits, targets.to(device)),
-                                           valid.to(device))
+            max=cfg.context_length - 1
+        )  # padding only; real positions fit (see `fits`)
+        logits = model(
+            inp.to(device),
+            cache=cache,
+            attention_mask=mask.to(device),
+            position_ids=cont_pos.to(device),
+        ).logits
+        rest_ll, rest_greedy = _sum_scores(
+            *_token_scores(logits, targets.to(device)), valid.to(device)
+        )
         ll, greedy = ll + rest_ll, greedy & rest_greedy
 
     out: list[list[tuple[float, bool]]] = [[] for _ in items]
@@ -240,19 +255,34 @@ def mean_stderr(values: Sequence[float]) -> float:
 def item_result(item: MCItem, scores: list[tuple[float, bool]]) -> ItemResult:
     lls = np.array([s for s, _ in scores])
     chars = [len(c) for c in item.choices]
-    return ItemResult(item.id, item.gold, [float(x) for x in lls], [g for _, g in scores],
-                      int(np.argmax(lls)), int(np.argmax(lls / np.array(chars, dtype=float))),
-                      chars)
+    return ItemResult(
+        item.id,
+        item.gold,
+        [float(x) for x in lls],
+        [g for _, g in scores],
+        int(np.argmax(lls)),
+        int(np.argmax(lls / np.array(chars, dtype=float))),
+        chars,
+    )
 
 
 def aggregate(task: str, results: list[ItemResult]) -> TaskResult:
     accs = [r.acc for r in results]
     norms = [r.acc_norm for r in results]
     n = len(results)
-    return TaskResult(task, n, int(sum(accs)), int(sum(norms)), sum(accs) / n, mean_stderr(accs),
-                      sum(norms) / n, mean_stderr(norms), results,
-                      truncated=sum(r.truncated for r in results),
-                      overlong=sum(r.overlong for r in results))
+    return TaskResult(
+        task,
+        n,
+        int(sum(accs)),
+        int(sum(norms)),
+        sum(accs) / n,
+        mean_stderr(accs),
+        sum(norms) / n,
+        mean_stderr(norms),
+        results,
+        truncated=sum(r.truncated for r in results),
+        overlong=sum(r.overlong for r in results),
+    )
 
 
 def score_items(
@@ -273,8 +303,10 @@ def score_items(
 
     max_length = model.config.context_length
     encoded = [encode_item(encode, it) for it in items]
-    order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i].context)
-                                                        + max(map(len, encoded[i].continuations))))
+    order = sorted(
+        range(len(encoded)),
+        key=lambda i: -(len(encoded[i].context) + max(map(len, encoded[i].continuations))),
+    )
     results: list[ItemResult | None] = [None] * len(encoded)
     disable = None if progress is None else not progress  # None: only on a terminal
     with tqdm(total=len(encoded), desc=desc, unit="q", disable=disable, leave=False) as bar:
@@ -291,7 +323,7 @@ def score_items(
                 pos = 0
                 for i in full:
                     n = len(encoded[i].continuations)
-                    results[i] = item_result(encoded[i].item, flat[pos: pos + n])
+                    results[i] = item_result(encoded[i].item, flat[pos : pos + n])
                     results[i].truncated = not encoded[i].fits(max_length)
                     results[i].overlong = max(map(len, encoded[i].continuations)) > max_length
                     pos += n

@@ -23,10 +23,16 @@ def _finite(x: float | None) -> float | None:
 
 def task_summary(result: TaskResult) -> dict[str, Any]:
     return {
-        "acc": result.acc, "acc_norm": result.acc_norm, "correct": result.correct,
-        "correct_norm": result.correct_norm, "total": result.total,
-        "stderr": _finite(result.acc_stderr), "acc_norm_stderr": _finite(result.acc_norm_stderr),
-        "file": result.source, "truncated": result.truncated, "overlong": result.overlong,
+        "acc": result.acc,
+        "acc_norm": result.acc_norm,
+        "correct": result.correct,
+        "correct_norm": result.correct_norm,
+        "total": result.total,
+        "stderr": _finite(result.acc_stderr),
+        "acc_norm_stderr": _finite(result.acc_norm_stderr),
+        "file": result.source,
+        "truncated": result.truncated,
+        "overlong": result.overlong,
     }
 
 
@@ -39,9 +45,25 @@ def build_report(
     doc: dict[str, Any] = dict(info or {})
     if lm is not None:
         d = lm.to_dict()
-        doc["lm"] = {k: d[k] for k in ("loss", "perplexity", "bits_per_byte", "top1", "top5",
-                                       "top10", "tokens", "window", "stride", "windows",
-                                       "bytes", "bytes_per_token", "split", "convention")}
+        doc["lm"] = {
+            k: d[k]
+            for k in (
+                "loss",
+                "perplexity",
+                "bits_per_byte",
+                "top1",
+                "top5",
+                "top10",
+                "tokens",
+                "window",
+                "stride",
+                "windows",
+                "bytes",
+                "bytes_per_token",
+                "split",
+                "convention",
+            )
+        }
     if tasks:
         doc["tasks"] = {name: task_summary(r) for name, r in tasks.items()}
     return doc
@@ -58,11 +80,22 @@ def write_examples(tasks: dict[str, TaskResult], path: str | Path) -> Path:
     lines = []
     for name, res in tasks.items():
         for r in res.items:
-            lines.append(json.dumps({
-                "task": name, "id": r.id, "gold": r.gold, "pred": r.pred, "pred_norm": r.pred_norm,
-                "acc": r.acc, "acc_norm": r.acc_norm, "loglikelihoods": r.loglikelihoods,
-                "is_greedy": r.is_greedy, "choice_chars": r.choice_chars,
-            }))
+            lines.append(
+                json.dumps(
+                    {
+                        "task": name,
+                        "id": r.id,
+                        "gold": r.gold,
+                        "pred": r.pred,
+                        "pred_norm": r.pred_norm,
+                        "acc": r.acc,
+                        "acc_norm": r.acc_norm,
+                        "loglikelihoods": r.loglikelihoods,
+                        "is_greedy": r.is_greedy,
+                        "choice_chars": r.choice_chars,
+                    }
+                )
+            )
     path = Path(path)
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return path
@@ -72,34 +105,65 @@ def format_table(lm: LMResult | None = None, tasks: dict[str, TaskResult] | None
     """Readable summary for the terminal."""
     out: list[str] = []
     if lm is not None:
-        out.append(f"split {lm.split or '?'}: {lm.tokens:,} tokens scored, window {lm.window}, "
-                   f"stride {lm.stride} ({lm.windows:,} windows)")
-        bpb = f"{lm.bits_per_byte:.4f}" if lm.bits_per_byte is not None else "n/a (no bytes in meta)"
-        rows = [("loss (nats/token)", f"{lm.loss:.4f}"), ("perplexity", f"{lm.perplexity:.4f}"),
-                ("bits per byte", bpb), ("top-1 accuracy", f"{lm.top1:.2%}"),
-                ("top-5 accuracy", f"{lm.top5:.2%}"), ("top-10 accuracy", f"{lm.top10:.2%}")]
+        out.append(
+            f"split {lm.split or '?'}: {lm.tokens:,} tokens scored, window {lm.window}, "
+            f"stride {lm.stride} ({lm.windows:,} windows)"
+        )
+        bpb = (
+            f"{lm.bits_per_byte:.4f}" if lm.bits_per_byte is not None else "n/a (no bytes in meta)"
+        )
+        rows = [
+            ("loss (nats/token)", f"{lm.loss:.4f}"),
+            ("perplexity", f"{lm.perplexity:.4f}"),
+            ("bits per byte", bpb),
+            ("top-1 accuracy", f"{lm.top1:.2%}"),
+            ("top-5 accuracy", f"{lm.top5:.2%}"),
+            ("top-10 accuracy", f"{lm.top10:.2%}"),
+        ]
         width = max(len(k) for k, _ in rows)
         out += [f"  {k.ljust(width)}  {v}" for k, v in rows]
     if tasks:
         if out:
             out.append("")
         head = ("task", "acc", "± stderr", "acc_norm", "correct/total")
-        rows2 = [(n, f"{r.acc:.2%}", f"{r.acc_stderr:.2%}" if math.isfinite(r.acc_stderr) else "n/a",
-                  f"{r.acc_norm:.2%}", f"{r.correct:,}/{r.total:,}") for n, r in tasks.items()]
+        rows2 = [
+            (
+                n,
+                f"{r.acc:.2%}",
+                f"{r.acc_stderr:.2%}" if math.isfinite(r.acc_stderr) else "n/a",
+                f"{r.acc_norm:.2%}",
+                f"{r.correct:,}/{r.total:,}",
+            )
+            for n, r in tasks.items()
+        ]
         widths = [max(len(h), *(len(row[i]) for row in rows2)) for i, h in enumerate(head)]
-        out.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
+        out.append(
+            "  ".join(
+                h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))
+            )
+        )
         for row in rows2:
-            out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(row, widths))))
+            out.append(
+                "  ".join(
+                    c.ljust(w) if i == 0 else c.rjust(w)
+                    for i, (c, w) in enumerate(zip(row, widths))
+                )
+            )
         for name, r in tasks.items():
             if r.truncated:
-                out.append(f"note: {name}: {r.truncated} of {r.total} questions were cut from the "
-                           "left to fit the context window (as lm-eval does)")
+                out.append(
+                    f"note: {name}: {r.truncated} of {r.total} questions were cut from the "
+                    "left to fit the context window (as lm-eval does)"
+                )
             if r.overlong:
-                out.append(f"note: {name}: {r.overlong} questions have a choice longer than the "
-                           "window, scored on its last tokens (lm-eval refuses these)")
+                out.append(
+                    f"note: {name}: {r.overlong} questions have a choice longer than the "
+                    "window, scored on its last tokens (lm-eval refuses these)"
+                )
             if name == "hellaswag" and r.source.endswith(".txt"):
-                out.append(f"note: hellaswag read from the pre-joined text layout ({r.source}); "
-                           "lm-eval capitalizes ctx_b, which that file cannot, so scores may "
-                           "differ slightly from runs on hellaswag_val.jsonl")
+                out.append(
+                    f"note: hellaswag read from the pre-joined text layout ({r.source}); "
+                    "lm-eval capitalizes ctx_b, which that file cannot, so scores may "
+                    "differ slightly from runs on hellaswag_val.jsonl"
+                )
     return "\n".join(out)

@@ -111,8 +111,9 @@ def load_arc(path: str | Path) -> list[MCItem]:
             raise _bad(path, lineno, f"needs at least 2 choices, has {len(texts)}")
         if key not in labels:
             raise _bad(path, lineno, f"answerKey {key!r} is not one of the labels {labels}")
-        items.append(MCItem(str(obj.get("id", lineno)), arc_context(stem), tuple(texts),
-                            labels.index(key)))
+        items.append(
+            MCItem(str(obj.get("id", lineno)), arc_context(stem), tuple(texts), labels.index(key))
+        )
     return _nonempty(items, path)
 
 
@@ -149,7 +150,9 @@ def load_hellaswag_jsonl(path: str | Path) -> list[MCItem]:
             gold = int(obj["label"])
             choices = tuple(hellaswag_preprocess(e) for e in endings)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise _bad(path, lineno, f"not a HellaSwag item ({type(exc).__name__}: {exc})") from None
+            raise _bad(
+                path, lineno, f"not a HellaSwag item ({type(exc).__name__}: {exc})"
+            ) from None
         if not 0 <= gold < len(choices):
             raise _bad(path, lineno, f"label {gold} out of range for {len(choices)} endings")
         items.append(MCItem(str(obj.get("ind", lineno)), query, choices, gold))
@@ -187,8 +190,14 @@ def load_hellaswag_text(path: str | Path) -> list[MCItem]:
             raise _bad(path, lineno, f"expected the gold label 0-3, got {label[:40]!r}")
         if not ctx.strip():
             raise _bad(path, start + 1, "empty context line")
-        items.append(MCItem(str(start // 6), hellaswag_preprocess(ctx),
-                            tuple(hellaswag_preprocess(e) for e in endings), int(label)))
+        items.append(
+            MCItem(
+                str(start // 6),
+                hellaswag_preprocess(ctx),
+                tuple(hellaswag_preprocess(e) for e in endings),
+                int(label),
+            )
+        )
     return _nonempty(items, path)
 
 
@@ -209,13 +218,30 @@ def _nonempty(items: list[MCItem], path: Path) -> list[MCItem]:
 # ----------------------------------------------------------------------------- registry
 
 TASKS: dict[str, TaskSpec] = {
-    "arc-easy": TaskSpec("arc-easy", "test", "arc", ("ARC-Easy-Test.jsonl",), load_arc,
-                         "ARC-Easy test, 2,376 questions (lm-eval arc_easy)"),
-    "arc-challenge": TaskSpec("arc-challenge", "test", "arc", ("ARC-Challenge-Test.jsonl",),
-                              load_arc, "ARC-Challenge test, 1,172 questions (lm-eval arc_challenge)"),
-    "hellaswag": TaskSpec("hellaswag", "validation", "hellaswag",
-                          ("hellaswag_val.jsonl", "hellaswag_val_full.txt"), load_hellaswag,
-                          "HellaSwag validation, 10,042 items (lm-eval hellaswag)"),
+    "arc-easy": TaskSpec(
+        "arc-easy",
+        "test",
+        "arc",
+        ("ARC-Easy-Test.jsonl",),
+        load_arc,
+        "ARC-Easy test, 2,376 questions (lm-eval arc_easy)",
+    ),
+    "arc-challenge": TaskSpec(
+        "arc-challenge",
+        "test",
+        "arc",
+        ("ARC-Challenge-Test.jsonl",),
+        load_arc,
+        "ARC-Challenge test, 1,172 questions (lm-eval arc_challenge)",
+    ),
+    "hellaswag": TaskSpec(
+        "hellaswag",
+        "validation",
+        "hellaswag",
+        ("hellaswag_val.jsonl", "hellaswag_val_full.txt"),
+        load_hellaswag,
+        "HellaSwag validation, 10,042 items (lm-eval hellaswag)",
+    ),
 }
 
 
@@ -296,5 +322,7 @@ def load_task_with_source(
 
 
 def _missing_message(spec: TaskSpec) -> str:
-    return (f"no local copy of {spec.name} ({' or '.join(spec.filenames)}); put it in "
-            f"--tasks-dir DIR (or DIR/{spec.subdir}/) or in $LUMENLM_DATA/{spec.subdir}/")
+    return (
+        f"no local copy of {spec.name} ({' or '.join(spec.filenames)}); put it in "
+        f"--tasks-dir DIR (or DIR/{spec.subdir}/) or in $LUMENLM_DATA/{spec.subdir}/"
+    )

@@ -51,8 +51,10 @@ def _gpt2_problems(cfg: ModelConfig) -> list[str]:
         (cfg.activation in ("gelu", "gelu_tanh"), "a GELU MLP"),
         (cfg.attn_bias and cfg.mlp_bias, "biases on all linears"),
         (cfg.n_kv_heads == cfg.n_heads, "n_kv_heads == n_heads"),
-        (cfg.d_head * cfg.n_heads == cfg.d_model and cfg.d_value == cfg.d_head,  # type: ignore[operator]
-         "d_head = d_value = d_model / n_heads"),
+        (
+            cfg.d_head * cfg.n_heads == cfg.d_model and cfg.d_value == cfg.d_head,  # type: ignore[operator]
+            "d_head = d_value = d_model / n_heads",
+        ),
         (cfg.tie_embeddings and not cfg.lm_head_bias, "tied embeddings without lm_head bias"),
         (cfg.pre_norm, "pre-norm blocks"),
     ]
@@ -71,7 +73,9 @@ def _llama_problems(cfg: ModelConfig) -> list[str]:
     return [need for ok, need in checks if not ok]
 
 
-def _gpt2_weights(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _gpt2_weights(
+    cfg: ModelConfig, sd: dict[str, torch.Tensor]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     out: dict[str, torch.Tensor] = {
         "transformer.wte.weight": sd["tok_emb.weight"],
         "transformer.wpe.weight": sd["pos_emb.weight"],
@@ -84,7 +88,8 @@ def _gpt2_weights(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> tuple[dict[s
         out[h + "ln_1.weight"] = sd[p + "attn_norm.weight"]
         out[h + "ln_1.bias"] = sd[p + "attn_norm.bias"]
         out[h + "attn.c_attn.weight"] = torch.cat(
-            [sd[p + f"attn.{n}_proj.weight"] for n in "qkv"], dim=0).t()
+            [sd[p + f"attn.{n}_proj.weight"] for n in "qkv"], dim=0
+        ).t()
         out[h + "attn.c_attn.bias"] = torch.cat([sd[p + f"attn.{n}_proj.bias"] for n in "qkv"])
         out[h + "attn.c_proj.weight"] = sd[p + "attn.o_proj.weight"].t()
         out[h + "attn.c_proj.bias"] = sd[p + "attn.o_proj.bias"]
@@ -121,7 +126,9 @@ def _gpt2_weights(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> tuple[dict[s
     return config, out
 
 
-def _llama_weights(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _llama_weights(
+    cfg: ModelConfig, sd: dict[str, torch.Tensor]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     out: dict[str, torch.Tensor] = {
         "model.embed_tokens.weight": sd["tok_emb.weight"],
         "model.norm.weight": sd["final_norm.weight"],
@@ -186,7 +193,8 @@ def _tokenizer_files(tokenizer_path: Path, dst: Path, context_length: int) -> di
         ids["pad_token_id"] = specials["<|pad|>"]
     (dst / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
     (dst / "special_tokens_map.json").write_text(
-        json.dumps({k: v for k, v in tok_cfg.items() if k.endswith("_token")}, indent=2) + "\n")
+        json.dumps({k: v for k, v in tok_cfg.items() if k.endswith("_token")}, indent=2) + "\n"
+    )
     return ids
 
 
@@ -216,12 +224,17 @@ def export_hf(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out)
     try:
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.contiguous() for k, v in weights.items()},
+            str(tmp / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         if tokenizer_path is not None:
             config.update(_tokenizer_files(Path(tokenizer_path), tmp, cfg.context_length))
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
+        gen = {
+            k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config
+        }
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)

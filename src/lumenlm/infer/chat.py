@@ -110,8 +110,9 @@ class ChatSession:
         self.model = model
         self.tokenizer = tokenizer
         self.template = template or ChatTemplate.from_meta(getattr(model, "meta", None))
-        self.params = params or SamplingParams(max_new_tokens=128, temperature=0.8, top_k=50,
-                                               top_p=0.95)
+        self.params = params or SamplingParams(
+            max_new_tokens=128, temperature=0.8, top_k=50, top_p=0.95
+        )
         self.system = system
         self.history: list[dict[str, str]] = []
 
@@ -154,14 +155,18 @@ class ChatSession:
             if text:
                 pieces.append(text)
                 yield text
-        self.history += [{"role": "user", "content": user_message},
-                         {"role": "assistant", "content": "".join(pieces).strip()}]
+        self.history += [
+            {"role": "user", "content": user_message},
+            {"role": "assistant", "content": "".join(pieces).strip()},
+        ]
 
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set; /system alone clears), /exit"
 
 
-def run_repl(session: ChatSession, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+def run_repl(
+    session: ChatSession, stdin: TextIO | None = None, stdout: TextIO | None = None
+) -> int:
     """Read user lines, stream replies. Works interactively and with piped stdin."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout

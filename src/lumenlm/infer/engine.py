@@ -81,17 +81,23 @@ class Decoder:
     def _prefill(self) -> Tensor:
         ids, mask, pos = self._padded()
         if self.cache is None:
-            return self.model(ids, attention_mask=mask, position_ids=pos, last_only=True).logits[:, -1]
+            return self.model(ids, attention_mask=mask, position_ids=pos, last_only=True).logits[
+                :, -1
+            ]
         self.cache.reset()
         if mask is None:
             self._mask_buf = None
-            self._pos = torch.full((self.batch_size, 1), ids.shape[1], dtype=torch.long, device=self.device)
+            self._pos = torch.full(
+                (self.batch_size, 1), ids.shape[1], dtype=torch.long, device=self.device
+            )
         else:
             buf = torch.ones((self.batch_size, self.capacity), dtype=torch.long, device=self.device)
             buf[:, : mask.shape[1]] = mask
             self._mask_buf = buf
             self._pos = pos[:, -1:] + 1
-        out = self.model(ids, cache=self.cache, attention_mask=mask, position_ids=pos, last_only=True)
+        out = self.model(
+            ids, cache=self.cache, attention_mask=mask, position_ids=pos, last_only=True
+        )
         return out.logits[:, -1]
 
     def _slide(self) -> None:
@@ -119,7 +125,10 @@ class Decoder:
         n = self.cache.length + 1
         mask = self._mask_buf[:, :n] if self._mask_buf is not None else None
         out = self.model(
-            tokens.view(-1, 1), cache=self.cache, attention_mask=mask, position_ids=self._pos,
+            tokens.view(-1, 1),
+            cache=self.cache,
+            attention_mask=mask,
+            position_ids=self._pos,
             last_only=True,
         )
         self._pos += 1

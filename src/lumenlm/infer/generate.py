@@ -153,8 +153,14 @@ def stream_generate(
     pad = special_id(tok, PAD_TOKEN)
     pad = pad if pad is not None else (eos if eos is not None else 0)
 
-    dec = Decoder(model, ids, max_new_tokens=p.max_new_tokens, pad_id=pad, use_cache=use_cache,
-                  window_keep=window_keep)
+    dec = Decoder(
+        model,
+        ids,
+        max_new_tokens=p.max_new_tokens,
+        pad_id=pad,
+        use_cache=use_cache,
+        window_keep=window_keep,
+    )
     device = dec.device
     gen: Any = generator
     if gen is None and not p.greedy:
@@ -207,7 +213,9 @@ def stream_generate(
         logits = dec.step(nxt, toks)
 
 
-def _text_for(detok: IncrementalDecoder | None, matcher: StopMatcher, token: int) -> tuple[str, bool]:
+def _text_for(
+    detok: IncrementalDecoder | None, matcher: StopMatcher, token: int
+) -> tuple[str, bool]:
     if detok is None:
         return "", False
     return matcher.feed(detok.push(token))
@@ -239,8 +247,16 @@ def generate(
     ids = encode_prompts(prompts, tok)
     results = [GenerationResult(i, row) for i, row in enumerate(ids)]
     texts: list[list[str]] = [[] for _ in ids]
-    for ev in stream_generate(model, ids, params, tokenizer=tok, use_cache=use_cache,
-                              window_keep=window_keep, generator=generator, **overrides):
+    for ev in stream_generate(
+        model,
+        ids,
+        params,
+        tokenizer=tok,
+        use_cache=use_cache,
+        window_keep=window_keep,
+        generator=generator,
+        **overrides,
+    ):
         r = results[ev.index]
         r.token_ids.extend(ev.token_ids)
         texts[ev.index].append(ev.text)

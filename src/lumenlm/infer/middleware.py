@@ -44,6 +44,7 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _reject(self, scope: dict, receive: Callable, send: Callable) -> None:
-        resp = error_response(413, f"request body is larger than {self.max_bytes} bytes",
-                              code="request_too_large")
+        resp = error_response(
+            413, f"request body is larger than {self.max_bytes} bytes", code="request_too_large"
+        )
         await resp(scope, receive, send)

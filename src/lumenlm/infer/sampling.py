@@ -153,7 +153,9 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     return gen
 
 
-def row_generators(seed: int | None, n: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
+def row_generators(
+    seed: int | None, n: int, device: torch.device | str = "cpu"
+) -> list[torch.Generator]:
     """One RNG per batch row; row i uses `seed + i`, so row i's sample does not depend on
     the batch it runs in (row 0 with seed s equals a single run with seed s)."""
     return [make_generator(None if seed is None else seed + i, device) for i in range(n)]
@@ -174,6 +176,7 @@ def sample_next(
         return torch.argmax(logits, dim=-1)
     probs = torch.softmax(logits, dim=-1)
     if isinstance(generator, Sequence):
-        return torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g)
-                          for i, g in enumerate(generator)]).squeeze(-1)
+        return torch.cat(
+            [torch.multinomial(probs[i : i + 1], 1, generator=g) for i, g in enumerate(generator)]
+        ).squeeze(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -78,8 +78,9 @@ def create_app(
         errs = exc.errors()
         first = errs[0] if errs else {}
         loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        return error_response(400, f"{loc or 'body'}: {first.get('msg', 'invalid request')}",
-                              param=loc or None)
+        return error_response(
+            400, f"{loc or 'body'}: {first.get('msg', 'invalid request')}", param=loc or None
+        )
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -95,8 +96,11 @@ def create_app(
             got = request.headers.get("authorization", "")
             token = got[7:] if got.lower().startswith("bearer ") else ""
             if not secrets.compare_digest(token.encode(), api_key.encode()):
-                return error_response(401, "invalid or missing API key (Authorization: Bearer KEY)",
-                                      code="invalid_api_key")
+                return error_response(
+                    401,
+                    "invalid or missing API key (Authorization: Bearer KEY)",
+                    code="invalid_api_key",
+                )
         return await call_next(request)
 
     # -- request -> rows + params ---------------------------------------------------------
@@ -132,12 +136,23 @@ def create_app(
         return rows_times_n(prompts, req.n), params
 
     def prepare_chat(req: ChatRequest) -> tuple[list[list[int]], SamplingParams]:
-        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        params = params_for(req, max_tokens_cap if max_tokens is None else max_tokens,
-                            stops(req) + list(template.stop))
-        msgs = [{"role": "system" if m.role == "developer" else m.role,
-                 "content": m.content if isinstance(m.content, str)
-                 else "".join(p.text for p in m.content or [])} for m in req.messages]
+        max_tokens = (
+            req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        )
+        params = params_for(
+            req,
+            max_tokens_cap if max_tokens is None else max_tokens,
+            stops(req) + list(template.stop),
+        )
+        msgs = [
+            {
+                "role": "system" if m.role == "developer" else m.role,
+                "content": m.content
+                if isinstance(m.content, str)
+                else "".join(p.text for p in m.content or []),
+            }
+            for m in req.messages
+        ]
         budget = ctx - min(params.max_new_tokens, ctx // 2)
         msgs = fit_history(msgs, template, lambda t: len(tokenizer.encode(t).ids), budget)
         prompt = tokenizer.encode(template.render(msgs)).ids
@@ -209,12 +224,18 @@ def create_app(
         return bool((req.stream_options or {}).get("include_usage"))
 
     def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens}
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
 
     async def stream_body(
-        rows: list[list[int]], params: SamplingParams, make_chunk: Callable[..., dict],
-        first: list[dict], usage_chunk: Callable[[dict], dict] | None,
+        rows: list[list[int]],
+        params: SamplingParams,
+        make_chunk: Callable[..., dict],
+        first: list[dict],
+        usage_chunk: Callable[[dict], dict] | None,
     ) -> AsyncIterator[str]:
         for c in first:
             yield sse(c)
@@ -228,8 +249,16 @@ def create_app(
                 if ev.finish_reason is not None:
                     yield sse(make_chunk(ev.index, None, ev.finish_reason))
         except Exception as exc:  # the stream has started: report in-band
-            yield sse({"error": {"message": str(exc), "type": "server_error", "param": None,
-                                 "code": None}})
+            yield sse(
+                {
+                    "error": {
+                        "message": str(exc),
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            )
         else:
             if usage_chunk is not None:
                 yield sse(usage_chunk(usage(sum(len(r) for r in rows), sum(counts))))
@@ -244,8 +273,12 @@ def create_app(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": model_name, "object": "model", "created": created, "owned_by": "lumenlm"}]}
+        return {
+            "object": "list",
+            "data": [
+                {"id": model_name, "object": "model", "created": created, "owned_by": "lumenlm"}
+            ],
+        }
 
     @app.get("/v1/models/{name}")
     async def model_info(name: str) -> dict[str, Any]:
@@ -259,21 +292,51 @@ def create_app(
         cid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(i: int, text: str | None, reason: str | None) -> dict:
-            return {"id": cid, "object": "text_completion", "created": now, "model": model_name,
-                    "choices": [{"index": i, "text": text or "", "logprobs": None,
-                                 "finish_reason": reason}]}
+            return {
+                "id": cid,
+                "object": "text_completion",
+                "created": now,
+                "model": model_name,
+                "choices": [
+                    {"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}
+                ],
+            }
 
         if req.stream:
-            u = (lambda us: {"id": cid, "object": "text_completion", "created": now,
-                             "model": model_name, "choices": [], "usage": us}) \
-                if include_usage(req) else None
-            return StreamingResponse(stream_body(rows, params, chunk, [], u),
-                                     media_type="text/event-stream")
+            u = (
+                (
+                    lambda us: {
+                        "id": cid,
+                        "object": "text_completion",
+                        "created": now,
+                        "model": model_name,
+                        "choices": [],
+                        "usage": us,
+                    }
+                )
+                if include_usage(req)
+                else None
+            )
+            return StreamingResponse(
+                stream_body(rows, params, chunk, [], u), media_type="text/event-stream"
+            )
         results = await in_worker(run_generate, rows, params)
-        return {"id": cid, "object": "text_completion", "created": now, "model": model_name,
-                "choices": [{"index": r.index, "text": r.text, "logprobs": None,
-                             "finish_reason": r.finish_reason} for r in results],
-                "usage": usage(sum(len(x) for x in rows), sum(r.completion_tokens for r in results))}
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": now,
+            "model": model_name,
+            "choices": [
+                {
+                    "index": r.index,
+                    "text": r.text,
+                    "logprobs": None,
+                    "finish_reason": r.finish_reason,
+                }
+                for r in results
+            ],
+            "usage": usage(sum(len(x) for x in rows), sum(r.completion_tokens for r in results)),
+        }
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest) -> Any:
@@ -281,8 +344,14 @@ def create_app(
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def base(choices: list[dict]) -> dict:
-            return {"id": cid, "object": "chat.completion.chunk", "created": now,
-                    "model": model_name, "system_fingerprint": None, "choices": choices}
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": now,
+                "model": model_name,
+                "system_fingerprint": None,
+                "choices": choices,
+            }
 
         if req.stream:
             started = [False] * len(rows)
@@ -294,21 +363,45 @@ def create_app(
                         text = text.lstrip(" ")
                         started[i] = bool(text)
                     delta["content"] = text
-                return base([{"index": i, "delta": delta, "logprobs": None,
-                              "finish_reason": reason}])
+                return base(
+                    [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}]
+                )
 
-            first = [base([{"index": i, "delta": {"role": "assistant", "content": ""},
-                            "logprobs": None, "finish_reason": None}]) for i in range(len(rows))]
+            first = [
+                base(
+                    [
+                        {
+                            "index": i,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+                for i in range(len(rows))
+            ]
             u = (lambda us: {**base([]), "usage": us}) if include_usage(req) else None
-            return StreamingResponse(stream_body(rows, params, chunk, first, u),
-                                     media_type="text/event-stream")
+            return StreamingResponse(
+                stream_body(rows, params, chunk, first, u), media_type="text/event-stream"
+            )
         results = await in_worker(run_generate, rows, params)
-        return {"id": cid, "object": "chat.completion", "created": now, "model": model_name,
-                "system_fingerprint": None,
-                "choices": [{"index": r.index, "logprobs": None, "finish_reason": r.finish_reason,
-                             "message": {"role": "assistant", "content": r.text.lstrip(" ")}}
-                            for r in results],
-                "usage": usage(sum(len(x) for x in rows), sum(r.completion_tokens for r in results))}
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": now,
+            "model": model_name,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": r.index,
+                    "logprobs": None,
+                    "finish_reason": r.finish_reason,
+                    "message": {"role": "assistant", "content": r.text.lstrip(" ")},
+                }
+                for r in results
+            ],
+            "usage": usage(sum(len(x) for x in rows), sum(r.completion_tokens for r in results)),
+        }
 
     return app
 

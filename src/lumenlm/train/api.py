@@ -29,8 +29,11 @@ def _fit_vocab(model_cfg: ModelConfig, meta: dict[str, Any], env: D.DistEnv) -> 
     """Take the vocabulary size from the prepared data when it differs from the preset."""
     vocab = int(meta["vocab_size"])
     if vocab != model_cfg.vocab_size:
-        _notice(f"dataset vocab_size {vocab} differs from the model's {model_cfg.vocab_size}; "
-                f"using {vocab}", env)
+        _notice(
+            f"dataset vocab_size {vocab} differs from the model's {model_cfg.vocab_size}; "
+            f"using {vocab}",
+            env,
+        )
         model_cfg = dataclasses.replace(model_cfg, vocab_size=vocab)
     return model_cfg
 
@@ -71,21 +74,40 @@ def train(
         if resume is not None:
             trainer = _resume(Path(resume), overrides, env, max_steps, max_minutes, progress_bar)
         else:
-            trainer = _fresh(preset, data_dir, out_dir, config_file, overrides, env,
-                             max_steps, max_minutes, progress_bar)
+            trainer = _fresh(
+                preset,
+                data_dir,
+                out_dir,
+                config_file,
+                overrides,
+                env,
+                max_steps,
+                max_minutes,
+                progress_bar,
+            )
         return trainer.fit()
     finally:
         D.cleanup()
 
 
-def _fresh(preset: str | None, data_dir: str | Path | None, out_dir: str | Path,
-           config_file: str | Path | None, overrides: dict[str, Any], env: D.DistEnv,
-           max_steps: int | None, max_minutes: float | None, progress_bar: bool) -> Trainer:
+def _fresh(
+    preset: str | None,
+    data_dir: str | Path | None,
+    out_dir: str | Path,
+    config_file: str | Path | None,
+    overrides: dict[str, Any],
+    env: D.DistEnv,
+    max_steps: int | None,
+    max_minutes: float | None,
+    progress_bar: bool,
+) -> Trainer:
     preset_name, model_cfg, train_cfg = resolve_config(preset, config_file, overrides)
     if data_dir is None and config_file is not None:
         from lumenlm.config import read_mapping
 
-        data_dir = read_mapping(config_file).get("data") or read_mapping(config_file).get("data_dir")
+        data_dir = read_mapping(config_file).get("data") or read_mapping(config_file).get(
+            "data_dir"
+        )
     if data_dir is None:
         raise DataError("no data directory given; pass --data DIR (a `lumenlm prepare` output)")
     data_dir = Path(data_dir).resolve()
@@ -96,8 +118,16 @@ def _fresh(preset: str | None, data_dir: str | Path | None, out_dir: str | Path,
         run_dir = create_run_dir(out_dir)
     run_dir = Path(D.broadcast_object(str(run_dir) if run_dir else None, env))
     try:
-        trainer = Trainer(model_cfg, train_cfg, data_dir, run_dir, env=env, max_steps=max_steps,
-                          max_minutes=max_minutes, progress_bar=progress_bar)
+        trainer = Trainer(
+            model_cfg,
+            train_cfg,
+            data_dir,
+            run_dir,
+            env=env,
+            max_steps=max_steps,
+            max_minutes=max_minutes,
+            progress_bar=progress_bar,
+        )
     except BaseException:
         if env.is_main:  # nothing trained: do not leave an empty run behind
             import shutil
@@ -107,20 +137,34 @@ def _fresh(preset: str | None, data_dir: str | Path | None, out_dir: str | Path,
     if env.is_main:
         doc = {
             # `lumenlm.modelio.load(run_dir)` resolves checkpoints/best (else last).
-            "format": "lumenlm", "format_version": 1, "kind": "run", "run_id": run_dir.name,
+            "format": "lumenlm",
+            "format_version": 1,
+            "kind": "run",
+            "run_id": run_dir.name,
             "preset": preset_name,
-            "data_dir": str(data_dir), "model": model_cfg.to_dict(),
-            "train": dataclasses.asdict(train_cfg), "total_steps": trainer.p.total_steps,
-            "world_size": env.world_size, "device": str(env.device),
-            "precision": trainer.precision, "parameters": trainer.n_params,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running",
+            "data_dir": str(data_dir),
+            "model": model_cfg.to_dict(),
+            "train": dataclasses.asdict(train_cfg),
+            "total_steps": trainer.p.total_steps,
+            "world_size": env.world_size,
+            "device": str(env.device),
+            "precision": trainer.precision,
+            "parameters": trainer.n_params,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "status": "running",
         }
         atomic_write_text(run_dir / CONFIG, json.dumps(doc, indent=2) + "\n")
     return trainer
 
 
-def _resume(run_dir: Path, overrides: dict[str, Any], env: D.DistEnv,
-            max_steps: int | None, max_minutes: float | None, progress_bar: bool) -> Trainer:
+def _resume(
+    run_dir: Path,
+    overrides: dict[str, Any],
+    env: D.DistEnv,
+    max_steps: int | None,
+    max_minutes: float | None,
+    progress_bar: bool,
+) -> Trainer:
     path = run_dir / CONFIG
     try:
         doc = json.loads(path.read_text())
@@ -133,12 +177,21 @@ def _resume(run_dir: Path, overrides: dict[str, Any], env: D.DistEnv,
         raise ConfigError(f"{path}: corrupt run config ({exc})") from None
     m_over, t_over = split_overrides(overrides)
     if m_over:
-        raise ConfigError(f"cannot change the model when resuming ({', '.join(m_over)}); "
-                          "start a new run instead")
+        raise ConfigError(
+            f"cannot change the model when resuming ({', '.join(m_over)}); start a new run instead"
+        )
     if t_over:
         train_cfg = apply_overrides(train_cfg, t_over, prefix="train.")
     ckpt = find_resume_checkpoint(run_dir, log=lambda m: _notice(m.removeprefix("notice: "), env))
     _notice(f"resuming {run_dir.name} from {ckpt.name}", env)
-    return Trainer(model_cfg, train_cfg, data_dir, run_dir, env=env, resume_from=ckpt,
-                   max_steps=max_steps, max_minutes=max_minutes, progress_bar=progress_bar,
-                   )
+    return Trainer(
+        model_cfg,
+        train_cfg,
+        data_dir,
+        run_dir,
+        env=env,
+        resume_from=ckpt,
+        max_steps=max_steps,
+        max_minutes=max_minutes,
+        progress_bar=progress_bar,
+    )

@@ -46,15 +46,25 @@ def render_card(
     eff = t.batch_size * t.grad_accum * int(progress.get("world_size", 1))
     recipe = [
         ("Optimizer", f"AdamW (betas {t.beta1}, {t.beta2}, eps {t.eps}), decay on matrices only"),
-        ("Learning rate", f"{t.lr:g}, warmup {t.warmup_steps} steps, {t.schedule} to {t.lr * t.min_lr_ratio:g}"),
+        (
+            "Learning rate",
+            f"{t.lr:g}, warmup {t.warmup_steps} steps, {t.schedule} to {t.lr * t.min_lr_ratio:g}",
+        ),
         ("Weight decay", t.weight_decay),
-        ("Batch", f"{t.batch_size} x {t.grad_accum} accumulation x {progress.get('world_size', 1)} "
-                  f"process(es) = {eff} windows"),
+        (
+            "Batch",
+            f"{t.batch_size} x {t.grad_accum} accumulation x {progress.get('world_size', 1)} "
+            f"process(es) = {eff} windows",
+        ),
         ("Gradient clipping", t.grad_clip or "off"),
         ("Precision", progress.get("precision", t.precision)),
-        ("Early stopping", f"patience {t.early_stopping_patience} ({t.early_stopping_on}s), "
-                           f"threshold {t.early_stopping_min_delta:g}"
-         if t.early_stopping_patience else "off"),
+        (
+            "Early stopping",
+            f"patience {t.early_stopping_patience} ({t.early_stopping_on}s), "
+            f"threshold {t.early_stopping_min_delta:g}"
+            if t.early_stopping_patience
+            else "off",
+        ),
         ("Planned steps", progress.get("total_steps")),
         ("Seed", t.seed),
     ]
@@ -75,8 +85,10 @@ def render_card(
 
     data_lines = [f"- Data directory: `{data.get('dir')}`"]
     if data.get("train_tokens") is not None:
-        data_lines.append(f"- Train tokens: {data['train_tokens']:,}; validation tokens: "
-                          f"{data.get('val_tokens', 0):,}")
+        data_lines.append(
+            f"- Train tokens: {data['train_tokens']:,}; validation tokens: "
+            f"{data.get('val_tokens', 0):,}"
+        )
     if data.get("tokenizer"):
         data_lines.append(f"- Tokenizer: {data['tokenizer']}")
     parts = [
@@ -108,7 +120,7 @@ def render_card(
         "",
         "```python",
         "from lumenlm.modelio import load",
-        "model = load(\"PATH\")  # this directory, or the run directory",
+        'model = load("PATH")  # this directory, or the run directory',
         "```",
         "",
     ]

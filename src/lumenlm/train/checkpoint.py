@@ -40,14 +40,20 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 
 # -- RNG ---------------------------------------------------------------------------
 
+
 def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """This process's RNG states: (JSON-able python/numpy states, torch tensors)."""
     version, mt, gauss = random.getstate()
     np_state = np.random.get_state()
     js = {
         "python": [version, list(mt), gauss],
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]),
-                  float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            np_state[1].tolist(),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
     }
     tensors = {"torch_cpu": torch.get_rng_state().clone()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -68,6 +74,7 @@ def restore_rng(js: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
 
 # -- optimizer state <-> flat tensors ---------------------------------------------
 
+
 def flatten_optimizer(osd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Name-keyed optimizer state dict -> (tensors, JSON) for safetensors + JSON."""
     tensors: dict[str, torch.Tensor] = {}
@@ -78,8 +85,10 @@ def flatten_optimizer(osd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dic
                 tensors[f"optim/{name}/{key}"] = value.detach().to("cpu").contiguous()
             else:
                 scalars.setdefault(name, {})[key] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
-              for g in osd["param_groups"]]
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+        for g in osd["param_groups"]
+    ]
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
@@ -89,7 +98,7 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], js: dict[str, Any]) ->
     for key, value in tensors.items():
         if not key.startswith("optim/"):
             continue
-        name, sub = key[len("optim/"):].rsplit("/", 1)
+        name, sub = key[len("optim/") :].rsplit("/", 1)
         state.setdefault(name, {})[sub] = value
     for name, extra in js.get("scalars", {}).items():
         state.setdefault(name, {}).update(extra)
@@ -103,6 +112,7 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], js: dict[str, Any]) ->
 
 
 # -- writing -----------------------------------------------------------------------
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -134,8 +144,10 @@ def write_checkpoint(
         if readme is not None:
             (tmp / "README.md").write_text(readme)
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-        manifest = {"files": {name: _sha256(tmp / name) for name in files},
-                    "step": state.get("step")}
+        manifest = {
+            "files": {name: _sha256(tmp / name) for name in files},
+            "step": state.get("step"),
+        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         for p in tmp.iterdir():  # flush file contents before the rename makes them visible
             fd = os.open(p, os.O_RDONLY)
@@ -160,13 +172,15 @@ def write_checkpoint(
 
 def prune_periodic(root: Path, keep: int) -> None:
     """Keep the `keep` newest `step_<N>` checkpoints (last and best are never pruned)."""
-    steps = sorted((int(m.group(1)), p) for p in root.iterdir()
-                   if (m := STEP_DIR.match(p.name)) and p.is_dir())
+    steps = sorted(
+        (int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()
+    )
     for _, p in steps[:-keep] if keep > 0 else steps:
         shutil.rmtree(p, ignore_errors=True)
 
 
 # -- reading -----------------------------------------------------------------------
+
 
 def verify(ckpt: Path) -> None:
     """Raise CheckpointError unless every file listed in the manifest matches its sha256."""
@@ -208,8 +222,10 @@ def candidates(run_dir: Path) -> list[Path]:
     root = run_dir / "checkpoints"
     out = [root / "last"]
     if root.is_dir():
-        steps = sorted(((int(m.group(1)), p) for p in root.iterdir()
-                        if (m := STEP_DIR.match(p.name))), reverse=True)
+        steps = sorted(
+            ((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name))),
+            reverse=True,
+        )
         out += [p for _, p in steps]
     out.append(root / "best")
     return [p for p in out if p.is_dir()]
@@ -224,7 +240,9 @@ def find_resume_checkpoint(run_dir: Path, log: Any = None) -> Path:
     log = log or (lambda msg: print(msg, file=sys.stderr))
     found = candidates(run_dir)
     if not found:
-        raise CheckpointError(f"{run_dir}: no checkpoints to resume from (checkpoints/last missing)")
+        raise CheckpointError(
+            f"{run_dir}: no checkpoints to resume from (checkpoints/last missing)"
+        )
     good: list[tuple[int, Path]] = []
     problems = []
     for p in found:

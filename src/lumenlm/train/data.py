@@ -41,7 +41,9 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{d}: not a prepared dataset (no meta.json); run `lumenlm prepare`") from None
+        raise DataError(
+            f"{d}: not a prepared dataset (no meta.json); run `lumenlm prepare`"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: corrupt JSON ({exc})") from None
     if not isinstance(meta, dict) or "vocab_size" not in meta or "splits" not in meta:
@@ -85,7 +87,9 @@ class Windows:
         return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
-def open_windows(data_dir: str | Path, split: str, context_length: int, stride: int | None) -> Windows:
+def open_windows(
+    data_dir: str | Path, split: str, context_length: int, stride: int | None
+) -> Windows:
     """Windows over a split; a one-line error if the split is too short for one window."""
     tokens = load_split(data_dir, split)
     win = Windows(tokens, context_length, stride or context_length)
@@ -110,8 +114,15 @@ class StepSampler:
     dropped that epoch; the next permutation covers it with high probability).
     """
 
-    def __init__(self, n: int, seed: int, micro_batch: int, grad_accum: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        micro_batch: int,
+        grad_accum: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.n, self.seed = n, seed
         self.micro_batch, self.grad_accum = micro_batch, grad_accum
         self.rank, self.world_size = rank, world_size

@@ -45,7 +45,7 @@ class DistEnv:
 
 
 def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
-    """"auto"/None -> cuda, else mps, else cpu; "cuda" under torchrun -> cuda:<local_rank>."""
+    """ "auto"/None -> cuda, else mps, else cpu; "cuda" under torchrun -> cuda:<local_rank>."""
     name = (name or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -56,9 +56,13 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
             name = "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError("device cuda requested but no CUDA GPU is available; use --device cpu")
+            raise ConfigError(
+                "device cuda requested but no CUDA GPU is available; use --device cpu"
+            )
         return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise ConfigError("device mps requested but MPS is not available; use --device cpu")
     if name not in ("cpu", "mps"):
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
@@ -104,7 +108,9 @@ def wrap(model: torch.nn.Module, strategy: str, env: DistEnv) -> torch.nn.Module
     return DDP(model, device_ids=ids)
 
 
-def grad_sync(model: torch.nn.Module, strategy: str, sync: bool) -> contextlib.AbstractContextManager[Any]:
+def grad_sync(
+    model: torch.nn.Module, strategy: str, sync: bool
+) -> contextlib.AbstractContextManager[Any]:
     """Skip the gradient all-reduce on all but the last micro-step of accumulation."""
     if hasattr(model, "no_sync") and not sync:
         return model.no_sync()
@@ -130,7 +136,9 @@ def any_rank(flag: int, env: DistEnv) -> int:
     """Max of an int flag over ranks (all ranks must stop at the same step)."""
     if not env.enabled:
         return flag
-    t = torch.tensor([flag], dtype=torch.int64, device=env.device if env.device.type == "cuda" else "cpu")
+    t = torch.tensor(
+        [flag], dtype=torch.int64, device=env.device if env.device.type == "cuda" else "cpu"
+    )
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
 
@@ -164,12 +172,15 @@ def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=_FULL)
 
 
-def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def full_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
     """Optimizer state keyed by parameter name, unsharded, on CPU (every rank must call it)."""
     return get_optimizer_state_dict(model, optimizer, options=_FULL)
 
 
-def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                         osd: dict[str, Any]) -> None:
+def load_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, osd: dict[str, Any]
+) -> None:
     """Load a full, name-keyed optimizer state (shards it again under FSDP)."""
     set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))

@@ -30,8 +30,10 @@ class MetricsLog:
 
                 self.writer = SummaryWriter(str(tensorboard_dir))
             except ImportError:
-                print("notice: tensorboard is not installed; skipping TensorBoard events",
-                      file=sys.stderr)
+                print(
+                    "notice: tensorboard is not installed; skipping TensorBoard events",
+                    file=sys.stderr,
+                )
 
     def write(self, record: dict[str, Any]) -> None:
         record = {k: _clean(v) for k, v in record.items()}
@@ -98,8 +100,17 @@ def guess_peak_flops(device_type: str, precision: str) -> float | None:
     import torch
 
     name = torch.cuda.get_device_name().lower()
-    table = {"h200": 989e12, "h100": 989e12, "a100": 312e12, "l40": 181e12, "4090": 165e12,
-             "a10": 125e12, "3090": 71e12, "v100": 125e12, "t4": 65e12}
+    table = {
+        "h200": 989e12,
+        "h100": 989e12,
+        "a100": 312e12,
+        "l40": 181e12,
+        "4090": 165e12,
+        "a10": 125e12,
+        "3090": 71e12,
+        "v100": 125e12,
+        "t4": 65e12,
+    }
     for key, peak in table.items():
         if key in name:
             return peak if precision != "fp32" else peak / 2  # rough TF32 rate

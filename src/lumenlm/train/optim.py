@@ -44,7 +44,9 @@ def _clean_name(name: str) -> str:
     return name
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, device: torch.device
+) -> torch.optim.AdamW:
     """AdamW: fused kernel on CUDA, foreach (multi-tensor) elsewhere."""
     kwargs: dict = {}
     if device.type == "cuda":

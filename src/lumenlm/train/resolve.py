@@ -23,16 +23,30 @@ _TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 # Names other trainers use (nanoGPT, HF) -> ours, for "did you mean" hints only.
 _ALIASES = {
-    "learning_rate": "lr", "max_iters": "max_steps", "epochs": "max_epochs", "num_epochs": "max_epochs",
-    "patience": "early_stopping_patience", "clip": "grad_clip", "max_grad_norm": "grad_clip",
-    "gradient_accumulation_steps": "grad_accum", "warmup": "warmup_steps", "block_size": "context_length",
-    "n_embd": "d_model", "n_layer": "n_layers", "n_head": "n_heads", "eval_iters": "eval_batches",
+    "learning_rate": "lr",
+    "max_iters": "max_steps",
+    "epochs": "max_epochs",
+    "num_epochs": "max_epochs",
+    "patience": "early_stopping_patience",
+    "clip": "grad_clip",
+    "max_grad_norm": "grad_clip",
+    "gradient_accumulation_steps": "grad_accum",
+    "warmup": "warmup_steps",
+    "block_size": "context_length",
+    "n_embd": "d_model",
+    "n_layer": "n_layers",
+    "n_head": "n_heads",
+    "eval_iters": "eval_batches",
 }
 
 
 def _close(key: str) -> str:
-    names = sorted(_MODEL_KEYS | _TRAIN_KEYS | {f"model.{k}" for k in _MODEL_KEYS}
-                   | {f"train.{k}" for k in _TRAIN_KEYS})
+    names = sorted(
+        _MODEL_KEYS
+        | _TRAIN_KEYS
+        | {f"model.{k}" for k in _MODEL_KEYS}
+        | {f"train.{k}" for k in _TRAIN_KEYS}
+    )
     bare = key.rpartition(".")[2]
     near = [_ALIASES[bare]] if bare in _ALIASES else []
     near += [n for n in difflib.get_close_matches(key, names, n=3, cutoff=0.6) if n not in near]
@@ -107,8 +121,10 @@ def resolve_config(
         doc = read_mapping(config_file)
         unknown = sorted(set(doc) - {"preset", "model", "train", "data", "data_dir"})
         if unknown:
-            raise ConfigError(f"{config_file}: unknown section(s) {', '.join(unknown)}; "
-                              "expected preset, model, train")
+            raise ConfigError(
+                f"{config_file}: unknown section(s) {', '.join(unknown)}; "
+                "expected preset, model, train"
+            )
         preset = preset or doc.get("preset")
         file_model = dict(doc.get("model") or {})
         file_train = dict(doc.get("train") or {})

@@ -106,10 +106,18 @@ class Trainer:
         cfg = train_cfg
 
         # -- data: windows and the resumable batch order --------------------------
-        self.train_windows = open_windows(self.data_dir, "train", model_cfg.context_length, cfg.stride)
+        self.train_windows = open_windows(
+            self.data_dir, "train", model_cfg.context_length, cfg.stride
+        )
         self.val_windows = open_windows(self.data_dir, "val", model_cfg.context_length, None)
-        self.sampler = StepSampler(len(self.train_windows), cfg.seed, cfg.batch_size,
-                                   cfg.grad_accum, self.env.rank, self.env.world_size)
+        self.sampler = StepSampler(
+            len(self.train_windows),
+            cfg.seed,
+            cfg.batch_size,
+            cfg.grad_accum,
+            self.env.rank,
+            self.env.world_size,
+        )
         if self.sampler.steps_per_epoch == 0:
             raise TrainingError(
                 f"train split has {len(self.train_windows)} windows of {model_cfg.context_length} "
@@ -118,11 +126,18 @@ class Trainer:
                 f"{self.env.world_size} process(es)); lower batch_size/grad_accum or add data"
             )
         # The same global validation windows at any world size (each rank takes a share).
-        val_idx = eval_indices(len(self.val_windows), cfg.eval_batches,
-                               cfg.batch_size * self.env.world_size)
-        val_idx = val_idx[: len(val_idx) - len(val_idx) % self.env.world_size] if self.env.enabled else val_idx
+        val_idx = eval_indices(
+            len(self.val_windows), cfg.eval_batches, cfg.batch_size * self.env.world_size
+        )
+        val_idx = (
+            val_idx[: len(val_idx) - len(val_idx) % self.env.world_size]
+            if self.env.enabled
+            else val_idx
+        )
         if len(val_idx) == 0:
-            raise TrainingError(f"val split has fewer windows ({len(self.val_windows)}) than processes")
+            raise TrainingError(
+                f"val split has fewer windows ({len(self.val_windows)}) than processes"
+            )
         self.val_idx = val_idx[self.env.rank :: self.env.world_size]
 
         # -- model, optimizer, precision --------------------------------------------
@@ -147,10 +162,14 @@ class Trainer:
         else:
             self.p.total_steps = cfg.max_steps or cfg.max_epochs * self.sampler.steps_per_epoch
         self.flops_per_token = flops_per_token(
-            self.n_params, model_cfg.n_layers, model_cfg.context_length, model_cfg.d_model)
+            self.n_params, model_cfg.n_layers, model_cfg.context_length, model_cfg.d_model
+        )
         peak_tflops = cfg.peak_tflops
-        self.peak_flops = peak_tflops * 1e12 if peak_tflops else guess_peak_flops(
-            self.device.type, self.precision)
+        self.peak_flops = (
+            peak_tflops * 1e12
+            if peak_tflops
+            else guess_peak_flops(self.device.type, self.precision)
+        )
         self._signal: int | None = None
         self._last_plot = 0.0
         self._train_seconds, self._steps_timed = 0.0, 0  # for the --max-minutes eval reserve
@@ -163,8 +182,13 @@ class Trainer:
         cfg, p, sampler = self.cfg, self.p, self.sampler
         accum = cfg.grad_accum
         tokens_per_step = sampler.windows_per_step * self.mcfg.context_length
-        log = MetricsLog(self.run_dir / METRICS, self.run_dir / "tensorboard" if cfg.tensorboard else None) \
-            if self.main else None
+        log = (
+            MetricsLog(
+                self.run_dir / METRICS, self.run_dir / "tensorboard" if cfg.tensorboard else None
+            )
+            if self.main
+            else None
+        )
         if log is not None:
             log.truncate_after(p.step)  # a resumed run redoes the steps after its checkpoint
         self._announce()
@@ -184,14 +208,23 @@ class Trainer:
 
                 # -- one optimizer step: grad_accum micro-batches ------------------
                 t_step = time.time()
-                lr = lr_at(p.step, lr=cfg.lr, total_steps=p.total_steps, warmup_steps=cfg.warmup_steps,
-                           min_lr_ratio=cfg.min_lr_ratio, schedule=cfg.schedule)
+                lr = lr_at(
+                    p.step,
+                    lr=cfg.lr,
+                    total_steps=p.total_steps,
+                    warmup_steps=cfg.warmup_steps,
+                    min_lr_ratio=cfg.min_lr_ratio,
+                    schedule=cfg.schedule,
+                )
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 loss_sum = torch.zeros((), device=self.device)
                 for m, idx in enumerate(sampler.step_indices()):
                     x, y = self.train_windows.batch(idx)
-                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    x, y = (
+                        x.to(self.device, non_blocking=True),
+                        y.to(self.device, non_blocking=True),
+                    )
                     with D.grad_sync(self.model, cfg.strategy, sync=m == accum - 1):
                         with autocast(self.precision, self.device):
                             loss = self.model(x, y).loss / accum
@@ -206,8 +239,11 @@ class Trainer:
                 if self.scaler is not None:
                     self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
-                    self.raw.parameters(), cfg.grad_clip if cfg.grad_clip else float("inf"))
-                grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+                    self.raw.parameters(), cfg.grad_clip if cfg.grad_clip else float("inf")
+                )
+                grad_norm = float(
+                    grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+                )
                 if self.scaler is not None:
                     self.scaler.step(self.optimizer)  # skips the step on inf/nan gradients
                     self.scaler.update()
@@ -231,16 +267,30 @@ class Trainer:
                     tps = steps_since_log * tokens_per_step / dt
                     mfu = tps * self.flops_per_token / self.peak_flops if self.peak_flops else None
                     if log is not None:
-                        log.write({"step": p.step, "epoch": self._epoch_float(), "loss": loss_since_log / steps_since_log,
-                                   "lr": lr, "grad_norm": grad_norm, "tokens_per_s": round(tps, 1),
-                                   "mfu": mfu, "elapsed_s": round(p.elapsed_s, 3), "tokens_seen": p.tokens_seen})
+                        log.write(
+                            {
+                                "step": p.step,
+                                "epoch": self._epoch_float(),
+                                "loss": loss_since_log / steps_since_log,
+                                "lr": lr,
+                                "grad_norm": grad_norm,
+                                "tokens_per_s": round(tps, 1),
+                                "mfu": mfu,
+                                "elapsed_s": round(p.elapsed_s, 3),
+                                "tokens_seen": p.tokens_seen,
+                            }
+                        )
                     t_last, steps_since_log, loss_since_log = time.time(), 0, 0.0
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", epoch=sampler.epoch, refresh=False)
+                    bar.set_postfix(
+                        loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", epoch=sampler.epoch, refresh=False
+                    )
 
                 # -- evaluate, early-stop, checkpoint at this step boundary -----------
-                periodic = p.step % cfg.checkpoint_interval == 0 or (epoch_end and cfg.checkpoint_each_epoch)
+                periodic = p.step % cfg.checkpoint_interval == 0 or (
+                    epoch_end and cfg.checkpoint_each_epoch
+                )
                 do_eval = p.step % cfg.eval_interval == 0 or (epoch_end and cfg.eval_each_epoch)
                 improved = early_stop = False
                 if do_eval:
@@ -263,7 +313,8 @@ class Trainer:
         if p.last_eval_step != p.step and p.step > 0:
             improved, _ = self._evaluate_and_track(log, counted=False)
         p.status = {"signal": "interrupted", "max_steps": "paused", "max_minutes": "paused"}.get(
-            stop_reason or "", stop_reason or "finished")
+            stop_reason or "", stop_reason or "finished"
+        )
         if p.step > 0:
             self._save(periodic=False, best=improved)
         if self.main:
@@ -276,7 +327,10 @@ class Trainer:
             sig = self._signal or signal.SIGTERM
             raise TrainingInterrupted(
                 f"interrupted by {signal.Signals(sig).name} at step {p.step}; checkpoint saved; "
-                f"resume with: lumenlm train --resume {self.run_dir}", self.run_dir, int(sig))
+                f"resume with: lumenlm train --resume {self.run_dir}",
+                self.run_dir,
+                int(sig),
+            )
         return self.run_dir
 
     _STOPS = (None, "finished", "max_steps", "max_minutes", "signal")
@@ -285,14 +339,17 @@ class Trainer:
         """Why this invocation stops before the next step (the same answer on every rank)."""
         p, cfg = self.p, self.cfg
         code = 0
-        if p.step >= p.total_steps or (cfg.max_steps is None and self.sampler.epoch >= cfg.max_epochs):
+        if p.step >= p.total_steps or (
+            cfg.max_steps is None and self.sampler.epoch >= cfg.max_epochs
+        ):
             code = 1
         elif self._signal is not None:
             code = 4
         elif self.stop_at_step is not None and p.step >= self.stop_at_step:
             code = 2
         elif self.max_minutes is not None and (
-                time.time() - t_start + self._final_eval_estimate() >= self.max_minutes * 60):
+            time.time() - t_start + self._final_eval_estimate() >= self.max_minutes * 60
+        ):
             code = 3
         return self._STOPS[D.any_rank(code, self.env)]
 
@@ -349,11 +406,20 @@ class Trainer:
             patience = cfg.early_stopping_patience
             early_stop = patience is not None and p.es_bad >= patience
         if log is not None:
-            log.write({"step": p.step, "epoch": self._epoch_float(), "val_loss": val,
-                       "val_ppl": math.exp(min(val, 700.0)), "best_val_loss": p.best_val_loss,
-                       "patience_left": (cfg.early_stopping_patience - p.es_bad)
-                       if cfg.early_stopping_patience else None,
-                       "elapsed_s": round(p.elapsed_s, 3), "tokens_seen": p.tokens_seen})
+            log.write(
+                {
+                    "step": p.step,
+                    "epoch": self._epoch_float(),
+                    "val_loss": val,
+                    "val_ppl": math.exp(min(val, 700.0)),
+                    "best_val_loss": p.best_val_loss,
+                    "patience_left": (cfg.early_stopping_patience - p.es_bad)
+                    if cfg.early_stopping_patience
+                    else None,
+                    "elapsed_s": round(p.elapsed_s, 3),
+                    "tokens_seen": p.tokens_seen,
+                }
+            )
             if time.time() - self._last_plot >= 30.0:  # plotting costs ~0.3 s: throttle it
                 plot_loss_curve(read_metrics(self.run_dir), self.run_dir / CURVE, self.name)
                 self._last_plot = time.time()
@@ -363,7 +429,11 @@ class Trainer:
     def _save(self, periodic: bool, best: bool) -> None:
         """Write checkpoints/last (and step_<N>, best) at this optimizer-step boundary."""
         osd = D.full_optimizer_state(self.raw, self.optimizer)
-        model_sd = D.full_model_state(self.raw) if self.cfg.strategy == "fsdp" and self.env.enabled else None
+        model_sd = (
+            D.full_model_state(self.raw)
+            if self.cfg.strategy == "fsdp" and self.env.enabled
+            else None
+        )
         rng_all = D.all_gather_object(ckpt.capture_rng(), self.env)
         if self.main:
             tensors, optim_js = ckpt.flatten_optimizer(osd)
@@ -371,10 +441,15 @@ class Trainer:
                 for key, t in rng_t.items():
                     tensors[f"rng/{key}/rank{r}"] = t
             state = {
-                "format": "lumenlm-trainer", "version": 1, **asdict(self.p),
-                "sampler": self.sampler.state_dict(), "world_size": self.env.world_size,
-                "optimizer": optim_js, "scaler": self.scaler.state_dict() if self.scaler else None,
-                "rng": [js for js, _ in rng_all], "precision": self.precision,
+                "format": "lumenlm-trainer",
+                "version": 1,
+                **asdict(self.p),
+                "sampler": self.sampler.state_dict(),
+                "world_size": self.env.world_size,
+                "optimizer": optim_js,
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "rng": [js for js, _ in rng_all],
+                "precision": self.precision,
             }
 
             def write_model(d: Path) -> None:
@@ -382,15 +457,26 @@ class Trainer:
                 if model_sd is not None:
                     model = GPT(self.mcfg)
                     model.load_state_dict(model_sd)
-                save_model(model, d, tokenizer_path=self.tokenizer_path,
-                           extra={"training": {"run": self.run_dir.name, "step": self.p.step,
-                                               "train": asdict(self.cfg)}})
+                save_model(
+                    model,
+                    d,
+                    tokenizer_path=self.tokenizer_path,
+                    extra={
+                        "training": {
+                            "run": self.run_dir.name,
+                            "step": self.p.step,
+                            "train": asdict(self.cfg),
+                        }
+                    },
+                )
 
             root = self.run_dir / CHECKPOINTS
             card = self._card(curve=None)
             ckpt.write_checkpoint(root / "last", write_model, tensors, state, card)
             if periodic:
-                ckpt.write_checkpoint(root / f"step_{self.p.step}", write_model, tensors, state, card)
+                ckpt.write_checkpoint(
+                    root / f"step_{self.p.step}", write_model, tensors, state, card
+                )
                 ckpt.prune_periodic(root, self.cfg.keep_checkpoints)
             if best:
                 ckpt.write_checkpoint(root / "best", write_model, tensors, state, card)
@@ -411,8 +497,11 @@ class Trainer:
         rng_js = state.get("rng") or []
         key = f"rng/torch_cpu/rank{rank}"
         if rank < len(rng_js) and key in tensors:
-            rank_t = {k.split("/")[1]: v for k, v in tensors.items()
-                      if k.startswith("rng/") and k.endswith(f"/rank{rank}")}
+            rank_t = {
+                k.split("/")[1]: v
+                for k, v in tensors.items()
+                if k.startswith("rng/") and k.endswith(f"/rank{rank}")
+            }
             ckpt.restore_rng(rng_js[rank], rank_t)
         else:  # resumed on more ranks than saved: fresh, deterministic stream for this rank
             torch.manual_seed(self.cfg.seed + 1_000_003 * (rank + 1) + self.p.step)
@@ -422,14 +511,29 @@ class Trainer:
         p = self.p
         records = read_metrics(self.run_dir) if self.main else []
         losses = [r["loss"] for r in records if r.get("loss") is not None]
-        progress = {**asdict(p), "epoch": self.sampler.epoch, "precision": self.precision,
-                    "world_size": self.env.world_size, "loss": losses[-1] if losses else None,
-                    "best_val_ppl": math.exp(p.best_val_loss) if p.best_val_loss is not None else None}
-        data = {"dir": str(self.data_dir), "train_tokens": len(self.train_windows.tokens),
-                "val_tokens": len(self.val_windows.tokens),
-                "tokenizer": "tokenizer.json" if self.tokenizer_path else None}
-        return render_card(name=self.name, model=self.mcfg, train=self.cfg, n_params=self.n_params,
-                           data=data, progress=progress, curve=curve)
+        progress = {
+            **asdict(p),
+            "epoch": self.sampler.epoch,
+            "precision": self.precision,
+            "world_size": self.env.world_size,
+            "loss": losses[-1] if losses else None,
+            "best_val_ppl": math.exp(p.best_val_loss) if p.best_val_loss is not None else None,
+        }
+        data = {
+            "dir": str(self.data_dir),
+            "train_tokens": len(self.train_windows.tokens),
+            "val_tokens": len(self.val_windows.tokens),
+            "tokenizer": "tokenizer.json" if self.tokenizer_path else None,
+        }
+        return render_card(
+            name=self.name,
+            model=self.mcfg,
+            train=self.cfg,
+            n_params=self.n_params,
+            data=data,
+            progress=progress,
+            curve=curve,
+        )
 
     def _write_run_files(self, final: bool) -> None:
         cfg_path = self.run_dir / CONFIG
@@ -437,8 +541,15 @@ class Trainer:
             doc = json.loads(cfg_path.read_text())
         except (OSError, json.JSONDecodeError):
             doc = {}
-        doc.update({"status": self.p.status, "step": self.p.step, "best_val_loss": self.p.best_val_loss,
-                    "best_step": self.p.best_step, "total_steps": self.p.total_steps})
+        doc.update(
+            {
+                "status": self.p.status,
+                "step": self.p.step,
+                "best_val_loss": self.p.best_val_loss,
+                "best_step": self.p.best_step,
+                "total_steps": self.p.total_steps,
+            }
+        )
         atomic_write_text(cfg_path, json.dumps(doc, indent=2) + "\n")
         atomic_write_text(self.run_dir / CARD, self._card())
         if final or not (self.run_dir / CURVE).exists():
@@ -456,9 +567,14 @@ class Trainer:
             except Exception:
                 pass
         last = self.run_dir / CHECKPOINTS / "last"
-        kept = f"last good checkpoint kept at {last}" if last.exists() else "no checkpoint was written yet"
-        raise TrainingError(f"{what}; stopped without saving ({kept}); try a lower lr or "
-                            "--precision fp32")
+        kept = (
+            f"last good checkpoint kept at {last}"
+            if last.exists()
+            else "no checkpoint was written yet"
+        )
+        raise TrainingError(
+            f"{what}; stopped without saving ({kept}); try a lower lr or --precision fp32"
+        )
 
     def _say(self, msg: str) -> None:
         if self.main and msg:
@@ -469,15 +585,28 @@ class Trainer:
         self._say(
             f"run {self.run_dir} | {self.n_params:,} parameters | device {self.device} "
             f"({self.precision}, {self.env.world_size} process(es), {self.cfg.strategy if self.env.enabled else 'single'}) | "
-            f"{s.steps_per_epoch} steps/epoch, {self.p.total_steps} planned, starting at step {self.p.step}")
+            f"{s.steps_per_epoch} steps/epoch, {self.p.total_steps} planned, starting at step {self.p.step}"
+        )
 
     def _final_message(self, reason: str | None) -> str:
         p = self.p
-        best = f", best val loss {p.best_val_loss:.4f} at step {p.best_step}" if p.best_val_loss is not None else ""
-        how = {"finished": "finished", "early_stopped": "early stopping (no val improvement)",
-               "max_steps": "stopped at --max-steps", "max_minutes": "stopped at --max-minutes",
-               "signal": "interrupted"}.get(reason or "", reason or "")
-        more = f"; continue with: lumenlm train --resume {self.run_dir}" if reason in ("max_steps", "max_minutes") else ""
+        best = (
+            f", best val loss {p.best_val_loss:.4f} at step {p.best_step}"
+            if p.best_val_loss is not None
+            else ""
+        )
+        how = {
+            "finished": "finished",
+            "early_stopped": "early stopping (no val improvement)",
+            "max_steps": "stopped at --max-steps",
+            "max_minutes": "stopped at --max-minutes",
+            "signal": "interrupted",
+        }.get(reason or "", reason or "")
+        more = (
+            f"; continue with: lumenlm train --resume {self.run_dir}"
+            if reason in ("max_steps", "max_minutes")
+            else ""
+        )
         return f"{how} at step {p.step}/{p.total_steps}{best}; run dir {self.run_dir}{more}"
 
     def _progress_bar(self) -> Any:
@@ -487,8 +616,15 @@ class Trainer:
 
         # In a log file (not a terminal) a redraw every second would flood it.
         interval = 1.0 if sys.stderr.isatty() else 30.0
-        return tqdm(total=self.p.total_steps, initial=self.p.step, desc="train", unit="step",
-                    file=sys.stderr, dynamic_ncols=True, mininterval=interval)
+        return tqdm(
+            total=self.p.total_steps,
+            initial=self.p.step,
+            desc="train",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=interval,
+        )
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         """SIGINT/SIGTERM set a flag checked at the next step boundary (a second SIGINT aborts)."""
