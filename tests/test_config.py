@@ -75,3 +75,20 @@ def test_distinct_dkey_dvalue() -> None:
         d_model=64, n_heads=4, d_head=8, d_value=24, vocab_size=50, context_length=16, d_ff=32
     )
     assert (cfg.d_head, cfg.d_value) == (8, 24)
+
+
+def test_wrong_scalar_types_are_one_line_errors() -> None:
+    with pytest.raises(ConfigError, match="d_model must be int, got '64'"):
+        ModelConfig(d_model="64")
+    with pytest.raises(ConfigError, match="tie_embeddings must be bool"):
+        ModelConfig(tie_embeddings="yes")
+    with pytest.raises(ConfigError, match="train.lr must be float"):
+        TrainConfig(lr="fast")
+    with pytest.raises(ConfigError, match="train.lr must be a positive finite"):
+        TrainConfig(lr=float("nan"))
+
+
+def test_parse_value_numbers() -> None:
+    from lumenlm.config import parse_value
+
+    assert parse_value("2e-4") == 2e-4 and parse_value("16") == 16 and parse_value("x") == "x"

@@ -69,3 +69,23 @@ def test_unsupported_architecture_is_refused(tmp_path) -> None:
     with pytest.raises(LumenError, match="no Hugging Face architecture"):
         export_hf(GPT(get_preset("lumiere-1m").model), tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_export_never_deletes_foreign_or_source_dirs(tmp_path) -> None:
+    from lumenlm.modelio import load, save_model
+
+    save_model(GPT(get_preset("tiny-gpt2").model), tmp_path / "m")
+    model = load(tmp_path / "m")
+    victim = tmp_path / "victim"
+    (victim / "notes").mkdir(parents=True)
+    (victim / "notes" / "thesis.txt").write_text("important")
+    with pytest.raises(LumenError, match="not an earlier Hugging Face export"):
+        export_hf(model, victim)
+    assert (victim / "notes" / "thesis.txt").read_text() == "important"
+    with pytest.raises(LumenError, match="model's own directory"):
+        export_hf(model, tmp_path / "m", force=True)
+    assert load(tmp_path / "m").config == model.config
+    export_hf(model, tmp_path / "hf")
+    export_hf(model, tmp_path / "hf")  # an earlier export is replaced
+    export_hf(model, victim, force=True)
+    assert not (victim / "notes").exists()

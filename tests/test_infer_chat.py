@@ -70,6 +70,37 @@ def test_fit_history_keeps_system_and_last_message() -> None:
     assert tiny == [msgs[0], msgs[-1]]
 
 
+def test_fit_history_keeps_every_system_message_in_place() -> None:
+    tpl = ChatTemplate()
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "system", "content": "Now answer in French."},
+        {"role": "user", "content": "how are you"},
+    ]
+    assert fit_history(msgs, tpl, len, 10_000) == msgs
+    assert fit_history(msgs, tpl, len, 1) == [msgs[0], msgs[3], msgs[4]]
+
+
+def test_fit_history_tokenizes_each_message_about_once() -> None:
+    """Linear work: a long request must not cost quadratic CPU on the server."""
+    tpl = ChatTemplate()
+    msgs = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i} " * 8}
+        for i in range(2001)
+    ]
+    calls = {"n": 0}
+
+    def count(text: str) -> int:
+        calls["n"] += 1
+        return len(text)
+
+    fitted = fit_history(msgs, tpl, count, 500)
+    assert calls["n"] <= len(msgs) + 20
+    assert fitted[-1] == msgs[-1] and len(tpl.render(fitted)) <= 500
+
+
 def test_repl_commands_and_piped_stdin(tok) -> None:  # noqa: F811
     model = make_model("tiny-gpt2")
     session = ChatSession(model, tok, params=SamplingParams(max_new_tokens=8, seed=0))

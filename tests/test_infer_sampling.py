@@ -153,3 +153,13 @@ def test_greedy_and_degenerate_filters_equal_argmax() -> None:
 def test_invalid_params_raise(bad: dict) -> None:
     with pytest.raises(ValueError):
         SamplingParams(**bad)
+
+
+def test_denormal_temperature_is_greedy_and_huge_seed_is_accepted() -> None:
+    from lumenlm.infer.sampling import make_generator
+
+    assert SamplingParams(temperature=1e-40).greedy
+    assert not SamplingParams(temperature=0.5).greedy
+    a = torch.rand(3, generator=make_generator(2**64 + 5))
+    b = torch.rand(3, generator=make_generator(5))
+    assert torch.equal(a, b)

@@ -204,7 +204,13 @@ def test_validation_errors_in_openai_shape(server: str) -> None:
         ).status_code
         == 400
     )
+    r = httpx.post(url, content=b'{"prompt":', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("body: invalid JSON")
     assert httpx.post(url, json={"prompt": [[1, 10**6]]}).status_code == 400
+    assert httpx.post(url, json={"prompt": "hi", "temperature": 3}).status_code == 400
+    assert httpx.post(url, json={"prompt": "hi", "seed": 2**64}).status_code == 400
+    r = httpx.post(url, json={"prompt": "hi", "max_tokens": 2, "temperature": 1e-40})
+    assert r.status_code == 200  # a denormal temperature decodes greedily
     r = httpx.post(
         server + "/v1/chat/completions", json={"messages": [{"role": "robot", "content": "x"}]}
     )

@@ -31,6 +31,22 @@ def _check_choice(name: str, value: Any, literal: Any) -> None:
         raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 
+_SCALARS: dict[str, Any] = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def _check_types(config: Any, prefix: str = "") -> None:
+    """Reject values of the wrong scalar type (JSON/YAML can carry "64" where 64 belongs)
+    with a one-line error, before any arithmetic on them fails obscurely."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        name = str(f.type).split(" | ")[0]
+        expected = _SCALARS.get(name)
+        if value is None or expected is None:
+            continue
+        if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
+            raise ConfigError(f"{prefix}{f.name} must be {name}, got {value!r}")
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a decoder-only Transformer.
@@ -68,6 +84,7 @@ class ModelConfig:
     ignore_index: int = -100
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.d_head is None and self.n_heads > 0 and self.d_model % self.n_heads == 0:
@@ -197,8 +214,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"train.lr must be a positive finite number, got {self.lr}")
         if self.warmup_steps < 0:
             raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.stride is not None and self.stride <= 0:
@@ -227,6 +244,7 @@ class TrainConfig:
         _check_choice("train.strategy", self.strategy, Literal["ddp", "fsdp"])
 
     def __post_init__(self) -> None:
+        _check_types(self, "train.")
         self.validate()
 
 
@@ -310,13 +328,20 @@ def load_config(cls: type[T], path: str | Path) -> T:
 
 
 def parse_value(text: str) -> Any:
-    """Parse a `--set key=value` value: JSON/YAML scalars, else the raw string."""
+    """Parse a `--set key=value` value: JSON/YAML scalars (numbers like `2e-4` included,
+    which YAML 1.1 would leave as strings), else the raw string."""
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def apply_overrides(config: T, overrides: dict[str, Any], prefix: str = "") -> T:

@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--format", choices=["hf"], default="hf", help="output format (default: hf)")
     p.add_argument("--out", required=True, help="output directory (replaced atomically)")
     p.add_argument("--tokenizer", help="tokenizer.json to include (default: the model's own)")
+    p.add_argument(
+        "--force", action="store_true", help="replace --out even if it is not an earlier export"
+    )
     p.set_defaults(func=run)
 
 
@@ -27,6 +30,6 @@ def run(args: argparse.Namespace) -> int:
 
     model = load(args.model)
     arch = hf_architecture(model.config)
-    out = export_hf(model, args.out, tokenizer_path=args.tokenizer)
+    out = export_hf(model, args.out, tokenizer_path=args.tokenizer, force=args.force)
     print(f"exported {arch} to {out}")
     return 0

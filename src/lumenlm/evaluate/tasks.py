@@ -146,6 +146,8 @@ def load_hellaswag_jsonl(path: str | Path) -> list[MCItem]:
     for lineno, obj in _json_lines(path):
         try:
             endings = obj["endings"]
+            if not isinstance(endings, list) or not all(isinstance(e, str) for e in endings):
+                raise TypeError("endings must be a list of strings")
             query = hellaswag_query(obj["activity_label"], obj["ctx_a"], obj["ctx_b"])
             gold = int(obj["label"])
             choices = tuple(hellaswag_preprocess(e) for e in endings)

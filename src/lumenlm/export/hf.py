@@ -198,15 +198,40 @@ def _tokenizer_files(tokenizer_path: Path, dst: Path, context_length: int) -> di
     return ids
 
 
+def _check_out_dir(out: Path, model_dir: Path | None, force: bool) -> None:
+    """Never delete what is not ours: the source model, or a directory that is not an
+    earlier Hugging Face export, is only replaced with `force`."""
+    if not out.exists():
+        return
+    if model_dir is not None and out.resolve() == Path(model_dir).resolve():
+        raise LumenError(f"--out {out} is the model's own directory; choose another directory")
+    if not out.is_dir():
+        raise LumenError(f"--out {out} exists and is not a directory")
+    if not any(out.iterdir()) or force:
+        return
+    try:
+        previous = json.loads((out / "config.json").read_text())
+        is_hf_export = isinstance(previous, dict) and "architectures" in previous
+    except (OSError, ValueError):
+        is_hf_export = False
+    if not is_hf_export:
+        raise LumenError(
+            f"--out {out} exists and is not an earlier Hugging Face export; "
+            "choose an empty directory or pass --force to replace it"
+        )
+
+
 def export_hf(
     model: torch.nn.Module,
     out_dir: str | Path,
     tokenizer_path: str | Path | None = None,
+    force: bool = False,
 ) -> Path:
     """Write `model` as a transformers checkpoint directory (atomically) and return it.
 
     `tokenizer_path` defaults to the tokenizer.json of the directory the model was
-    loaded from, when there is one.
+    loaded from, when there is one. An existing `out_dir` is replaced only when it is
+    empty or an earlier export (or with `force`), and never when it is the source.
     """
     from safetensors.torch import save_file
 
@@ -221,6 +246,7 @@ def export_hf(
         tokenizer_path = cand if cand.exists() else None
 
     out = Path(out_dir)
+    _check_out_dir(out, getattr(inner, "model_dir", None), force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out)
     try:

@@ -80,19 +80,46 @@ def fit_history(
     count_tokens: Any,
     max_prompt_tokens: int,
 ) -> list[dict[str, str]]:
-    """Drop the oldest turns (never the system prompt nor the last message) until the
+    """Drop the oldest turns (never a system message nor the last message) until the
     rendered prompt fits in `max_prompt_tokens`. `count_tokens(text) -> int`.
 
-    If even system + last message is too long, that is returned anyway: generation
-    keeps the prompt's last tokens, so the most recent words still reach the model.
+    System messages keep their places. Each message is tokenized once (linear time, so
+    a long request cannot cost quadratic CPU); the sum of per-message counts picks the
+    cut, then a few full renders correct for merges across message boundaries.
+    If even the system messages + last message are too long, that is returned anyway:
+    generation keeps the prompt's last tokens, so the most recent words reach the model.
     """
-    system = [m for m in messages if m["role"] == "system"][:1]
-    rest = [m for m in messages if m["role"] != "system"]
-    while len(rest) > 1 and count_tokens(template.render(system + rest)) > max_prompt_tokens:
-        rest = rest[1:]
-        while len(rest) > 1 and rest[0]["role"] == "assistant":  # start at a user turn
-            rest = rest[1:]
-    return system + rest
+    n = len(messages)
+    if n <= 1:
+        return list(messages)
+    costs = [count_tokens(template.render([m], add_generation_prompt=False)) for m in messages]
+    total = count_tokens(template.generation_prompt) + sum(costs)
+
+    def droppable(i: int) -> bool:
+        return i < n - 1 and messages[i]["role"] != "system"
+
+    def kept(start: int) -> list[dict[str, str]]:
+        return [m for i, m in enumerate(messages) if i >= start or not droppable(i)]
+
+    start = 0
+
+    def advance() -> None:
+        nonlocal start, total
+        if droppable(start):
+            total -= costs[start]
+        start += 1
+        # A conversation resumes at a user turn, not mid-reply.
+        while start < n - 1 and messages[start]["role"] == "assistant":
+            total -= costs[start]
+            start += 1
+
+    while start < n - 1 and total > max_prompt_tokens:
+        advance()
+    for _ in range(8):  # exact check; merges across boundaries shift counts by a few tokens
+        if start >= n - 1 or count_tokens(template.render(kept(start))) <= max_prompt_tokens:
+            break
+        advance()
+    return kept(start)
 
 
 class ChatSession:

@@ -28,6 +28,9 @@ from torch import Tensor
 NEG_INF = float("-inf")
 
 
+GREEDY_BELOW = 1e-5  # temperatures below this decode greedily
+
+
 @dataclass
 class SamplingParams:
     """How to pick the next token and when to stop.
@@ -75,7 +78,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # Below 1e-5 sampling is argmax in all but exact ties, and dividing by a
+        # denormal temperature would overflow the logits to inf.
+        return self.temperature < GREEDY_BELOW
 
 
 # ----------------------------------------------------------------------------- processors
@@ -149,7 +154,7 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     if seed is None:
         gen.seed()
     else:
-        gen.manual_seed(int(seed))
+        gen.manual_seed(int(seed) % 2**64)  # any integer seed; torch takes 64 bits
     return gen
 
 

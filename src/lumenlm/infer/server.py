@@ -77,6 +77,10 @@ def create_app(
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
         first = errs[0] if errs else {}
+        if first.get("type") == "json_invalid":
+            return error_response(
+                400, f"body: invalid JSON ({first.get('ctx', {}).get('error', 'decode error')})"
+            )
         loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
         return error_response(
             400, f"{loc or 'body'}: {first.get('msg', 'invalid request')}", param=loc or None
