@@ -47,6 +47,17 @@ def test_cache_matches_manual_argmax_loop(model) -> None:
     assert res.token_ids == seq[len(prompt) :]
 
 
+def test_should_stop_ends_generation_early(model) -> None:
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 5
+
+    [res] = generate(model, [5, 17, 42], temperature=0, max_new_tokens=50, should_stop=stop)
+    assert len(res.token_ids) == 5
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_sliding_past_context_length(preset: str, tok) -> None:  # noqa: F811
     """ctx 64: generate well past the (learned) position table; cache == recompute."""

@@ -17,7 +17,7 @@ so both give the same text for the same settings and seed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -237,11 +237,14 @@ def generate(
     use_cache: bool = True,
     window_keep: int | None = None,
     generator: torch.Generator | None = None,
+    should_stop: Callable[[], bool] | None = None,
     **overrides: Any,
 ) -> list[GenerationResult]:
     """Generate for one or more prompts; one `GenerationResult` per prompt, in order.
 
-    Same arguments as `stream_generate` (which this collects).
+    Same arguments as `stream_generate` (which this collects), plus `should_stop`: a
+    callable checked after every token; when it returns True generation ends early
+    (the server uses it to drop work for clients that went away).
     """
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     ids = encode_prompts(prompts, tok)
@@ -257,6 +260,8 @@ def generate(
         generator=generator,
         **overrides,
     ):
+        if should_stop is not None and should_stop():
+            break
         r = results[ev.index]
         r.token_ids.extend(ev.token_ids)
         texts[ev.index].append(ev.text)

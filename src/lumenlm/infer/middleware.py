@@ -1,7 +1,12 @@
-"""ASGI middleware for the server: cap request body size."""
+"""ASGI middleware for the server: cap request body size, check the API key.
+
+Both are plain ASGI (not Starlette's BaseHTTPMiddleware), so `request.is_disconnected()`
+sees a client that went away and abandoned work can be cancelled.
+"""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -48,3 +53,24 @@ class BodyLimitMiddleware:
             413, f"request body is larger than {self.max_bytes} bytes", code="request_too_large"
         )
         await resp(scope, receive, send)
+
+
+class APIKeyMiddleware:
+    """ASGI middleware: `/v1/*` requests need `Authorization: Bearer KEY` (401 otherwise)."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app, self.api_key = app, api_key.encode()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope.get("path", "").startswith("/v1"):
+            got = dict(scope.get("headers") or []).get(b"authorization", b"")
+            token = got[7:] if got[:7].lower() == b"bearer " else b""
+            if not secrets.compare_digest(token, self.api_key):
+                resp = error_response(
+                    401,
+                    "invalid or missing API key (Authorization: Bearer KEY)",
+                    code="invalid_api_key",
+                )
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -19,7 +19,6 @@ client that disconnects cancels its generation at the next token.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import threading
 import time
 import uuid
@@ -35,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lumenlm.infer.chat import ChatTemplate, fit_history
 from lumenlm.infer.generate import StreamEvent, encode_prompts, generate, stream_generate
-from lumenlm.infer.middleware import BodyLimitMiddleware
+from lumenlm.infer.middleware import APIKeyMiddleware, BodyLimitMiddleware
 from lumenlm.infer.sampling import SamplingParams
 from lumenlm.infer.schema import (
     MAX_N,
@@ -70,6 +69,8 @@ def create_app(
 
     app = FastAPI(title="lumenlm", description="OpenAI-compatible API for a lumenlm model")
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    if api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
     app.state.worker = worker
 
     # -- errors in OpenAI's shape ------------------------------------------------------
@@ -93,19 +94,6 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), code=None)
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next: Callable) -> Any:
-        if api_key and request.url.path.startswith("/v1"):
-            got = request.headers.get("authorization", "")
-            token = got[7:] if got.lower().startswith("bearer ") else ""
-            if not secrets.compare_digest(token.encode(), api_key.encode()):
-                return error_response(
-                    401,
-                    "invalid or missing API key (Authorization: Bearer KEY)",
-                    code="invalid_api_key",
-                )
-        return await call_next(request)
 
     # -- request -> rows + params ---------------------------------------------------------
     def params_for(req: SamplingRequest, max_tokens: int, stop: list[str]) -> SamplingParams:
@@ -172,12 +160,31 @@ def create_app(
             raise APIError(400, f"at most {MAX_N} completions per request (prompts x n)")
         return [p for p in prompts for _ in range(n)]
 
-    def run_generate(rows: list[list[int]], params: SamplingParams) -> list[Any]:
+    def run_generate(
+        rows: list[list[int]], params: SamplingParams, cancel: threading.Event
+    ) -> list[Any]:
+        if cancel.is_set():  # the client left while the request was queued
+            return []
         with model_lock:
-            return generate(model, rows, params, tokenizer=tokenizer)
+            return generate(model, rows, params, tokenizer=tokenizer, should_stop=cancel.is_set)
 
-    async def in_worker(fn: Callable, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
+    async def generate_unless_gone(
+        request: Request, rows: list[list[int]], params: SamplingParams
+    ) -> list[Any]:
+        """Non-streaming generation on the worker; a client that disconnects cancels it,
+        so an abandoned long request does not hold up the queue."""
+        cancel = threading.Event()
+        fut = asyncio.get_running_loop().run_in_executor(worker, run_generate, rows, params, cancel)
+        try:
+            while True:
+                done, _ = await asyncio.wait({fut}, timeout=0.25)
+                if done:
+                    return fut.result()
+                if await request.is_disconnected():
+                    cancel.set()
+                    return await fut
+        finally:
+            cancel.set()
 
     # -- streaming -----------------------------------------------------------------------
     async def events(rows: list[list[int]], params: SamplingParams) -> AsyncIterator[StreamEvent]:
@@ -291,7 +298,7 @@ def create_app(
         return {"id": model_name, "object": "model", "created": created, "owned_by": "lumenlm"}
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest) -> Any:
+    async def completions(req: CompletionRequest, request: Request) -> Any:
         rows, params = await run_in_threadpool(prepare_completion, req)
         cid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -324,7 +331,7 @@ def create_app(
             return StreamingResponse(
                 stream_body(rows, params, chunk, [], u), media_type="text/event-stream"
             )
-        results = await in_worker(run_generate, rows, params)
+        results = await generate_unless_gone(request, rows, params)
         return {
             "id": cid,
             "object": "text_completion",
@@ -343,7 +350,7 @@ def create_app(
         }
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatRequest) -> Any:
+    async def chat_completions(req: ChatRequest, request: Request) -> Any:
         rows, params = await run_in_threadpool(prepare_chat, req)
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -388,7 +395,7 @@ def create_app(
             return StreamingResponse(
                 stream_body(rows, params, chunk, first, u), media_type="text/event-stream"
             )
-        results = await in_worker(run_generate, rows, params)
+        results = await generate_unless_gone(request, rows, params)
         return {
             "id": cid,
             "object": "chat.completion",
