@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -163,6 +164,10 @@ def test_prepare_downloads_tinyshakespeare_and_wikitext_zip(tmp_path: Path, monk
     assert (tmp_path / "ts" / "train.bin").read_bytes() == (
         tmp_path / "ts2" / "train.bin"
     ).read_bytes()
+    # downloaded then cached: the same meta.json, byte for byte (origin "download" + URL)
+    meta = (tmp_path / "ts" / "meta.json").read_bytes()
+    assert meta == (tmp_path / "ts2" / "meta.json").read_bytes()
+    assert json.loads(meta)["source"]["origin"] == "download"
 
 
 def test_missing_source_offline_is_one_line_error(tmp_path: Path, monkeypatch, capsys) -> None:

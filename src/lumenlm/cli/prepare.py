@@ -64,9 +64,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     txt.add_argument(
         "--doc-sep",
         choices=["file", "blank", "eot"],
-        default="file",
         help="documents in .txt files: one per file, per blank-line paragraph, or "
-        "separated by <|endoftext|> lines (default file)",
+        "separated by <|endoftext|> lines (default: blank for a single .txt --source, "
+        "else file)",
     )
     txt.add_argument(
         "--val-ratio",

@@ -4,11 +4,22 @@ Documents are encoded a chunk at a time with `Tokenizer.encode_batch_fast`,
 which runs on all cores in Rust and releases the GIL; a worker thread encodes one
 chunk while the caller reads and cleans the next, and at most `max_inflight`
 chunks are alive at once, so memory stays bounded whatever the corpus size.
+
+A long document is encoded in pieces of about `PIECE_CHARS` characters (the
+tokenizer's per-token bookkeeping costs ~100x the text, so one 35 MB document
+would otherwise need gigabytes). A piece ends right after a "\n" that sits
+between two non-whitespace characters: with the GPT-2 byte-level pre-tokenizer
+that is always a pre-token boundary, so the ids of the pieces, concatenated, are
+exactly the ids of the whole document (checked by the tests on real text). The
+end-of-text id follows the last piece only. Tokenizers for which that does not
+hold (another pre-tokenizer, a normalizer) encode whole documents.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +31,10 @@ from tokenizers import Tokenizer
 
 CHUNK_DOCS = 2048
 CHUNK_CHARS = 4 << 20
+PIECE_CHARS = 1 << 20
+# a "\n" between two non-whitespace characters (Python's \s covers every character
+# the tokenizer's regex treats as whitespace, so this is conservative)
+_CUT = re.compile(r"(?<=\S)\n(?=\S)")
 
 
 @dataclass
@@ -41,34 +56,105 @@ def set_threads(workers: int | None) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false" if workers == 1 else "true"
 
 
-def encode_chunk(tok: Tokenizer, docs: list[str], eot: int, key: str = "") -> EncodedChunk:
-    """Encode documents and lay them out as doc0 EOT doc1 EOT ... (one flat uint32 array)."""
+def split_pieces(text: str, piece_chars: int | None = None) -> list[str]:
+    """Cut `text` into pieces of at least ~`piece_chars` characters at safe boundaries.
+
+    Each cut is right after a "\n" that has a non-whitespace character on both sides
+    (a pre-token boundary for the byte-level pre-tokenizer). A text without such a
+    place stays one piece. `"".join(pieces) == text`.
+    """
+    size = PIECE_CHARS if piece_chars is None else piece_chars
+    if len(text) <= size:
+        return [text]
+    pieces = []
+    start = 0
+    while len(text) - start > size:
+        m = _CUT.search(text, start + size)
+        if m is None:
+            break
+        pieces.append(text[start : m.end()])
+        start = m.end()
+    pieces.append(text[start:])
+    return pieces
+
+
+def can_split(tok: Tokenizer) -> bool:
+    """True when `split_pieces` cuts give the same ids as whole documents for `tok`.
+
+    That holds for a byte-level pre-tokenizer with the GPT-2 regex, no normalizer and
+    no non-special added token that could span a cut (special tokens are encoded as
+    plain text here).
+    """
+    spec = json.loads(tok.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    if spec.get("normalizer") is not None:
+        return False
+    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+        return False
+    return not any(
+        "\n" in t.get("content", "") and not t.get("special", False)
+        for t in spec.get("added_tokens") or []
+    )
+
+
+def encode_chunk(
+    tok: Tokenizer, docs: list[str], eot: int, key: str = "", ends: list[bool] | None = None
+) -> EncodedChunk:
+    """Encode documents and lay them out as doc0 EOT doc1 EOT ... (one flat uint32 array).
+
+    With `ends`, `docs` are pieces and only those marked True get the EOT after them.
+    """
     encodings = tok.encode_batch_fast(docs, add_special_tokens=False)
     rows = [e.ids for e in encodings]  # each .ids access builds a new list: take it once
-    for row in rows:
-        row.append(eot)
+    del encodings
+    n_docs = 0
+    for i, row in enumerate(rows):
+        if ends is None or ends[i]:
+            row.append(eot)
+            n_docs += 1
     total = sum(map(len, rows))
     out = np.fromiter(chain.from_iterable(rows), dtype=np.uint32, count=total)
-    return EncodedChunk(key, out, len(docs), total - len(docs))
+    return EncodedChunk(key, out, n_docs, total - n_docs)
 
 
 def chunked(
     docs: Iterable[tuple[str, str]], chunk_docs: int = CHUNK_DOCS, chunk_chars: int = CHUNK_CHARS
 ) -> Iterator[tuple[str, list[str]]]:
     """Group (key, text) pairs into per-key chunks of at most `chunk_docs` docs / `chunk_chars` chars."""
-    buffers: dict[str, list[str]] = {}
-    sizes: dict[str, int] = {}
+    for key, texts, _ends in _chunked_pieces(
+        ((key, text, True) for key, text in docs), chunk_docs, chunk_chars
+    ):
+        yield key, texts
+
+
+def _pieces(
+    docs: Iterable[tuple[str, str]], piece_chars: int | None
+) -> Iterator[tuple[str, str, bool]]:
+    """(key, piece, is_last_piece_of_its_document) for every document."""
     for key, text in docs:
-        buf = buffers.setdefault(key, [])
-        buf.append(text)
+        parts = [text] if piece_chars == 0 else split_pieces(text, piece_chars)
+        for i, part in enumerate(parts):
+            yield key, part, i == len(parts) - 1
+        del parts
+
+
+def _chunked_pieces(
+    items: Iterable[tuple[str, str, bool]], chunk_docs: int, chunk_chars: int
+) -> Iterator[tuple[str, list[str], list[bool]]]:
+    buffers: dict[str, tuple[list[str], list[bool]]] = {}
+    sizes: dict[str, int] = {}
+    for key, text, end in items:
+        texts, ends = buffers.setdefault(key, ([], []))
+        texts.append(text)
+        ends.append(end)
         sizes[key] = sizes.get(key, 0) + len(text)
-        if len(buf) >= chunk_docs or sizes[key] >= chunk_chars:
-            yield key, buf
-            buffers[key] = []
+        if len(texts) >= chunk_docs or sizes[key] >= chunk_chars:
+            yield key, texts, ends
+            buffers[key] = ([], [])
             sizes[key] = 0
-    for key, buf in buffers.items():
-        if buf:
-            yield key, buf
+    for key, (texts, ends) in buffers.items():
+        if texts:
+            yield key, texts, ends
 
 
 def encode_stream(
@@ -79,15 +165,23 @@ def encode_stream(
     chunk_docs: int = CHUNK_DOCS,
     chunk_chars: int = CHUNK_CHARS,
     max_inflight: int = 2,
+    piece_chars: int | None = None,
 ) -> Iterator[EncodedChunk]:
-    """Encode (key, text) pairs; yields chunks in input order (per key)."""
+    """Encode (key, text) pairs; yields chunks in input order (per key).
+
+    Long documents are encoded in pieces (`split_pieces`, `piece_chars` characters;
+    0 = never) when the tokenizer allows it (`can_split`); the ids are the same.
+    """
+    if not can_split(tok):
+        piece_chars = 0
     previous = tok.encode_special_tokens
     tok.encode_special_tokens = True  # "<|endoftext|>" typed inside a document stays text
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lumenlm-encode") as pool:
             pending: deque[Future[EncodedChunk]] = deque()
-            for key, batch in chunked(docs, chunk_docs, chunk_chars):
-                pending.append(pool.submit(encode_chunk, tok, batch, eot, key))
+            items = _pieces(docs, piece_chars)
+            for key, batch, ends in _chunked_pieces(items, chunk_docs, chunk_chars):
+                pending.append(pool.submit(encode_chunk, tok, batch, eot, key, ends))
                 while len(pending) >= max_inflight:
                     yield pending.popleft().result()
             while pending:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +50,7 @@ class PrepareConfig:
     tokenizer: str | None = None  # reuse this tokenizer.json instead of training
     fraction: float = 1.0
     text_field: str = "text"
-    doc_sep: str = "file"
+    doc_sep: str | None = None  # None: "blank" for a single .txt --source, else "file"
     val_ratio: float | None = None  # None: the dataset's default
     test_ratio: float | None = None
     dedup: bool = False
@@ -78,23 +80,79 @@ def prepare_dataset(config: PrepareConfig) -> dict[str, Any]:
     from lumenlm.data.encode import set_threads
 
     out = Path(config.out)
+    for flag, path in (("--source", config.source), ("--tokenizer", config.tokenizer)):
+        if path is not None:
+            _check_not_inside(out, Path(path), flag)
     _check_out(out, config.force)
     set_threads(config.workers)
     corpus, clean_cfg = open_configured_corpus(config)
+    _check_not_inside(out, corpus.root, "the dataset folder")
     for note in corpus.notes:
         warn(note)
+    check_splits_feasible(corpus, config)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    try:
-        meta = _build(config, corpus, clean_cfg, tmp)
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _sigterm_raises():
+        try:
+            meta = _build(config, corpus, clean_cfg, tmp)
+            _move_into_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return meta
+
+
+class _Terminated(SystemExit):
+    """Raised by the SIGTERM handler so that the cleanup of a half-built output runs."""
+
+
+class _sigterm_raises:
+    """While active (main thread only), SIGTERM raises `_Terminated` (exit status 143)."""
+
+    def __enter__(self) -> None:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+
+    @staticmethod
+    def _raise(signum: int, frame: object) -> None:
+        raise _Terminated(128 + signum)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _remove_stale_tmp(out: Path) -> None:
+    """Remove `.OUT.tmp-PID` / `.OUT.old-PID` folders left by runs that were killed."""
+    for kind in ("tmp", "old"):
+        for p in out.parent.glob(f".{out.name}.{kind}-*"):
+            pid = p.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and p.is_dir() and not _pid_alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _check_not_inside(out: Path, path: Path, what: str) -> None:
+    """`--out` must not be, or contain, an input (replacing it would delete that input)."""
+    o, p = out.expanduser().resolve(), path.expanduser().resolve()
+    if o == p or o in p.parents:
+        raise DataError(
+            f"--out {out} is or contains {what} {path}; choose an output folder outside it"
+        )
 
 
 def open_configured_corpus(config: PrepareConfig) -> tuple[sources.Corpus, CleanConfig]:
@@ -128,7 +186,49 @@ def open_configured_corpus(config: PrepareConfig) -> tuple[sources.Corpus, Clean
         errors=config.errors,
     )
     corpus.val_ratio, corpus.test_ratio = val_ratio, test_ratio
+    if corpus.origin == "cache":  # same record as the run that downloaded it
+        corpus.origin = "download"
     return corpus, clean_cfg
+
+
+def check_splits_feasible(corpus: sources.Corpus, config: PrepareConfig) -> None:
+    """Fail fast (before training a tokenizer) when a split cannot get any document.
+
+    Reads documents only until every split has one non-blank document, so it is
+    cheap for any real corpus. Cleaning can still empty a document; `_build`
+    re-checks the splits at the end.
+    """
+    seen: dict[str, int] = {}
+    total = 0
+    for _name, split, raw in corpus.documents():
+        total += 1
+        if raw.strip():
+            seen[split] = seen.get(split, 0) + 1
+            if len(seen) == len(SPLITS):
+                return
+    missing = [s for s in SPLITS if s not in seen]
+    unit = "documents"
+    if corpus.name == "text":
+        unit = {
+            "blank": "paragraphs (--doc-sep blank)",
+            "eot": "documents (--doc-sep eot)",
+            "file": "documents (--doc-sep file: one per file)",
+        }[corpus.doc_sep]
+    hint = (
+        "add text"
+        if missing == ["train"]
+        else "raise "
+        + " and ".join(f"--{s}-ratio" for s in missing if s != "train")
+        + (
+            ", split the text into more documents (--doc-sep blank or eot) or add files"
+            if corpus.name == "text"
+            else " or add documents"
+        )
+    )
+    raise DataError(
+        f"{corpus.name}: the {' and '.join(missing)} split(s) would be empty: only {total} "
+        f"{unit} in {corpus.root.name} ({corpus.split_rule}); {hint}"
+    )
 
 
 def cleaned_documents(config: PrepareConfig) -> Iterator[tuple[str, str]]:
@@ -144,8 +244,14 @@ def cleaned_documents(config: PrepareConfig) -> Iterator[tuple[str, str]]:
 def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; choose a folder path")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise DataError(f"--out {out} exists and is not empty; pass --force to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise DataError(f"--out {out} exists and is not empty; pass --force to replace it")
+        if not (out / "meta.json").is_file():
+            raise DataError(
+                f"--out {out} is not empty and holds no meta.json (not a prepared dataset); "
+                "--force only replaces an earlier output: choose another folder"
+            )
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -176,6 +282,9 @@ class _DocumentFilter:
         self.heldout = heldout  # digests of val/test docs: identical train docs are dropped
         self.dropped = {"empty": 0, "fraction": 0, "duplicate": 0}
         self.raw_chars = 0  # characters read so far, kept or not (for the progress bar)
+        # cleaned train characters before / after --fraction (the share actually kept)
+        self.train_chars = 0
+        self.train_chars_kept = 0
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         dedup = {s: Deduplicator() for s in SPLITS} if self.clean_cfg.dedup else None
@@ -185,9 +294,18 @@ class _DocumentFilter:
             if not text:
                 self.dropped["empty"] += 1
                 continue
-            if split == "train" and not in_fraction(text, self.fraction, self.seed):
-                self.dropped["fraction"] += 1
-                continue
+            if split == "train":
+                self.train_chars += len(text)
+                if self.fraction < 1.0 and self.corpus.fraction_by_block:
+                    # one document per split: keep a share of its blank-line blocks instead
+                    text = _subsample_blocks(text, self.fraction, self.seed)
+                    keep = bool(text)
+                else:
+                    keep = in_fraction(text, self.fraction, self.seed)
+                if not keep:
+                    self.dropped["fraction"] += 1
+                    continue
+                self.train_chars_kept += len(text)
             if dedup is not None:
                 leaked = (
                     split == "train"
@@ -198,6 +316,11 @@ class _DocumentFilter:
                     self.dropped["duplicate"] += 1
                     continue
             yield split, text
+
+
+def _subsample_blocks(text: str, fraction: float, seed: int) -> str:
+    """The blank-line blocks (paragraphs, speeches) of `text` chosen by `in_fraction`, joined."""
+    return "\n\n".join(b for b in text.split("\n\n") if in_fraction(b, fraction, seed))
 
 
 def _heldout_digests(corpus: sources.Corpus, clean_cfg: CleanConfig) -> set[bytes]:
@@ -216,7 +339,7 @@ def _build(
     from tqdm import tqdm
 
     from lumenlm.data.download import sha256_file
-    from lumenlm.data.encode import encode_stream
+    from lumenlm.data.encode import encode_stream, split_pieces
 
     heldout = _heldout_digests(corpus, clean_cfg) if clean_cfg.dedup else None
 
@@ -229,8 +352,14 @@ def _build(
             f"training a byte-level BPE tokenizer (vocab {config.vocab_size}) on {corpus.name} train"
         )
         counter = _Counter()
+        # long documents go in as pieces cut at pre-token boundaries: same word counts,
+        # same tokenizer, bounded memory
         tok = train_tokenizer(
-            counter.count(text for split, text in stream() if split == "train"),
+            (
+                piece
+                for text in counter.count(text for split, text in stream() if split == "train")
+                for piece in split_pieces(text)
+            ),
             vocab_size=config.vocab_size,
             min_frequency=config.min_frequency,
             special_tokens=config.special_tokens,
@@ -349,15 +478,20 @@ def _build(
         "source": {
             "name": corpus.name,
             "origin": corpus.origin,
+            **({"urls": corpus.urls} if corpus.urls else {}),
             "files": files,
             "split_rule": corpus.split_rule,
             "notes": corpus.notes,
             "fraction": config.fraction,
+            "fraction_kept": _ratio(filt.train_chars_kept, filt.train_chars),
+            "fraction_unit": "blank-line blocks of each document"
+            if corpus.fraction_by_block
+            else "documents",
             "val_ratio": corpus.val_ratio,
             "test_ratio": corpus.test_ratio,
             "seed": config.seed,
             **(
-                {"text_field": config.text_field, "doc_sep": config.doc_sep}
+                {"text_field": config.text_field, "doc_sep": corpus.doc_sep}
                 if corpus.name == "text"
                 else {}
             ),

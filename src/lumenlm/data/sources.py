@@ -132,13 +132,16 @@ class Corpus:
 
     name: str
     root: Path
-    origin: str  # "--source", "$LUMENLM_DATA", "cache" or "download"
+    origin: str  # "--source", "$LUMENLM_DATA", "cache" or "download" (meta.json: cache -> download)
     files: list[SourceFile]
     split_rule: str
     notes: list[str] = field(default_factory=list)
     carve_seed: int = 0
     val_ratio: float = 0.0
     test_ratio: float = 0.0
+    doc_sep: str = ""  # text: the document separator actually used
+    fraction_by_block: bool = False  # --fraction keeps blocks of each (single) document
+    urls: list[str] = field(default_factory=list)  # public home of downloaded files
 
     def documents(self) -> Iterator[tuple[str, str, str]]:
         """(file name, split, raw text) for every document, in file order."""
@@ -229,7 +232,7 @@ def open_corpus(
     test_ratio: float,
     seed: int = 0,
     text_field: str = "text",
-    doc_sep: str = "file",
+    doc_sep: str | None = None,
     errors: str = "strict",
 ) -> Corpus:
     """Build the `Corpus` for a located dataset (no text is read yet, except line counts)."""
@@ -249,6 +252,8 @@ def open_corpus(
     )
     corpus.origin = origin
     corpus.carve_seed = seed
+    if origin in ("cache", "download"):
+        corpus.urls = [r.url for r in get_spec(name).remote]
     return corpus
 
 
@@ -282,16 +287,18 @@ def _wikitext(
     if "train" not in have:
         donor = "val" if "val" in have else "test"
         parts: list[tuple[str, float]] = [("val", val_ratio)]
-        if "test" not in have:
+        if "test" not in have or donor == "test":
             parts.insert(0, ("test", test_ratio))
         parts.append(("train", 1.0 - sum(s for _, s in parts)))
         if donor == "test":  # only the test file exists: carve everything from it
             routes.pop("val", None)
         routes[donor] = tuple(parts)
         official = [paths[s].name for s in have if s != donor]
+        carved = "train, val and test" if donor == "test" else "train and val"
         notes.append(
-            f"wiki.train.raw is missing: train and val were carved from {paths[donor].name} "
-            f"by article hash (val share {val_ratio:g})"
+            f"wiki.train.raw is missing: {carved} were carved from {paths[donor].name} "
+            f"by article hash (val share {val_ratio:g}"
+            + (f", test share {test_ratio:g})" if donor == "test" else ")")
             + (f"; test is the official {', '.join(official)}" if official else "")
             + "; results are NOT comparable with models trained on the official train split "
             "(36,718 lines); add wiki.train.raw (sha256 6707892f...) to reproduce the Lumiere card"
@@ -438,6 +445,7 @@ def _tinyshakespeare(
         [SourceFile(path, path.name, reader, None, "whole corpus")],
         rule,
         [],
+        fraction_by_block=True,
     )
 
 
@@ -447,10 +455,12 @@ def _text(
     val_ratio: float,
     test_ratio: float,
     text_field: str,
-    doc_sep: str,
+    doc_sep: str | None,
     errors: str,
     **_: object,
 ) -> Corpus:
+    if doc_sep is None:  # a single .txt file is one book, not one document: use paragraphs
+        doc_sep = "blank" if root.is_file() and root.suffix == ".txt" else "file"
     if doc_sep not in DOC_SEPS:
         raise DataError(f"unknown --doc-sep {doc_sep!r}; use one of {', '.join(DOC_SEPS)}")
     if root.is_file():
@@ -487,7 +497,7 @@ def _text(
         f"by document hash: test {test_ratio:g}, val {val_ratio:g}, "
         f"train {1 - val_ratio - test_ratio:g}"
     )
-    return Corpus("text", root, "", files, rule, notes)
+    return Corpus("text", root, "", files, rule, notes, doc_sep=doc_sep)
 
 
 def _text_reader(
