@@ -94,7 +94,18 @@ def run(args: argparse.Namespace) -> int:
             progress_bar=not args.no_progress,
         )
     except TrainingInterrupted as exc:
-        print(f"lumenlm train: {exc}", file=sys.stderr)
+        if _is_rank0():
+            print(f"lumenlm train: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(run_dir)
+    if _is_rank0():  # under torchrun every rank returns here; print the run dir once
+        print(run_dir)
     return 0
+
+
+def _is_rank0() -> bool:
+    import os
+
+    try:
+        return int(os.environ.get("RANK", "0") or 0) == 0
+    except ValueError:
+        return True

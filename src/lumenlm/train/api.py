@@ -25,6 +25,88 @@ def _notice(msg: str, env: D.DistEnv) -> None:
         print(f"notice: {msg}", file=sys.stderr, flush=True)
 
 
+# Train keys a resumed run may change: they do not affect the weights' trajectory
+# (max_steps / max_epochs re-plan the schedule from the resume point, on purpose).
+RESUME_OVERRIDABLE = frozenset(
+    {
+        "eval_interval",
+        "log_interval",
+        "checkpoint_interval",
+        "keep_checkpoints",
+        "early_stopping_patience",
+        "max_steps",
+        "max_epochs",
+        "tensorboard",
+        "peak_tflops",
+        "num_workers",
+    }
+)
+
+
+def data_fingerprint(meta: dict[str, Any]) -> dict[str, str]:
+    """{"train.bin": sha256, ..., "tokenizer.json": sha256} from a dataset's meta.json."""
+    out: dict[str, str] = {}
+    for name, info in sorted((meta.get("splits") or {}).items()):
+        if isinstance(info, dict) and info.get("sha256"):
+            out[f"{name}.bin"] = str(info["sha256"])
+    tok = meta.get("tokenizer")
+    if isinstance(tok, dict) and tok.get("sha256"):
+        out["tokenizer.json"] = str(tok["sha256"])
+    return out
+
+
+def _check_data(recorded: dict[str, str] | None, data_dir: Path) -> None:
+    """Refuse to resume on prepared data other than the run's (one-line DataError)."""
+    if not recorded:
+        return  # a run from before data fingerprints were recorded
+    current = data_fingerprint(read_meta(data_dir))
+    for name, digest in sorted(recorded.items()):
+        if current.get(name) != digest:
+            what = "sha256 differs" if name in current else "sha256 is no longer recorded"
+            raise DataError(
+                f"data in {data_dir} changed since this run started ({name} {what}); "
+                "resume needs the same prepared data"
+            )
+
+
+def _resume_overrides(
+    overrides: dict[str, Any], train_cfg: TrainConfig, saved_world: int, world: int
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """(train config, the overrides that change it); a one-line error for any other key.
+
+    batch_size / grad_accum may change only together with the world size, keeping the
+    global batch (batch_size * grad_accum * world_size) and so the exact batch order.
+    """
+    changed: dict[str, Any] = {}
+    _, t_all = split_overrides(overrides)
+    batch_keys = {k: v for k, v in t_all.items() if k in ("batch_size", "grad_accum")}
+    if batch_keys:
+        new = apply_overrides(train_cfg, batch_keys, prefix="train.")
+        if new.batch_size * new.grad_accum * world == (
+            train_cfg.batch_size * train_cfg.grad_accum * saved_world
+        ):
+            changed.update(batch_keys)
+    for key, value in overrides.items():
+        m_over, t_over = split_overrides({key: value})
+        name = next(iter(m_over or t_over))
+        if t_over and name in changed:
+            continue
+        if m_over or name not in RESUME_OVERRIDABLE:
+            if t_over:
+                try:  # restating the run's own value is harmless
+                    if apply_overrides(train_cfg, t_over) == train_cfg:
+                        continue
+                except ConfigError:
+                    pass
+            raise ConfigError(
+                f"cannot change {key} when resuming (it would break exact resume); start a new run"
+            )
+        changed[name] = value
+    if changed:
+        train_cfg = apply_overrides(train_cfg, changed, prefix="train.")
+    return train_cfg, changed
+
+
 def _fit_vocab(model_cfg: ModelConfig, meta: dict[str, Any], env: D.DistEnv) -> ModelConfig:
     """Take the vocabulary size from the prepared data when it differs from the preset."""
     vocab = int(meta["vocab_size"])
@@ -143,6 +225,7 @@ def _fresh(
             "run_id": run_dir.name,
             "preset": preset_name,
             "data_dir": str(data_dir),
+            "data_sha256": data_fingerprint(meta),
             "model": model_cfg.to_dict(),
             "train": dataclasses.asdict(train_cfg),
             "total_steps": trainer.p.total_steps,
@@ -175,16 +258,12 @@ def _resume(
         raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG})") from None
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: corrupt run config ({exc})") from None
-    m_over, t_over = split_overrides(overrides)
-    if m_over:
-        raise ConfigError(
-            f"cannot change the model when resuming ({', '.join(m_over)}); start a new run instead"
-        )
-    if t_over:
-        train_cfg = apply_overrides(train_cfg, t_over, prefix="train.")
+    saved_world = int(doc.get("world_size") or 1)
+    train_cfg, changed = _resume_overrides(overrides, train_cfg, saved_world, env.world_size)
+    _check_data(doc.get("data_sha256"), data_dir)
     ckpt = find_resume_checkpoint(run_dir, log=lambda m: _notice(m.removeprefix("notice: "), env))
     _notice(f"resuming {run_dir.name} from {ckpt.name}", env)
-    return Trainer(
+    trainer = Trainer(
         model_cfg,
         train_cfg,
         data_dir,
@@ -194,4 +273,12 @@ def _resume(
         max_steps=max_steps,
         max_minutes=max_minutes,
         progress_bar=progress_bar,
+        replan=bool({"max_steps", "max_epochs"} & set(changed)),
     )
+    if changed and env.is_main:  # a later resume must see them
+        doc = json.loads(path.read_text())
+        doc["train"] = dataclasses.asdict(train_cfg)
+        doc["total_steps"] = trainer.p.total_steps
+        doc["world_size"] = env.world_size  # the global batch is checked against it
+        atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    return trainer

@@ -36,6 +36,7 @@ STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
 MANIFEST = "manifest.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")
+LEFTOVER = re.compile(r"^\.(.+)\.(?:old|tmp)\.[^.]+$")
 
 
 # -- RNG ---------------------------------------------------------------------------
@@ -167,7 +168,26 @@ def write_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    prune_leftovers(target.parent, target.name)
     return target
+
+
+def _leftovers(root: Path, name: str | None = None) -> list[Path]:
+    """`.NAME.old.*` / `.NAME.tmp.*` dirs a crash mid-replacement may leave behind."""
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = LEFTOVER.match(p.name)
+        if m and p.is_dir() and (name is None or m.group(1) == name):
+            out.append(p)
+    return out
+
+
+def prune_leftovers(root: Path, name: str | None = None) -> None:
+    """Remove stale leftovers (of checkpoint `name`, or of all) after a successful save."""
+    for p in _leftovers(root, name):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def prune_periodic(root: Path, keep: int) -> None:
@@ -218,7 +238,8 @@ def load_trainer_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
 
 
 def candidates(run_dir: Path) -> list[Path]:
-    """Checkpoints to resume from, best choice first: last, then periodic newest first, then best."""
+    """Checkpoints to resume from, best choice first: last, periodic newest first, best,
+    then crash leftovers (`.NAME.old.*`, `.NAME.tmp.*`); the caller verifies each."""
     root = run_dir / "checkpoints"
     out = [root / "last"]
     if root.is_dir():
@@ -228,6 +249,12 @@ def candidates(run_dir: Path) -> list[Path]:
         )
         out += [p for _, p in steps]
     out.append(root / "best")
+    # A crash between moving NAME aside (.NAME.old.PID) and renaming the finished temp
+    # dir (.NAME.tmp.*) into place leaves no NAME: those count too once they verify.
+    out += sorted(
+        (p for p in _leftovers(root) if ".old." in p.name or (p / MANIFEST).exists()),
+        key=lambda p: p.name,
+    )
     return [p for p in out if p.is_dir()]
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lumenlm.errors import DataError
+from lumenlm.errors import ConfigError, DataError
 
 
 def read_meta(data_dir: str | Path) -> dict[str, Any]:
@@ -163,6 +163,11 @@ class StepSampler:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        if "seed" in state and int(state["seed"]) != self.seed:
+            raise ConfigError(
+                f"checkpoint batch order was drawn with seed {int(state['seed'])}, not "
+                f"{self.seed}; exact resume needs the same seed"
+            )
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         if self.position + self.windows_per_step > self.n:  # e.g. resumed at a larger world size

@@ -41,7 +41,11 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and value is not None:
+                if (
+                    key != "step"
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                ):
                     self.writer.add_scalar(key, value, record["step"])
 
     def truncate_after(self, step: int) -> None:
@@ -91,6 +95,15 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") 
 def flops_per_token(n_params: int, n_layers: int, context_length: int, d_model: int) -> float:
     """Training FLOPs per token: 6N for the matmuls + 12*L*T*d for attention (PaLM appendix B)."""
     return 6.0 * n_params + 12.0 * n_layers * context_length * d_model
+
+
+def model_flops_utilization(
+    tokens_per_s: float, flops_per_token: float, peak_flops: float | None, world_size: int = 1
+) -> float | None:
+    """MFU per device: `tokens_per_s` counts all processes, `peak_flops` is one device's."""
+    if not peak_flops:
+        return None
+    return tokens_per_s * flops_per_token / (peak_flops * max(world_size, 1))
 
 
 def guess_peak_flops(device_type: str, precision: str) -> float | None:

@@ -97,11 +97,8 @@ def _apply_model(cfg: ModelConfig, over: dict[str, Any]) -> ModelConfig:
         p = over.pop("dropout")
         for name in ("embd_dropout", "attn_dropout", "resid_dropout"):
             over.setdefault(name, p)
-    if any(k in over for k in ("d_model", "n_heads")) and "d_head" not in over:
-        over["d_head"] = None  # re-derive the per-head width from the new shape
-        over.setdefault("d_value", None)
-    if "n_heads" in over and "n_kv_heads" not in over and cfg.n_kv_heads == cfg.n_heads:
-        over["n_kv_heads"] = None
+    # apply_overrides -> ModelConfig.replace: re-derives only the fields that were
+    # derived (d_head, d_value, n_kv_heads) and keeps explicit ones.
     return apply_overrides(cfg, over, prefix="model.")
 
 

@@ -13,7 +13,9 @@ Run ids look like `run_<8 chars>_<YYYYMMDD_HHMMSS>`.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 import string
 import time
 from pathlib import Path
@@ -61,6 +63,30 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (owned by someone else) or cannot tell
+    return True
+
+
+def _status(cfg: dict[str, Any]) -> str:
+    """The recorded status; `stopped?` for a `running` run whose process on this host is gone."""
+    status = str(cfg.get("status", "?"))
+    pid, host = cfg.get("pid"), cfg.get("host")
+    if (
+        status == "running"
+        and isinstance(pid, int)
+        and host == socket.gethostname()
+        and not _pid_alive(pid)
+    ):
+        return "stopped?"
+    return status
+
+
 def summarize_run(run_dir: Path) -> dict[str, Any]:
     """Preset, steps done, best val loss (and its step), last train loss of one run."""
     try:
@@ -68,16 +94,22 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError):
         cfg = {}
     records = read_metrics(run_dir)
-    vals = [r for r in records if r.get("val_loss") is not None]
+    # closing evaluations of a paused invocation never pick best/: leave them out here too
+    vals = [r for r in records if r.get("val_loss") is not None and not r.get("closing")]
     best = min(vals, key=lambda r: r["val_loss"]) if vals else None
     train = [r for r in records if r.get("loss") is not None]
     return {
         "run": run_dir.name,
         "preset": cfg.get("preset"),
-        "status": cfg.get("status", "?"),
+        "status": _status(cfg),
         "steps": records[-1]["step"] if records else 0,
-        "best_val_loss": best["val_loss"] if best else None,
-        "best_step": best["step"] if best else None,
+        # the trainer's own choice (it honours early_stopping_min_delta), else the metrics'
+        "best_val_loss": cfg["best_val_loss"]
+        if cfg.get("best_step") is not None
+        else (best["val_loss"] if best else None),
+        "best_step": cfg["best_step"]
+        if cfg.get("best_step") is not None
+        else (best["step"] if best else None),
         "last_loss": train[-1]["loss"] if train else None,
         "path": str(run_dir),
     }

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -38,12 +39,18 @@ from lumenlm.train.metrics import (
     MetricsLog,
     flops_per_token,
     guess_peak_flops,
+    model_flops_utilization,
     plot_loss_curve,
 )
 from lumenlm.train.optim import build_optimizer
 from lumenlm.train.precision import autocast, make_scaler, resolve_precision
 from lumenlm.train.runs import CARD, CHECKPOINTS, CONFIG, CURVE, METRICS, read_metrics
 from lumenlm.train.schedule import lr_at
+
+
+def _ppl(loss: float) -> float:
+    """Perplexity, clamped so that a huge loss cannot overflow math.exp."""
+    return math.exp(min(loss, 700.0))
 
 
 class TrainingError(LumenError):
@@ -92,6 +99,7 @@ class Trainer:
         precision: str | None = None,
         progress_bar: bool = True,
         name: str | None = None,
+        replan: bool = False,
     ) -> None:
         self.mcfg, self.cfg = model_cfg, train_cfg
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
@@ -157,10 +165,19 @@ class Trainer:
 
         # -- counters, or the saved state when resuming --------------------------
         self.p = Progress()
+        self._saved_status: str | None = None
+        planned = cfg.max_steps or cfg.max_epochs * self.sampler.steps_per_epoch
         if resume_from is not None:
             self._load_trainer_state(resume_from)
+            if replan and planned != self.p.total_steps:
+                self._say(
+                    f"notice: planned steps change from {self.p.total_steps} to {planned}; "
+                    f"the {cfg.schedule} learning-rate schedule is re-planned from step "
+                    f"{self.p.step} (the lr may jump)"
+                )
+                self.p.total_steps = planned
         else:
-            self.p.total_steps = cfg.max_steps or cfg.max_epochs * self.sampler.steps_per_epoch
+            self.p.total_steps = planned
         self.flops_per_token = flops_per_token(
             self.n_params, model_cfg.n_layers, model_cfg.context_length, model_cfg.d_model
         )
@@ -178,7 +195,49 @@ class Trainer:
 
     # =============================================================================
     def fit(self) -> Path:
-        """Train until the planned steps/epochs are done, early stopping, a limit or a signal."""
+        """Train until the planned steps/epochs are done, early stopping, a limit or a signal.
+
+        The run's config.json records `status: running` with this process's pid and host
+        while it trains, and `status: crashed` with the error if an exception ends it.
+        """
+        if self.main:
+            self._update_config(
+                {
+                    "status": "running",
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "total_steps": self.p.total_steps,
+                },
+                drop=("error",),
+            )
+        try:
+            return self._fit()
+        except (TrainingInterrupted, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if self.main:
+                lines = str(exc).strip().splitlines()
+                status = "diverged" if self.p.status == "diverged" else "crashed"
+                try:
+                    self._update_config(
+                        {"status": status, "error": lines[0] if lines else type(exc).__name__}
+                    )
+                except Exception:
+                    pass
+            raise
+
+    def _update_config(self, updates: dict[str, Any], drop: tuple[str, ...] = ()) -> None:
+        cfg_path = self.run_dir / CONFIG
+        try:
+            doc = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            doc = {}
+        doc.update(updates)
+        for key in drop:
+            doc.pop(key, None)
+        atomic_write_text(cfg_path, json.dumps(doc, indent=2) + "\n")
+
+    def _fit(self) -> Path:
         cfg, p, sampler = self.cfg, self.p, self.sampler
         accum = cfg.grad_accum
         tokens_per_step = sampler.windows_per_step * self.mcfg.context_length
@@ -265,7 +324,9 @@ class Trainer:
                 if p.step % cfg.log_interval == 0 or p.step == 1 or p.step >= p.total_steps:
                     dt = max(time.time() - t_last, 1e-9)
                     tps = steps_since_log * tokens_per_step / dt
-                    mfu = tps * self.flops_per_token / self.peak_flops if self.peak_flops else None
+                    mfu = model_flops_utilization(
+                        tps, self.flops_per_token, self.peak_flops, self.env.world_size
+                    )
                     if log is not None:
                         log.write(
                             {
@@ -293,11 +354,13 @@ class Trainer:
                 )
                 do_eval = p.step % cfg.eval_interval == 0 or (epoch_end and cfg.eval_each_epoch)
                 improved = early_stop = False
+                t_pause = time.time()
                 if do_eval:
                     counted = cfg.early_stopping_on == "eval" or epoch_end
                     improved, early_stop = self._evaluate_and_track(log, counted)
                 if periodic or do_eval or early_stop:
                     self._save(periodic=periodic, best=improved)
+                t_last += time.time() - t_pause  # evaluation/saving is not training time
                 if early_stop:
                     stop_reason = "early_stopped"
                     break
@@ -309,9 +372,17 @@ class Trainer:
                 bar.close()
 
         # -- leaving: evaluate if needed, save last, write the card ---------------------
+        # A finished or early-stopped run evaluates its last step like any other (it may
+        # become best). A paused one (--max-steps/--max-minutes) only logs a closing val
+        # loss: best/ and early stopping must not depend on where a run was paused, so an
+        # interrupted + resumed run picks the same best/ as an uninterrupted one. On a
+        # signal, save last and leave at once.
         improved = False
-        if p.last_eval_step != p.step and p.step > 0:
-            improved, _ = self._evaluate_and_track(log, counted=False)
+        if stop_reason != "signal" and p.last_eval_step != p.step and p.step > 0:
+            if stop_reason in ("max_steps", "max_minutes"):
+                self._closing_evaluation(log)
+            else:
+                improved, _ = self._evaluate_and_track(log, counted=False)
         p.status = {"signal": "interrupted", "max_steps": "paused", "max_minutes": "paused"}.get(
             stop_reason or "", stop_reason or "finished"
         )
@@ -333,13 +404,27 @@ class Trainer:
             )
         return self.run_dir
 
-    _STOPS = (None, "finished", "max_steps", "max_minutes", "signal")
+    _STOPS = (None, "finished", "max_steps", "max_minutes", "signal", "early_stopped")
+
+    def _early_stopped_already(self) -> bool:
+        """A resumed run that had early-stopped (and whose patience was not raised)."""
+        patience = self.cfg.early_stopping_patience
+        if patience is None:
+            return self._saved_status == "early_stopped"
+        return self.p.es_bad >= patience
 
     def _should_stop(self, t_start: float) -> str | None:
         """Why this invocation stops before the next step (the same answer on every rank)."""
         p, cfg = self.p, self.cfg
         code = 0
-        if p.step >= p.total_steps or (
+        if self._early_stopped_already():
+            code = 5
+            self._say(
+                f"this run already stopped early at step {p.step} ({p.es_bad} evaluation(s) "
+                f"without improvement, patience {cfg.early_stopping_patience}); not training "
+                "further (raise early_stopping_patience with --set to continue)"
+            )
+        elif p.step >= p.total_steps or (
             cfg.max_steps is None and self.sampler.epoch >= cfg.max_epochs
         ):
             code = 1
@@ -405,25 +490,38 @@ class Trainer:
                 p.es_bad += 1
             patience = cfg.early_stopping_patience
             early_stop = patience is not None and p.es_bad >= patience
-        if log is not None:
-            log.write(
-                {
-                    "step": p.step,
-                    "epoch": self._epoch_float(),
-                    "val_loss": val,
-                    "val_ppl": math.exp(min(val, 700.0)),
-                    "best_val_loss": p.best_val_loss,
-                    "patience_left": (cfg.early_stopping_patience - p.es_bad)
-                    if cfg.early_stopping_patience
-                    else None,
-                    "elapsed_s": round(p.elapsed_s, 3),
-                    "tokens_seen": p.tokens_seen,
-                }
-            )
-            if time.time() - self._last_plot >= 30.0:  # plotting costs ~0.3 s: throttle it
-                plot_loss_curve(read_metrics(self.run_dir), self.run_dir / CURVE, self.name)
-                self._last_plot = time.time()
+        self._log_eval(log, val)
         return improved, early_stop
+
+    def _closing_evaluation(self, log: MetricsLog | None) -> None:
+        """Evaluate and log (`"closing": true`) without touching best or early stopping."""
+        val = self.evaluate()
+        if not math.isfinite(val):
+            self._diverged(f"validation loss is {val} at step {self.p.step}")
+        self._log_eval(log, val, closing=True)
+
+    def _log_eval(self, log: MetricsLog | None, val: float, closing: bool = False) -> None:
+        p, cfg = self.p, self.cfg
+        if log is None:
+            return
+        record = {
+            "step": p.step,
+            "epoch": self._epoch_float(),
+            "val_loss": val,
+            "val_ppl": _ppl(val),
+            "best_val_loss": p.best_val_loss,
+            "patience_left": (cfg.early_stopping_patience - p.es_bad)
+            if cfg.early_stopping_patience
+            else None,
+            "elapsed_s": round(p.elapsed_s, 3),
+            "tokens_seen": p.tokens_seen,
+        }
+        if closing:
+            record["closing"] = True
+        log.write(record)
+        if time.time() - self._last_plot >= 30.0:  # plotting costs ~0.3 s: throttle it
+            plot_loss_curve(read_metrics(self.run_dir), self.run_dir / CURVE, self.name)
+            self._last_plot = time.time()
 
     # -- checkpoints ------------------------------------------------------------------
     def _save(self, periodic: bool, best: bool) -> None:
@@ -480,6 +578,7 @@ class Trainer:
                 ckpt.prune_periodic(root, self.cfg.keep_checkpoints)
             if best:
                 ckpt.write_checkpoint(root / "best", write_model, tensors, state, card)
+            ckpt.prune_leftovers(root)  # stale .NAME.old.* / .NAME.tmp.* from a crash
             self._write_run_files(final=False)
         D.barrier(self.env)
 
@@ -487,6 +586,7 @@ class Trainer:
         state, tensors = ckpt.load_trainer_state(path)
         known = set(Progress.__dataclass_fields__)
         self.p = Progress(**{k: v for k, v in state.items() if k in known})
+        self._saved_status = self.p.status
         self.p.status = "running"
         self.sampler.load_state_dict(state["sampler"])
         osd = ckpt.unflatten_optimizer(tensors, state["optimizer"])
@@ -517,7 +617,7 @@ class Trainer:
             "precision": self.precision,
             "world_size": self.env.world_size,
             "loss": losses[-1] if losses else None,
-            "best_val_ppl": math.exp(p.best_val_loss) if p.best_val_loss is not None else None,
+            "best_val_ppl": _ppl(p.best_val_loss) if p.best_val_loss is not None else None,
         }
         data = {
             "dir": str(self.data_dir),
@@ -536,12 +636,7 @@ class Trainer:
         )
 
     def _write_run_files(self, final: bool) -> None:
-        cfg_path = self.run_dir / CONFIG
-        try:
-            doc = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            doc = {}
-        doc.update(
+        self._update_config(
             {
                 "status": self.p.status,
                 "step": self.p.step,
@@ -550,7 +645,6 @@ class Trainer:
                 "total_steps": self.p.total_steps,
             }
         )
-        atomic_write_text(cfg_path, json.dumps(doc, indent=2) + "\n")
         atomic_write_text(self.run_dir / CARD, self._card())
         if final or not (self.run_dir / CURVE).exists():
             plot_loss_curve(read_metrics(self.run_dir), self.run_dir / CURVE, self.name)
