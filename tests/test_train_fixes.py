@@ -202,8 +202,10 @@ def test_pause_and_resume_picks_the_same_best(dataset: Path, tmp_path: Path) -> 
     closing = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     closing = [r for r in closing if r.get("val_loss") is not None]
     assert [(r["step"], r.get("closing")) for r in closing] == [(7, True)]
-    assert not (run / "checkpoints/best").exists()
-    _resume(run)
+    # No counted evaluation yet: best/ holds the paused weights provisionally ...
+    assert _state(run / "checkpoints/best")["step"] == 7
+    assert summarize_run(run)["best_step"] is None
+    _resume(run)  # ... and the first counted evaluation replaces them.
     _same_weights(run / "checkpoints/best", ref / "checkpoints/best")
     assert _state(run / "checkpoints/best")["step"] == 10
     assert summarize_run(run)["best_step"] == summarize_run(ref)["best_step"] == 10

@@ -377,10 +377,14 @@ class Trainer:
         # loss: best/ and early stopping must not depend on where a run was paused, so an
         # interrupted + resumed run picks the same best/ as an uninterrupted one. On a
         # signal, save last and leave at once.
+        # Until a counted evaluation has chosen a best, a paused run stores its weights
+        # as a provisional best/ (best_val_loss stays unset, so the first counted
+        # evaluation after a resume replaces it, exactly as in an uninterrupted run).
         improved = False
         if stop_reason != "signal" and p.last_eval_step != p.step and p.step > 0:
             if stop_reason in ("max_steps", "max_minutes"):
                 self._closing_evaluation(log)
+                improved = p.best_val_loss is None
             else:
                 improved, _ = self._evaluate_and_track(log, counted=False)
         p.status = {"signal": "interrupted", "max_steps": "paused", "max_minutes": "paused"}.get(
