@@ -324,32 +324,34 @@ def _wikitext(
     return Corpus("wikitext-2", root, "", files, rule, notes)
 
 
+def _official_or_pieces(
+    root: Path, split: str, uses: str, caveat: str, notes: list[str]
+) -> list[Path]:
+    """The official TinyStories file of `split`, else the partial pieces there (noted)."""
+    official = _first_existing(
+        root, [f"TinyStories-{split}.txt", f"TinyStoriesV2-GPT4-{split}.txt"]
+    )
+    if official:
+        return [official]
+    pieces = sorted(p for p in root.glob(f"TinyStories*{split}*.txt") if p.is_file())
+    if pieces:
+        notes.append(
+            f"TinyStories-{split}.txt is missing: {uses} the partial pieces "
+            + ", ".join(p.name for p in pieces)
+            + caveat
+        )
+    return pieces
+
+
 def _tinystories(
     root: Path, *, val_ratio: float, test_ratio: float, errors: str, **_: object
 ) -> Corpus:
     _need_dir(root, "tinystories")
     notes: list[str] = []
-    train = _first_existing(root, ["TinyStories-train.txt", "TinyStoriesV2-GPT4-train.txt"])
-    if train:
-        train_files = [train]
-    else:
-        train_files = sorted(p for p in root.glob("TinyStories*train*.txt") if p.is_file())
-        if train_files:
-            notes.append(
-                "TinyStories-train.txt is missing: train uses the partial pieces "
-                + ", ".join(p.name for p in train_files)
-                + " (not the official corpus)"
-            )
-    valid = _first_existing(root, ["TinyStories-valid.txt", "TinyStoriesV2-GPT4-valid.txt"])
-    if valid:
-        valid_files = [valid]
-    else:
-        valid_files = sorted(p for p in root.glob("TinyStories*valid*.txt") if p.is_file())
-        if valid_files:
-            notes.append(
-                "TinyStories-valid.txt is missing: val/test use the partial pieces "
-                + ", ".join(p.name for p in valid_files)
-            )
+    train_files = _official_or_pieces(
+        root, "train", "train uses", " (not the official corpus)", notes
+    )
+    valid_files = _official_or_pieces(root, "valid", "val/test use", "", notes)
     if not train_files:
         raise DataError(
             f"no TinyStories train text in {root}; put TinyStories-train.txt (or "
