@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lumenlm.data.windows import WindowDataset
 from lumenlm.errors import ConfigError, DataError
 from lumenlm.train import data as data_mod
 from lumenlm.train import train
@@ -268,7 +269,7 @@ def test_resume_of_early_stopped_run_does_not_train(
 
 def test_crash_is_recorded(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    original = data_mod.Windows.batch
+    original = WindowDataset.get_batch
 
     def crashing_batch(self, indices):  # type: ignore[no-untyped-def]
         if len(self.tokens) == 1000:
@@ -277,7 +278,7 @@ def test_crash_is_recorded(dataset: Path, tmp_path: Path, monkeypatch: pytest.Mo
                 raise RuntimeError("simulated crash")
         return original(self, indices)
 
-    monkeypatch.setattr(data_mod.Windows, "batch", crashing_batch)
+    monkeypatch.setattr(WindowDataset, "get_batch", crashing_batch)
     with pytest.raises(RuntimeError):
         _train(dataset, tmp_path)
     run = next(tmp_path.iterdir())

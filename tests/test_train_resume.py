@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lumenlm.train import data as data_mod
+from lumenlm.data.windows import WindowDataset
 from lumenlm.train import train
 from test_train_helpers import (
     LUMENLM,
@@ -81,7 +81,7 @@ def test_crash_mid_accumulation_resumes_from_last_step(
 ) -> None:
     """A crash in the 2nd micro-batch of step 6 loses only that step: resume redoes it exactly."""
     calls = {"n": 0}
-    original = data_mod.Windows.batch
+    original = WindowDataset.get_batch
 
     def crashing_batch(self, indices):  # train batches only: 2 micro-batches per step
         if len(self.tokens) == 1000:  # the train split
@@ -90,7 +90,7 @@ def test_crash_mid_accumulation_resumes_from_last_step(
                 raise RuntimeError("simulated crash")
         return original(self, indices)
 
-    monkeypatch.setattr(data_mod.Windows, "batch", crashing_batch)
+    monkeypatch.setattr(WindowDataset, "get_batch", crashing_batch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(
             "tiny",
@@ -100,7 +100,7 @@ def test_crash_mid_accumulation_resumes_from_last_step(
             device="cpu",
             progress_bar=False,
         )
-    monkeypatch.setattr(data_mod.Windows, "batch", original)
+    monkeypatch.setattr(WindowDataset, "get_batch", original)
     run = only_run(tmp_path)
     assert json.loads((run / "checkpoints/last/trainer_state.json").read_text())["step"] == 5
     train(resume=run, device="cpu", progress_bar=False)

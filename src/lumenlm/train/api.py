@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from lumenlm.config import ModelConfig, TrainConfig, apply_overrides
+from lumenlm.data.tokens import read_meta
 from lumenlm.errors import ConfigError, DataError
 from lumenlm.modelio import atomic_write_text
 from lumenlm.train import distributed as D
 from lumenlm.train.checkpoint import find_resume_checkpoint
-from lumenlm.train.data import read_meta
 from lumenlm.train.resolve import resolve_config, split_overrides
 from lumenlm.train.runs import CONFIG, create_run_dir
 from lumenlm.train.trainer import Trainer

@@ -1,8 +1,7 @@
 """Token windows and the resumable, world-size-independent batch order.
 
-Reads a prepared dataset through `lumenlm.data.tokens` (`read_meta`, `load_split`),
-with a minimal fallback reader of the same on-disk contract so training works
-while the data package evolves.
+Windows are `lumenlm.data.windows.WindowDataset` over a split read with
+`lumenlm.data.tokens`; this module adds only the training batch order.
 
 Batch order is a pure function of (seed, epoch, position): each epoch draws one
 permutation of all windows from `numpy.random.default_rng([seed, epoch])`. One
@@ -15,84 +14,21 @@ at any world size.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
+from lumenlm.data.tokens import load_split
+from lumenlm.data.windows import WindowDataset
 from lumenlm.errors import ConfigError, DataError
-
-
-def read_meta(data_dir: str | Path) -> dict[str, Any]:
-    """The dataset's meta.json (through the data package when available)."""
-    try:
-        from lumenlm.data.tokens import read_meta as _read_meta
-    except ImportError:
-        _read_meta = None
-    if _read_meta is not None:
-        return _read_meta(data_dir)
-    d = Path(data_dir)
-    if not d.is_dir():
-        raise DataError(f"{d}: no such data directory; run `lumenlm prepare` first")
-    path = d / "meta.json"
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(
-            f"{d}: not a prepared dataset (no meta.json); run `lumenlm prepare`"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: corrupt JSON ({exc})") from None
-    if not isinstance(meta, dict) or "vocab_size" not in meta or "splits" not in meta:
-        raise DataError(f"{path}: not a lumenlm dataset meta.json (missing vocab_size/splits)")
-    return meta
-
-
-def load_split(data_dir: str | Path, split: str) -> np.ndarray:
-    """Flat token stream of one split as a read-only memmap."""
-    try:
-        from lumenlm.data.tokens import load_split as _load_split
-    except ImportError:
-        _load_split = None
-    if _load_split is not None:
-        return _load_split(data_dir, split)
-    meta = read_meta(data_dir)
-    path = Path(data_dir) / f"{split}.bin"
-    if not path.exists():
-        raise DataError(f"{path}: missing split {split!r}")
-    return np.memmap(path, dtype=np.dtype(meta.get("dtype", "uint16")), mode="r")
-
-
-@dataclass
-class Windows:
-    """Fixed-length next-token windows over a token stream: window i starts at i*stride."""
-
-    tokens: np.ndarray
-    context_length: int
-    stride: int
-
-    def __len__(self) -> int:
-        n = len(self.tokens) - 1 - self.context_length
-        return 0 if n < 0 else n // self.stride + 1
-
-    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) int64 tensors of shape (len(indices), context_length)."""
-        T = self.context_length
-        starts = np.asarray(indices, dtype=np.int64) * self.stride
-        rows = np.stack([np.asarray(self.tokens[s : s + T + 1]) for s in starts]).astype(np.int64)
-        t = torch.from_numpy(rows)
-        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
 def open_windows(
     data_dir: str | Path, split: str, context_length: int, stride: int | None
-) -> Windows:
+) -> WindowDataset:
     """Windows over a split; a one-line error if the split is too short for one window."""
     tokens = load_split(data_dir, split)
-    win = Windows(tokens, context_length, stride or context_length)
+    win = WindowDataset(tokens, context_length, stride)
     if len(win) == 0:
         raise DataError(
             f"{split} split of {data_dir} has {len(tokens)} tokens, too short for one window of "

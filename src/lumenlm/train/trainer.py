@@ -279,7 +279,7 @@ class Trainer:
                     group["lr"] = lr
                 loss_sum = torch.zeros((), device=self.device)
                 for m, idx in enumerate(sampler.step_indices()):
-                    x, y = self.train_windows.batch(idx)
+                    x, y = self.train_windows.get_batch(idx)
                     x, y = (
                         x.to(self.device, non_blocking=True),
                         y.to(self.device, non_blocking=True),
@@ -461,7 +461,7 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):  # never disturb the training RNG
             B = self.cfg.batch_size
             for i in range(0, len(self.val_idx), B):
-                x, y = self.val_windows.batch(self.val_idx[i : i + B])
+                x, y = self.val_windows.get_batch(self.val_idx[i : i + B])
                 x, y = x.to(self.device), y.to(self.device)
                 with autocast(self.precision, self.device):
                     loss = self.model(x, y).loss
