@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ import torch
 from lumenlm.infer import generate
 from lumenlm.model import GPT
 from lumenlm.presets import get_preset
+from timing import timed
 
 CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("librarian-1.3m (GPT-2)", "librarian-1.3m", {}),
@@ -48,19 +48,6 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
 ]
 BATCHES = (1, 8)
 PROMPT_LEN = 16
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _timed(fn: Any, device: str) -> tuple[float, Any]:
-    _sync(device)
-    t = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - t, out
 
 
 def build(preset: str, overrides: dict[str, Any], device: str) -> tuple[GPT, Any]:
@@ -148,10 +135,10 @@ def main() -> None:
             t_ours, t_hf = [], []
             same = "-"
             for _ in range(args.repeats):
-                t, ours_ids = _timed(run_ours, dev)
+                t, ours_ids = timed(run_ours, dev)
                 t_ours.append(t)
                 if hf is not None:
-                    t, hf_ids = _timed(run_hf, dev)
+                    t, hf_ids = timed(run_hf, dev)
                     t_hf.append(t)
                     same = "yes" if torch.equal(ours_ids, hf_ids) else "NO"
             ours_tps = B * N / statistics.median(t_ours)

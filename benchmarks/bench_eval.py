@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from lumenlm.evaluate import load_task, score_items, tokenizer_encoder
 from lumenlm.model import GPT
 from lumenlm.presets import get_preset
+from timing import timed
 
 CASES = [
     # (label, preset, overrides)
@@ -88,11 +89,17 @@ def main() -> None:
         score_items(model, encode, items[:16], args.batch_size, progress=False)  # warm-up
         for _ in range(args.repeats):
             for shared in (True, False):
-                t = time.perf_counter()
-                score_items(model, encode, items, args.batch_size, shared=shared, progress=False)
-                if args.device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                times[shared].append(time.perf_counter() - t)
+                run = partial(
+                    score_items,
+                    model,
+                    encode,
+                    items,
+                    args.batch_size,
+                    shared=shared,
+                    progress=False,
+                )
+                t, _ = timed(run, args.device)
+                times[shared].append(t)
         shared_t, naive_t = statistics.median(times[True]), statistics.median(times[False])
         print(
             f"{label}: shared {len(items) / shared_t:8.1f} q/s   naive {len(items) / naive_t:8.1f} q/s"

@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 
 import torch
 
 from lumenlm.export.hf import export_hf
 from lumenlm.model import GPT
 from lumenlm.presets import get_preset
+from timing import timed
 
 CASES = [
     # (label, preset, overrides, batch, seq)
@@ -39,16 +39,6 @@ CASES = [
         256,
     ),
 ]
-
-
-def _time(fn, device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -88,8 +78,8 @@ def main() -> None:
             run_ours(), run_hf()  # warm-up
             a, b = [], []
             for _ in range(args.repeats):  # interleaved so slow spells hit both
-                a.append(_time(run_ours, args.device))
-                b.append(_time(run_hf, args.device))
+                a.append(timed(run_ours, args.device)[0])
+                b.append(timed(run_hf, args.device)[0])
             ma, mb = statistics.median(a) * 1e3, statistics.median(b) * 1e3
             print(f"{label:34} {mode:9} {ma:11.1f} {mb:9.1f} {mb / ma:10.2f}")
 
