@@ -16,7 +16,6 @@ and renamed into place, so a crash leaves either the old or the new checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lumenlm.data.download import sha256_file
 from lumenlm.errors import CheckpointError
 from lumenlm.modelio import make_temp_dir
 
@@ -115,14 +115,6 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], js: dict[str, Any]) ->
 # -- writing -----------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_checkpoint(
     target: Path,
     save_model_fn: Any,
@@ -146,7 +138,7 @@ def write_checkpoint(
             (tmp / "README.md").write_text(readme)
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest = {
-            "files": {name: _sha256(tmp / name) for name in files},
+            "files": {name: sha256_file(tmp / name) for name in files},
             "step": state.get("step"),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -219,7 +211,7 @@ def verify(ckpt: Path) -> None:
         f = ckpt / name
         if not f.exists():
             raise CheckpointError(f"{f}: missing")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise CheckpointError(f"{f}: checksum mismatch (corrupt or modified)")
 
 
