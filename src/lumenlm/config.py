@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
-from lumenlm.errors import ConfigError
+from lumenlm.errors import ConfigError, first_line
 
 Norm = Literal["layernorm", "rmsnorm"]
 Activation = Literal["gelu", "gelu_tanh", "swiglu"]
@@ -309,7 +309,7 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(
             f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({first})"
         ) from None

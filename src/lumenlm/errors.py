@@ -24,3 +24,12 @@ class DataError(LumenError):
 
 class CheckpointError(LumenError):
     """A model or checkpoint file is missing, corrupt or does not match its config."""
+
+
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message (or `default`, else its type name),
+    for one-line user errors that wrap a library's multi-line message."""
+    text = str(exc)
+    if text:
+        return text.splitlines()[0]
+    return type(exc).__name__ if default is None else default

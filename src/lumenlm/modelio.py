@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from lumenlm.config import ModelConfig
-from lumenlm.errors import CheckpointError, ConfigError
+from lumenlm.errors import CheckpointError, ConfigError, first_line
 from lumenlm.model import GPT
 
 FORMAT = "lumenlm"
@@ -179,7 +179,7 @@ def load_state_into(model: GPT, weights_path: Path) -> None:
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(
             f"{weights_path}: corrupt or not a safetensors file ({first})"
         ) from None

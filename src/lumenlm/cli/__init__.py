@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from lumenlm.errors import LumenError
+from lumenlm.errors import LumenError, first_line
 
 COMMANDS = [
     "presets",
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        first = str(exc).splitlines()[0] if str(exc) else ""
+        first = first_line(exc, "")
         print(
             f"lumenlm {args.command}: error: {type(exc).__name__}: {first} "
             "(rerun with --debug for the traceback)",

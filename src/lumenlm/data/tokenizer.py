@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from lumenlm.errors import DataError
+from lumenlm.errors import DataError, first_line
 from lumenlm.presets import CHAT_SPECIALS
 
 EOT = "<|endoftext|>"
@@ -89,7 +89,7 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
     try:
         return Tokenizer.from_file(str(p))
     except Exception as exc:  # tokenizers raises plain Exception on bad JSON
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise DataError(f"{p} is not a valid tokenizer.json ({first})") from None
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from lumenlm.data.download import sha256_file
-from lumenlm.errors import CheckpointError
+from lumenlm.errors import CheckpointError, first_line
 from lumenlm.modelio import make_temp_dir
 
 STATE_TENSORS = "trainer_state.safetensors"
@@ -224,7 +224,7 @@ def load_trainer_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
         state = json.loads((ckpt / STATE_JSON).read_text())
         tensors = load_file(str(ckpt / STATE_TENSORS))
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"{ckpt}: cannot read trainer state ({first})") from None
     return state, tensors
 
