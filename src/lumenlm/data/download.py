@@ -16,6 +16,7 @@ import shutil
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -173,14 +174,34 @@ def fetch_dataset(
 
 def _extract(archive: Path, folder: Path, remote: RemoteFile) -> None:
     """Extract the named members of a zip, each atomically, and check their sha256."""
+    found = extract_members(archive, folder, remote.members.get, remote.member_sha256)
+    missing = sorted(set(remote.members.values()) - set(found))
+    if missing:
+        raise DataError(
+            f"{archive} is not the expected zip (no {', '.join(missing)}); delete it and run again"
+        )
+
+
+def extract_members(
+    archive: Path,
+    folder: Path,
+    pick: Callable[[str], str | None],
+    sha256: Mapping[str, str],
+) -> list[str]:
+    """Extract each zip member that `pick(member_name)` maps to a local file name into
+    `folder`, atomically, checking `sha256[local]` where given. Returns the local names."""
+    written: list[str] = []
     try:
         with zipfile.ZipFile(archive) as zf:
-            for member, local in remote.members.items():
+            for member in zf.namelist():
+                local = pick(member)
+                if local is None:
+                    continue
                 target = folder / local
                 tmp = target.with_name(target.name + ".part")
                 with zf.open(member) as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)
-                expected = remote.member_sha256.get(local)
+                expected = sha256.get(local)
                 if expected and sha256_file(tmp) != expected:
                     tmp.unlink()
                     raise DataError(
@@ -188,7 +209,9 @@ def _extract(archive: Path, folder: Path, remote: RemoteFile) -> None:
                         f"delete {archive} and run again"
                     )
                 os.replace(tmp, target)
-    except (zipfile.BadZipFile, KeyError) as exc:
+                written.append(local)
+    except zipfile.BadZipFile as exc:
         raise DataError(
             f"{archive} is not the expected zip ({exc}); delete it and run again"
         ) from None
+    return written

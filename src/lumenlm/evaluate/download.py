@@ -13,11 +13,9 @@ SHA-256 where known. Offline, the one-line error says where to put the files ins
 from __future__ import annotations
 
 import os
-import shutil
-import zipfile
 from pathlib import Path
 
-from lumenlm.data.download import cache_dir, download, sha256_file
+from lumenlm.data.download import cache_dir, download, extract_members
 from lumenlm.errors import DataError
 from lumenlm.evaluate.tasks import TaskSpec, _missing_message
 
@@ -82,20 +80,11 @@ def _fetch_arc_zip(out_dir: Path, timeout: float) -> None:
     """Download AI2's ARC zip, keep only the six question files (test files checked)."""
     zip_path = download(ARC_ZIP_URL, out_dir / "ARC-V1-Feb2018.zip", timeout=timeout)
     try:
-        with zipfile.ZipFile(zip_path) as zf:
-            for info in zf.infolist():
-                name = Path(info.filename).name
-                if name not in ARC_FILES:
-                    continue
-                tmp = out_dir / f"{name}.part"
-                with zf.open(info) as src, tmp.open("wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                want = KNOWN.get(name, (None, None))[0]
-                if want and sha256_file(tmp) != want:
-                    tmp.unlink()
-                    raise DataError(f"{name} in {ARC_ZIP_URL} differs from the official sha256")
-                os.replace(tmp, out_dir / name)
-    except zipfile.BadZipFile:
-        raise DataError(f"{ARC_ZIP_URL} did not give a zip file") from None
+        extract_members(
+            zip_path,
+            out_dir,
+            lambda member: Path(member).name if Path(member).name in ARC_FILES else None,
+            {name: sha for name, (sha, _) in KNOWN.items() if sha},
+        )
     finally:
         zip_path.unlink(missing_ok=True)
