@@ -12,7 +12,7 @@ import torch
 def sync(device: str) -> None:
     """Wait for queued GPU work so it is counted where it was launched."""
     if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def timed(fn: Callable[[], Any], device: str) -> tuple[float, Any]:

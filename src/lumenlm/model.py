@@ -77,6 +77,8 @@ def _rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate `x` in its own dtype: under bf16 autocast q/k stay bf16 (no fp32 copies)."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + _rotate_half(x) * sin
 
 
@@ -181,6 +183,13 @@ class Attention(nn.Module):
             weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
             y = F.dropout(weights, dropout_p, self.training) @ v
         else:
+            gqa = self.n_rep > 1
+            if gqa and mask is not None and q.is_cuda:
+                # On CUDA only the flash and math kernels take enable_gqa, and flash takes
+                # no mask: expand K/V so the memory-efficient kernel can run with the mask.
+                k = k.repeat_interleave(self.n_rep, dim=1)
+                v = v.repeat_interleave(self.n_rep, dim=1)
+                gqa = False
             y = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -188,7 +197,7 @@ class Attention(nn.Module):
                 attn_mask=mask,
                 dropout_p=dropout_p,
                 is_causal=is_causal,
-                enable_gqa=self.n_rep > 1,
+                enable_gqa=gqa,
             )
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.d_value)
         return self.resid_dropout(self.o_proj(y)), weights
@@ -340,14 +349,18 @@ class GPT(nn.Module):
         past = cache.length if cache is not None else 0
         if cache is not None and past + T > cache.max_length:
             raise ValueError(f"KV cache holds {cache.max_length} positions; {past + T} needed")
+        default_positions = position_ids is None
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=idx.device).expand(B, T)
         x = self.tok_emb(idx)
         rope = None
         if self.pos_emb is not None:
-            if T > 0 and int(position_ids.max()) >= cfg.context_length:
+            # Default positions are checked on the host: no GPU sync, no graph break under
+            # torch.compile. Explicit ones (left padding) need one look at the device.
+            last = past + T - 1 if default_positions or T == 0 else int(position_ids.max())
+            if last >= cfg.context_length:
                 raise ValueError(
-                    f"position {int(position_ids.max())} is past the learned position table "
+                    f"position {last} is past the learned position table "
                     f"(context_length={cfg.context_length}); crop the input"
                 )
             x = x + self.pos_emb(position_ids)

@@ -129,22 +129,33 @@ def evaluate_tokens(
                 group.append(spans[i + len(group)])
             x = torch.stack([data[b:e] for b, e, _ in group]).to(device)
             y = torch.stack([data[b + 1 : e + 1] for b, e, _ in group]).to(device)
-            logits = model(x).logits
-            for row, (_, _, first) in enumerate(group):
-                lg = logits[row, first:].float()
-                tg = y[row, first:]
-                nll = F.cross_entropy(lg, tg, reduction="none").double()
-                nll_sum += float(nll.sum())
-                content = (
-                    tg != eot_id if eot_id is not None else torch.ones_like(tg, dtype=torch.bool)
-                )
-                content_nll += float(nll[content].sum())
-                n_content += int(content.sum())
-                top = lg.topk(min(max(TOPK), lg.shape[-1]), dim=-1).indices
-                match = top == tg[:, None]
-                for k in TOPK:
-                    hits[k] += int(match[:, :k].any(-1).sum())
-                n += tg.numel()
+            logits = model(x).logits.float()
+            # Score positions >= each window's `first` (earlier ones were scored by the
+            # previous window). Sums stay on the device: one host sync per batch.
+            pos = torch.arange(y.shape[1], device=device)
+            firsts = torch.tensor([first for _, _, first in group], device=device)
+            scored = pos[None, :] >= firsts[:, None]
+            nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            nll = nll.view(y.shape).double()
+            content = scored & (y != eot_id) if eot_id is not None else scored
+            top = logits.topk(min(max(TOPK), logits.shape[-1]), dim=-1).indices
+            match = (top == y[..., None]).cumsum(-1) > 0  # [..., k-1]: target in the top k
+            stats = [
+                (nll * scored).sum(),
+                (nll * content).sum(),
+                content.sum(),
+                scored.sum(),
+                *((match[..., min(k, match.shape[-1]) - 1] & scored).sum() for k in TOPK),
+            ]
+            batch_nll, batch_content_nll, batch_content, batch_n, *batch_hits = torch.stack(
+                [t.double() for t in stats]
+            ).tolist()
+            nll_sum += batch_nll
+            content_nll += batch_content_nll
+            n_content += int(batch_content)
+            n += int(batch_n)
+            for k, h in zip(TOPK, batch_hits):
+                hits[k] += int(h)
             i += len(group)
             bar.update(len(group))
     mean = nll_sum / n

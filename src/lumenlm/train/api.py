@@ -38,7 +38,6 @@ RESUME_OVERRIDABLE = frozenset(
         "max_epochs",
         "tensorboard",
         "peak_tflops",
-        "num_workers",
     }
 )
 

@@ -74,10 +74,18 @@ def setup(device_name: str | None) -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and (device_name or "").lower().startswith("cuda:"):
+        raise ConfigError(
+            f"--device {device_name} under torchrun: each rank takes cuda:<LOCAL_RANK>; "
+            "pass --device cuda and pick GPUs with CUDA_VISIBLE_DEVICES"
+        )
     device = resolve_device(device_name, local_rank)
+    if device.type == "cuda":
+        # The current device is where CUDA RNG state, streams and NCCL live: make it
+        # the training device also in one process with --device cuda:N.
+        torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
-            torch.cuda.set_device(device)
             dist.init_process_group("nccl", device_id=device)
         else:
             dist.init_process_group("gloo")

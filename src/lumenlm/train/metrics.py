@@ -92,9 +92,31 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") 
     atomic_write_bytes(path, buf.getvalue())
 
 
-def flops_per_token(n_params: int, n_layers: int, context_length: int, d_model: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls + 12*L*T*d for attention (PaLM appendix B)."""
-    return 6.0 * n_params + 12.0 * n_layers * context_length * d_model
+def matmul_params(model: Any) -> int:
+    """Weights that take part in a matmul: every nn.Linear weight, shared ones once.
+
+    Embedding lookups cost no FLOPs; a tied input embedding counts through the output
+    head that shares it. Norm gains and biases are a rounding error and are left out.
+    """
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            total += module.weight.numel()
+    return total
+
+
+def flops_per_token(
+    n_matmul_params: int, n_layers: int, context_length: int, d_model: int
+) -> float:
+    """Training FLOPs per token: 6N for the matmuls + 12*L*T*d for attention (PaLM appendix B).
+
+    N counts the weights that take part in a matmul (`matmul_params`).
+    """
+    return 6.0 * n_matmul_params + 12.0 * n_layers * context_length * d_model
 
 
 def model_flops_utilization(
@@ -106,25 +128,48 @@ def model_flops_utilization(
     return tokens_per_s * flops_per_token / (peak_flops * max(world_size, 1))
 
 
-def guess_peak_flops(device_type: str, precision: str) -> float | None:
-    """Peak dense FLOP/s of the current CUDA GPU for MFU, from its name; None if unknown/CPU."""
+# Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets, most
+# specific name first. TF32 runs at half these rates on every GPU listed.
+_PEAK_BF16 = (
+    ("h200", 989e12),
+    ("gh200", 989e12),
+    ("h100 pcie", 756e12),
+    ("h100 nvl", 835e12),
+    ("h100", 989e12),
+    ("h800", 989e12),
+    ("b200", 2250e12),
+    ("a100", 312e12),
+    ("a800", 312e12),
+    ("l40s", 362e12),
+    ("l40", 181e12),
+    ("l4", 121e12),
+    ("4090", 165e12),
+    ("a10g", 70e12),
+    ("a10", 125e12),
+    ("3090", 71e12),
+    ("v100", 125e12),
+    ("t4", 65e12),
+)
+
+
+def guess_peak_flops(
+    device_type: str, precision: str, tf32: bool = True, name: str | None = None
+) -> float | None:
+    """Peak dense FLOP/s of the current CUDA GPU for MFU, from its name; None if unknown/CPU.
+
+    fp32 counts at the TF32 rate when TF32 is on, and gets no estimate when it is off
+    (plain fp32 runs on the CUDA cores; give `peak_tflops` to get an MFU then).
+    """
     if device_type != "cuda":
         return None
-    import torch
+    if name is None:
+        import torch
 
-    name = torch.cuda.get_device_name().lower()
-    table = {
-        "h200": 989e12,
-        "h100": 989e12,
-        "a100": 312e12,
-        "l40": 181e12,
-        "4090": 165e12,
-        "a10": 125e12,
-        "3090": 71e12,
-        "v100": 125e12,
-        "t4": 65e12,
-    }
-    for key, peak in table.items():
-        if key in name:
-            return peak if precision != "fp32" else peak / 2  # rough TF32 rate
+        name = torch.cuda.get_device_name()
+    lowered = name.lower()
+    for key, peak in _PEAK_BF16:
+        if key in lowered:
+            if precision == "fp32":
+                return peak / 2 if tf32 else None
+            return peak
     return None

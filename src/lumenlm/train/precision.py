@@ -1,8 +1,14 @@
-"""Mixed precision: autocast context and (for fp16 on CUDA) a gradient scaler.
+"""Mixed precision: autocast context and (for fp16) a gradient scaler.
 
 "auto" picks bf16 on CUDA when the GPU supports it (else fp16) and fp32 on CPU/MPS.
-bf16 autocast on CPU works when asked for explicitly. fp16 needs a GradScaler, which
-only exists for CUDA here, so fp16 elsewhere is refused with a one-line error.
+bf16 needs no scaler: it has fp32's exponent range. fp16 gradients underflow without
+loss scaling, so fp16 always trains with a `torch.amp.GradScaler` for its device.
+fp16 on CPU is slow on most processors, but it runs the same scaler code path as a
+GPU (skipped steps on overflow, scaler state in checkpoints), which is how the test
+suite checks that path on machines without a GPU.
+
+On CUDA, fp32 matmuls use TensorFloat-32 tensor cores unless `train.tf32` is false
+(as in nanoGPT); CPU matmuls are never changed.
 """
 
 from __future__ import annotations
@@ -21,10 +27,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(
-            f"precision fp16 needs a CUDA GPU (gradient scaling); on {device.type} use bf16 or fp32"
-        )
     if precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"unknown precision {precision!r}; choose fp32, bf16, fp16 or auto")
     return precision
@@ -39,7 +41,21 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 
 def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
-    """A GradScaler for fp16 on CUDA; None otherwise (bf16 and fp32 need none)."""
-    if precision == "fp16" and device.type == "cuda":
-        return torch.amp.GradScaler("cuda")
-    return None
+    """A GradScaler for fp16 on the training device; None for bf16 and fp32 (no need)."""
+    if precision != "fp16":
+        return None
+    try:
+        return torch.amp.GradScaler(device.type)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(
+            f"precision fp16 needs gradient scaling, which torch does not offer on "
+            f"{device.type} ({exc}); use bf16 or fp32"
+        ) from None
+
+
+def configure_matmul(device: torch.device, tf32: bool) -> None:
+    """On CUDA, let fp32 matmuls and convolutions use TF32 (`tf32`) or keep full fp32."""
+    if device.type != "cuda":
+        return
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = tf32

@@ -39,11 +39,12 @@ from lumenlm.train.metrics import (
     MetricsLog,
     flops_per_token,
     guess_peak_flops,
+    matmul_params,
     model_flops_utilization,
     plot_loss_curve,
 )
 from lumenlm.train.optim import build_optimizer
-from lumenlm.train.precision import autocast, make_scaler, resolve_precision
+from lumenlm.train.precision import autocast, configure_matmul, make_scaler, resolve_precision
 from lumenlm.train.runs import CARD, CHECKPOINTS, CONFIG, CURVE, METRICS, read_metrics
 from lumenlm.train.schedule import lr_at
 
@@ -109,6 +110,7 @@ class Trainer:
         self.stop_at_step, self.max_minutes = max_steps, max_minutes
         self.progress_bar, self.name = progress_bar, name or self.run_dir.name
         self.precision = resolve_precision(precision or train_cfg.precision, self.device)
+        configure_matmul(self.device, train_cfg.tf32)
         tok = self.data_dir / "tokenizer.json"
         self.tokenizer_path = tok if tok.exists() else None
         cfg = train_cfg
@@ -155,10 +157,15 @@ class Trainer:
             load_state_into(model, resume_from / "model.safetensors")
         model.to(self.device)
         self.n_params = model.num_parameters()
+        self.n_matmul_params = matmul_params(model)  # for the FLOP count behind MFU
         self.raw = model  # the GPT itself (sharded in place under FSDP): named state lives here
+        # Wrap first, then compile: torch.compile(DDP(m)) lets Dynamo split graphs at
+        # bucket boundaries, and FSDP2's fully_shard must see the plain modules. Weights
+        # and optimizer state are saved from self.raw, so no "_orig_mod." prefix appears.
+        model = D.wrap(model, cfg.strategy, self.env)
         if cfg.compile:
             model = torch.compile(model)  # type: ignore[assignment]
-        self.model = D.wrap(model, cfg.strategy, self.env)
+        self.model = model
         self.optimizer = build_optimizer(self.raw, cfg, self.device)
         self.scaler = make_scaler(self.precision, self.device)
         torch.manual_seed(cfg.seed + self.env.rank)  # per-rank dropout streams
@@ -179,13 +186,16 @@ class Trainer:
         else:
             self.p.total_steps = planned
         self.flops_per_token = flops_per_token(
-            self.n_params, model_cfg.n_layers, model_cfg.context_length, model_cfg.d_model
+            self.n_matmul_params,
+            model_cfg.n_layers,
+            model_cfg.context_length,
+            model_cfg.d_model,
         )
         peak_tflops = cfg.peak_tflops
         self.peak_flops = (
             peak_tflops * 1e12
             if peak_tflops
-            else guess_peak_flops(self.device.type, self.precision)
+            else guess_peak_flops(self.device.type, self.precision, cfg.tf32)
         )
         self._signal: int | None = None
         self._last_plot = 0.0
@@ -279,11 +289,7 @@ class Trainer:
                     group["lr"] = lr
                 loss_sum = torch.zeros((), device=self.device)
                 for m, idx in enumerate(sampler.step_indices()):
-                    x, y = self.train_windows.get_batch(idx)
-                    x, y = (
-                        x.to(self.device, non_blocking=True),
-                        y.to(self.device, non_blocking=True),
-                    )
+                    x, y = self._to_device(*self.train_windows.get_batch(idx))
                     with D.grad_sync(self.model, cfg.strategy, sync=m == accum - 1):
                         with autocast(self.precision, self.device):
                             loss = self.model(x, y).loss / accum
@@ -292,17 +298,18 @@ class Trainer:
                         else:
                             loss.backward()
                     loss_sum += loss.detach()
-                loss_value = D.all_reduce_mean(loss_sum, self.env).item()
-                if not math.isfinite(loss_value):
-                    self._diverged(f"loss is {loss_value} at step {p.step + 1}")
+                loss_sum = D.all_reduce_mean(loss_sum, self.env)
                 if self.scaler is not None:
                     self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
+                norm = torch.nn.utils.clip_grad_norm_(
                     self.raw.parameters(), cfg.grad_clip if cfg.grad_clip else float("inf")
                 )
-                grad_norm = float(
-                    grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-                )
+                norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+                # One device-to-host sync per step for both numbers (clipping never
+                # changes the loss, so checking it after the clip loses nothing).
+                loss_value, grad_norm = torch.stack([loss_sum.float(), norm.float()]).tolist()
+                if not math.isfinite(loss_value):
+                    self._diverged(f"loss is {loss_value} at step {p.step + 1}")
                 if self.scaler is not None:
                     self.scaler.step(self.optimizer)  # skips the step on inf/nan gradients
                     self.scaler.update()
@@ -328,19 +335,20 @@ class Trainer:
                         tps, self.flops_per_token, self.peak_flops, self.env.world_size
                     )
                     if log is not None:
-                        log.write(
-                            {
-                                "step": p.step,
-                                "epoch": self._epoch_float(),
-                                "loss": loss_since_log / steps_since_log,
-                                "lr": lr,
-                                "grad_norm": grad_norm,
-                                "tokens_per_s": round(tps, 1),
-                                "mfu": mfu,
-                                "elapsed_s": round(p.elapsed_s, 3),
-                                "tokens_seen": p.tokens_seen,
-                            }
-                        )
+                        record = {
+                            "step": p.step,
+                            "epoch": self._epoch_float(),
+                            "loss": loss_since_log / steps_since_log,
+                            "lr": lr,
+                            "grad_norm": grad_norm,  # null when fp16 overflowed (step skipped)
+                            "tokens_per_s": round(tps, 1),
+                            "mfu": mfu,
+                            "elapsed_s": round(p.elapsed_s, 3),
+                            "tokens_seen": p.tokens_seen,
+                        }
+                        if self.scaler is not None:
+                            record["loss_scale"] = self.scaler.get_scale()
+                        log.write(record)
                     t_last, steps_since_log, loss_since_log = time.time(), 0, 0.0
                 if bar is not None:
                     bar.update(1)
@@ -451,6 +459,16 @@ class Trainer:
         n_batches = -(-len(self.val_idx) // self.cfg.batch_size)
         return n_batches * per_micro / 3
 
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move a batch to the training device; on CUDA through pinned memory, so the copy
+        is asynchronous and overlaps the GPU work already queued."""
+        if self.device.type != "cuda":
+            return x.to(self.device), y.to(self.device)
+        return (
+            x.pin_memory().to(self.device, non_blocking=True),
+            y.pin_memory().to(self.device, non_blocking=True),
+        )
+
     # -- evaluation -------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -461,8 +479,7 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):  # never disturb the training RNG
             B = self.cfg.batch_size
             for i in range(0, len(self.val_idx), B):
-                x, y = self.val_windows.get_batch(self.val_idx[i : i + B])
-                x, y = x.to(self.device), y.to(self.device)
+                x, y = self._to_device(*self.val_windows.get_batch(self.val_idx[i : i + B]))
                 with autocast(self.precision, self.device):
                     loss = self.model(x, y).loss
                 total[0] += loss.double() * y.numel()
