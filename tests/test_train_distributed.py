@@ -142,3 +142,16 @@ def test_two_rank_checkpoint_resumes_in_one_process(
     wb = load_file(str(single / "checkpoints/last/model.safetensors"))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_compiled_two_ranks_match_single_eager_process(
+    data: Path, single: Path, tmp_path: Path, strategy: str
+) -> None:
+    """--compile wraps after DDP/FSDP2 (as on a GPU); compiled and eager agree to rounding."""
+    r = _torchrun([*_train_args(data, tmp_path, batch=2), "--strategy", strategy, "--compile"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = only_run(tmp_path)
+    _close(_losses(run), _losses(single))
+    _close(_losses(run, "val_loss"), _losses(single, "val_loss"))

@@ -47,12 +47,13 @@ def _clean_name(name: str) -> str:
 def build_optimizer(
     model: torch.nn.Module, cfg: TrainConfig, device: torch.device
 ) -> torch.optim.AdamW:
-    """AdamW: fused kernel on CUDA, foreach (multi-tensor) elsewhere."""
-    kwargs: dict = {}
-    if device.type == "cuda":
-        kwargs["fused"] = True
-    else:
-        kwargs["foreach"] = True
+    """AdamW with the fused kernel (one pass over each tensor) on CPU and CUDA.
+
+    Measured on CPU (2-core EPYC, torch 2.13): fused is 4-6x faster than the foreach
+    kernel (librarian-1.3m 0.49 vs 1.98 ms per step; 4 layers of lumenbase 25 vs 143 ms).
+    Devices without a fused kernel use foreach (multi-tensor).
+    """
+    kwargs = {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
