@@ -1,7 +1,9 @@
-"""Mixed precision and torch.compile on CPU: the code paths a GPU run takes, checked here.
+"""The code paths a GPU run takes, checked on CPU: precision, compile, MFU, TensorBoard.
 
 fp16 trains with a GradScaler (skipped steps on overflow, the scale in checkpoints), bf16
 needs none, and a compiled model saves plain weight names; each resumes bit-identically.
+MFU counts matmul weights against the GPU's data-sheet peak; TensorBoard events stay
+free of duplicates across a crash and resume.
 """
 
 from __future__ import annotations
@@ -162,3 +164,42 @@ def test_mfu_is_logged_with_a_given_peak(dataset: Path, tmp_path: Path) -> None:
     assert len(mfus) == 3
     for mfu, tps in mfus:
         assert mfu == pytest.approx(tps * per_token / 1e9, rel=1e-3)
+
+
+def test_tensorboard_events_survive_a_crash_and_resume_without_duplicates(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after step 4 with the last checkpoint at step 3: the resumed run redoes
+    step 4, and TensorBoard shows each step once (the first attempt's step 4 is purged)."""
+    pytest.importorskip("tensorboard")  # in the dev extra; optional for users
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lumenlm.data.windows import WindowDataset
+
+    original, calls = WindowDataset.get_batch, {"n": 0}
+
+    def crashing_batch(self: WindowDataset, indices: object) -> object:
+        if len(self.tokens) == 1000:  # train split, one batch per step
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise RuntimeError("simulated crash")
+        return original(self, indices)
+
+    monkeypatch.setattr(WindowDataset, "get_batch", crashing_batch)
+    recipe = {"max_steps": 6, "tensorboard": True, "checkpoint_interval": 3, "eval_interval": 100}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train(dataset, tmp_path, recipe)
+    monkeypatch.setattr(WindowDataset, "get_batch", original)
+    (run,) = tmp_path.iterdir()
+
+    def tb_loss() -> list:
+        events = EventAccumulator(str(run / "tensorboard"))
+        events.Reload()
+        return events.Scalars("loss")
+
+    assert [e.step for e in tb_loss()] == [1, 2, 3, 4]  # flushed although the run crashed
+    train(resume=run, device="cpu", progress_bar=False)
+    loss = tb_loss()
+    assert [e.step for e in loss] == [1, 2, 3, 4, 5, 6]
+    logged = {r["step"]: r["loss"] for r in _records(run) if "loss" in r}
+    assert [e.value for e in loss] == [pytest.approx(logged[e.step], rel=1e-6) for e in loss]

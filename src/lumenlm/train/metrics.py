@@ -21,14 +21,20 @@ def _clean(value: Any) -> Any:
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl and mirrors to TensorBoard."""
 
-    def __init__(self, path: Path, tensorboard_dir: Path | None = None) -> None:
+    def __init__(
+        self, path: Path, tensorboard_dir: Path | None = None, resume_step: int = 0
+    ) -> None:
         self.path = path
         self.writer = None
         if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(tensorboard_dir))
+                # A resumed run redoes the steps after its checkpoint: purge_step makes
+                # TensorBoard drop the first attempt's events from there on.
+                self.writer = SummaryWriter(
+                    str(tensorboard_dir), purge_step=resume_step + 1 if resume_step else None
+                )
             except ImportError:
                 print(
                     "notice: tensorboard is not installed; skipping TensorBoard events",
@@ -62,8 +68,10 @@ class MetricsLog:
         atomic_write_bytes(self.path, ("\n".join(keep) + "\n" if keep else "").encode())
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer (safe to call twice)."""
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
 
 def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") -> None:

@@ -198,6 +198,7 @@ class Trainer:
             else guess_peak_flops(self.device.type, self.precision, cfg.tf32)
         )
         self._signal: int | None = None
+        self._log: MetricsLog | None = None
         self._last_plot = 0.0
         self._train_seconds, self._steps_timed = 0.0, 0  # for the --max-minutes eval reserve
         # Test hook: seconds to sleep after each step, so tests can signal a run mid-way.
@@ -235,6 +236,9 @@ class Trainer:
                 except Exception:
                     pass
             raise
+        finally:
+            if self._log is not None:
+                self._log.close()  # flush TensorBoard events also when the run fails
 
     def _update_config(self, updates: dict[str, Any], drop: tuple[str, ...] = ()) -> None:
         cfg_path = self.run_dir / CONFIG
@@ -253,11 +257,14 @@ class Trainer:
         tokens_per_step = sampler.windows_per_step * self.mcfg.context_length
         log = (
             MetricsLog(
-                self.run_dir / METRICS, self.run_dir / "tensorboard" if cfg.tensorboard else None
+                self.run_dir / METRICS,
+                self.run_dir / "tensorboard" if cfg.tensorboard else None,
+                resume_step=p.step,
             )
             if self.main
             else None
         )
+        self._log = log
         if log is not None:
             log.truncate_after(p.step)  # a resumed run redoes the steps after its checkpoint
         self._announce()
@@ -402,8 +409,6 @@ class Trainer:
             self._save(periodic=False, best=improved)
         if self.main:
             self._write_run_files(final=True)
-        if log is not None:
-            log.close()
         D.barrier(self.env)
         self._say(self._final_message(stop_reason))
         if stop_reason == "signal":
