@@ -1,9 +1,10 @@
 """Training throughput: the `lumenlm train` loop vs a plain Hugging Face training loop.
 
 Both sides train the same architecture from the same initial weights (the HF model is
-`lumenlm export` of ours) on the same synthetic tokens, with the same batch, precision,
-AdamW (fused where torch has it; decay on matrices only), clipping at 1.0 and,
-with `--compile`, torch.compile. Our side is the real trainer (`lumenlm.train.train`),
+`lumenlm export` of ours) on the same synthetic tokens in the same order, with the same
+batch, precision (fp16 with a gradient scaler on both sides), AdamW (fused where torch
+has it; decay on matrices only), clipping at 1.0 and, with `--compile`, torch.compile
+(ours compiles the model with its loss; the HF loop compiles the model, as users do). Our side is the real trainer (`lumenlm.train.train`),
 with its logging, sampler and step bookkeeping; tokens/s are read from its
 metrics.jsonl (one record per step). The HF side is the loop a user would write:
 forward, cross-entropy on the logits, backward, clip, step, `loss.item()`.
@@ -40,7 +41,7 @@ from lumenlm.train import train
 from lumenlm.train.data import StepSampler, open_windows
 from lumenlm.train.metrics import flops_per_token, guess_peak_flops, matmul_params
 from lumenlm.train.optim import build_optimizer
-from lumenlm.train.precision import autocast, configure_matmul
+from lumenlm.train.precision import autocast, configure_matmul, make_scaler
 from timing import timed
 
 # The CPU default: the LumenBase layout (GQA, SwiGLU, RMSNorm, RoPE) at a size that
@@ -121,30 +122,40 @@ def run_ours(
 
 def run_hf(args: argparse.Namespace, hf: torch.nn.Module, data: Path) -> tuple[list[float], float]:
     """The same steps as a hand-written loop around the transformers model: (tokens/s per
-    step after the skip, the first step's loss)."""
+    step after the skip, the first step's loss). Each timed step includes fetching the
+    batch and copying it to the device, as the trainer's tokens/s does."""
     device = torch.device(args.device)
     opt = build_optimizer(hf, _train_cfg(), device)
+    scaler = make_scaler(args.precision, device)  # fp16: the same loss scaling as ours
     model = torch.compile(hf) if args.compile else hf
-    # the trainer's batches, in the trainer's order (same seed): the same work per step
+    # the trainer's batches, in the trainer's order (same seed)
     windows = open_windows(data, "train", args.context, None)
     sampler = StepSampler(len(windows), 0, args.batch_size, 1, 0, 1)
     B, T = args.batch_size, args.context
-    out, first_loss = [], float("nan")
-    for step in range(args.steps):
+
+    def one_step() -> float:
         (idx,) = sampler.step_indices()
         sampler.advance()
         x, y = (t.to(device) for t in windows.get_batch(idx))
-
-        def one_step(x: torch.Tensor = x, y: torch.Tensor = y) -> float:
-            with autocast(args.precision, device):
-                logits = model(input_ids=x).logits
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        with autocast(args.precision, device):
+            logits = model(input_ids=x).logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
             opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.item()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
 
+    out, first_loss = [], float("nan")
+    for step in range(args.steps):
         seconds, loss = timed(one_step, args.device)
         if step == 0:
             first_loss = loss
@@ -243,7 +254,7 @@ def main() -> None:
             hf.train()
             tps, loss_hf = run_hf(args, hf, data)
             b = statistics.median(tps)
-            if r == 0:  # same weights, same first batch: the same loss (rounding aside)
+            if r == 0:  # same initial weights and first batch: the same loss (rounding aside)
                 print(f"first-step loss: lumenlm {loss_ours:.6f}, HF {loss_hf:.6f}")
             del hf
             ours_tps.append(a)

@@ -152,6 +152,7 @@ def test_compiled_two_ranks_match_single_eager_process(
     """--compile wraps after DDP/FSDP2 (as on a GPU); compiled and eager agree to rounding."""
     r = _torchrun([*_train_args(data, tmp_path, batch=2), "--strategy", strategy, "--compile"])
     assert r.returncode == 0, r.stderr[-3000:]
+    assert f"(fp32, compiled, 2 process(es), {strategy})" in r.stderr
     run = only_run(tmp_path)
     _close(_losses(run), _losses(single))
     _close(_losses(run, "val_loss"), _losses(single, "val_loss"))

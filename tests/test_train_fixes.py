@@ -99,6 +99,19 @@ def test_resume_refuses_overrides_that_break_exact_resume(
     )
 
 
+def test_resume_of_a_run_saved_by_an_earlier_version(
+    paused: Path, reference: Path, tmp_path: Path
+) -> None:
+    """Run configs from before `tf32` existed, with the retired `num_workers`, resume."""
+    run = _copy(paused, tmp_path)
+    doc = _cfg(run)
+    doc["train"]["num_workers"] = 0
+    del doc["train"]["tf32"]
+    (run / "config.json").write_text(json.dumps(doc))
+    _resume(run)
+    _same_weights(run, reference)
+
+
 def test_resume_allows_restating_the_same_value(paused: Path, tmp_path: Path) -> None:
     run = _copy(paused, tmp_path)
     lr = _cfg(run)["train"]["lr"]

@@ -46,8 +46,12 @@ def make_dataset(
     vocab: int = 300,
     seed: int = 0,
     tokenizer: bool = False,
+    doc_len: tuple[int, int] | None = None,
 ) -> Path:
-    """A prepared-dataset dir (train/val/test .bin + meta.json) of learnable synthetic text."""
+    """A prepared-dataset dir (train/val/test .bin + meta.json) of learnable synthetic text.
+
+    `doc_len=(lo, hi)` cuts the streams into documents of lo..hi tokens, each followed by
+    the end-of-text id 0 (otherwise 0 only turns up by chance)."""
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     splits = {}
@@ -57,6 +61,12 @@ def make_dataset(
         for i in range(n):  # mostly-deterministic successor: a learnable bigram structure
             t = (3 * t + 1) % vocab if rng.random() < 0.8 else int(rng.integers(vocab))
             toks[i] = t
+        if doc_len is not None:
+            toks[toks == 0] = 2  # 0 marks document ends only
+            i = int(rng.integers(*doc_len))
+            while i < n:
+                toks[i] = 0
+                i += 1 + int(rng.integers(*doc_len))
         data = toks.tobytes()
         (path / f"{split}.bin").write_bytes(data)
         splits[split] = {

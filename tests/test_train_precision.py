@@ -92,8 +92,12 @@ def test_bf16_resume_is_bit_identical(dataset: Path, tmp_path: Path) -> None:
 def test_compiled_run_saves_plain_names_and_resumes_bit_identically(
     dataset: Path, tmp_path: Path
 ) -> None:
+    from torch._dynamo.utils import counters
+
     recipe = {"max_steps": 6, "grad_accum": 2, "dropout": 0.1, "checkpoint_interval": 1}
+    counters.clear()
     ref = _train(dataset, tmp_path / "ref", {**recipe, "compile": True})
+    assert counters["stats"]["calls_captured"] > 0  # Dynamo really traced the model
     run = _train(dataset, tmp_path / "run", {**recipe, "compile": True}, max_steps=3)
     train(resume=run, device="cpu", progress_bar=False)
     assert_same_state(run, ref)
@@ -120,6 +124,9 @@ def test_compiled_run_saves_plain_names_and_resumes_bit_identically(
         ("NVIDIA A10G", "bf16", True, 70e12),
         ("NVIDIA L4", "bf16", True, 121e12),
         ("NVIDIA L40S", "bf16", True, 362e12),
+        ("Tesla V100-SXM2-16GB", "fp16", True, 125e12),
+        ("Tesla V100-SXM2-16GB", "fp32", True, None),  # no TF32 before Ampere
+        ("NVIDIA GH200 480GB", "bf16", True, 989e12),
         ("Some Future GPU", "bf16", True, None),
     ],
 )

@@ -189,6 +189,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
     stride: int | None = None
+    # Start every training window right after an end-of-text token (document-aligned,
+    # non-overlapping rows: data.windows.PackedDataset) instead of every `stride` tokens.
+    doc_aligned: bool = False
     eval_interval: int = 200
     eval_batches: int | None = 50
     eval_each_epoch: bool = True
@@ -221,6 +224,11 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.stride is not None and self.stride <= 0:
             raise ConfigError(f"train.stride must be a positive integer, got {self.stride}")
+        if self.stride is not None and self.doc_aligned:
+            raise ConfigError(
+                "train.stride and train.doc_aligned exclude each other (document-aligned "
+                "windows start at document boundaries); set one of them"
+            )
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"train.max_steps must be positive, got {self.max_steps}")
         for name in ("checkpoint_interval", "keep_checkpoints"):
@@ -247,6 +255,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_types(self, "train.")
         self.validate()
+
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]) -> TrainConfig:
+        """A run's saved `train` section, also from runs written by earlier versions:
+        `num_workers` (which never had an effect) is dropped, and a run saved before
+        `tf32` existed keeps training in full fp32 matmul precision."""
+        d = dict(d)
+        d.pop("num_workers", None)
+        d.setdefault("tf32", False)
+        return cls(**d)
 
 
 @dataclass

@@ -129,27 +129,34 @@ def evaluate_tokens(
                 group.append(spans[i + len(group)])
             x = torch.stack([data[b:e] for b, e, _ in group]).to(device)
             y = torch.stack([data[b + 1 : e + 1] for b, e, _ in group]).to(device)
-            logits = model(x).logits.float()
-            # Score positions >= each window's `first` (earlier ones were scored by the
-            # previous window). Sums stay on the device: one host sync per batch.
-            pos = torch.arange(y.shape[1], device=device)
-            firsts = torch.tensor([first for _, _, first in group], device=device)
-            scored = pos[None, :] >= firsts[:, None]
-            nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-            nll = nll.view(y.shape).double()
-            content = scored & (y != eot_id) if eot_id is not None else scored
-            top = logits.topk(min(max(TOPK), logits.shape[-1]), dim=-1).indices
-            match = (top == y[..., None]).cumsum(-1) > 0  # [..., k-1]: target in the top k
-            stats = [
-                (nll * scored).sum(),
-                (nll * content).sum(),
-                content.sum(),
-                scored.sum(),
-                *((match[..., min(k, match.shape[-1]) - 1] & scored).sum() for k in TOPK),
-            ]
-            batch_nll, batch_content_nll, batch_content, batch_n, *batch_hits = torch.stack(
-                [t.double() for t in stats]
-            ).tolist()
+            logits = model(x).logits
+            # Row by row (peak memory of one row's log-softmax), positions >= the row's
+            # `first` only (earlier ones were scored by the previous window). The sums
+            # stay on the device: one host sync per batch, not several per row.
+            rows = []
+            for row, (_, _, first) in enumerate(group):
+                lg = logits[row, first:].float()
+                tg = y[row, first:]
+                nll = F.cross_entropy(lg, tg, reduction="none").double()
+                content = (
+                    tg != eot_id if eot_id is not None else torch.ones_like(tg, dtype=torch.bool)
+                )
+                top = lg.topk(min(max(TOPK), lg.shape[-1]), dim=-1).indices
+                match = top == tg[:, None]
+                rows.append(
+                    torch.stack(
+                        [
+                            nll.sum(),
+                            nll[content].sum(),
+                            content.sum().double(),
+                            torch.tensor(float(tg.numel()), dtype=torch.float64, device=device),
+                            *(match[:, :k].any(-1).sum().double() for k in TOPK),
+                        ]
+                    )
+                )
+            batch_nll, batch_content_nll, batch_content, batch_n, *batch_hits = (
+                torch.stack(rows).sum(0).tolist()
+            )
             nll_sum += batch_nll
             content_nll += batch_content_nll
             n_content += int(batch_content)

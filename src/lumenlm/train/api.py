@@ -251,7 +251,7 @@ def _resume(
     try:
         doc = json.loads(path.read_text())
         model_cfg = ModelConfig.from_dict(doc["model"])
-        train_cfg = TrainConfig(**doc["train"])
+        train_cfg = TrainConfig.from_saved(doc["train"])
         data_dir = Path(doc["data_dir"])
     except FileNotFoundError:
         raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG})") from None

@@ -18,17 +18,33 @@ from pathlib import Path
 
 import numpy as np
 
-from lumenlm.data.tokens import load_split
-from lumenlm.data.windows import WindowDataset
+from lumenlm.data.tokens import load_split, read_meta
+from lumenlm.data.windows import PackedDataset, WindowDataset
 from lumenlm.errors import ConfigError, DataError
 
 
 def open_windows(
-    data_dir: str | Path, split: str, context_length: int, stride: int | None
-) -> WindowDataset:
-    """Windows over a split; a one-line error if the split is too short for one window."""
+    data_dir: str | Path,
+    split: str,
+    context_length: int,
+    stride: int | None,
+    doc_aligned: bool = False,
+) -> WindowDataset | PackedDataset:
+    """Windows over a split: every `stride` tokens, or (`doc_aligned`) one row per
+    document start, using the dataset's end-of-text id; a one-line error if the split is
+    too short for one window."""
     tokens = load_split(data_dir, split)
-    win = WindowDataset(tokens, context_length, stride)
+    win: WindowDataset | PackedDataset
+    if doc_aligned:
+        eot_id = read_meta(data_dir).get("eot_id")
+        if eot_id is None:
+            raise DataError(
+                f"{data_dir}/meta.json has no eot_id, so documents cannot be told apart; "
+                "train without train.doc_aligned or re-run `lumenlm prepare`"
+            )
+        win = PackedDataset(tokens, context_length, int(eot_id))
+    else:
+        win = WindowDataset(tokens, context_length, stride)
     if len(win) == 0:
         raise DataError(
             f"{split} split of {data_dir} has {len(tokens)} tokens, too short for one window of "

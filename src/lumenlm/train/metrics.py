@@ -137,26 +137,27 @@ def model_flops_utilization(
 
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets, most
-# specific name first. TF32 runs at half these rates on every GPU listed.
+# specific name first, and whether the GPU has TF32 (Ampere and later: at half the
+# bf16 rate). V100 and T4 have fp16 tensor cores only, so fp32 gets no estimate there.
 _PEAK_BF16 = (
-    ("h200", 989e12),
-    ("gh200", 989e12),
-    ("h100 pcie", 756e12),
-    ("h100 nvl", 835e12),
-    ("h100", 989e12),
-    ("h800", 989e12),
-    ("b200", 2250e12),
-    ("a100", 312e12),
-    ("a800", 312e12),
-    ("l40s", 362e12),
-    ("l40", 181e12),
-    ("l4", 121e12),
-    ("4090", 165e12),
-    ("a10g", 70e12),
-    ("a10", 125e12),
-    ("3090", 71e12),
-    ("v100", 125e12),
-    ("t4", 65e12),
+    ("gh200", 989e12, True),
+    ("h200", 989e12, True),
+    ("h100 pcie", 756e12, True),
+    ("h100 nvl", 835e12, True),
+    ("h100", 989e12, True),
+    ("h800", 989e12, True),
+    ("b200", 2250e12, True),
+    ("a100", 312e12, True),
+    ("a800", 312e12, True),
+    ("l40s", 362e12, True),
+    ("l40", 181e12, True),
+    ("l4", 121e12, True),
+    ("4090", 165e12, True),
+    ("a10g", 70e12, True),
+    ("a10", 125e12, True),
+    ("3090", 71e12, True),
+    ("v100", 125e12, False),
+    ("t4", 65e12, False),
 )
 
 
@@ -165,8 +166,8 @@ def guess_peak_flops(
 ) -> float | None:
     """Peak dense FLOP/s of the current CUDA GPU for MFU, from its name; None if unknown/CPU.
 
-    fp32 counts at the TF32 rate when TF32 is on, and gets no estimate when it is off
-    (plain fp32 runs on the CUDA cores; give `peak_tflops` to get an MFU then).
+    fp32 counts at the TF32 rate when TF32 is on and the GPU has it, and gets no
+    estimate otherwise (plain fp32 runs on the CUDA cores; give `peak_tflops` then).
     """
     if device_type != "cuda":
         return None
@@ -175,9 +176,9 @@ def guess_peak_flops(
 
         name = torch.cuda.get_device_name()
     lowered = name.lower()
-    for key, peak in _PEAK_BF16:
+    for key, peak, has_tf32 in _PEAK_BF16:
         if key in lowered:
             if precision == "fp32":
-                return peak / 2 if tf32 else None
+                return peak / 2 if tf32 and has_tf32 else None
             return peak
     return None

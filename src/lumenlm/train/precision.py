@@ -14,6 +14,7 @@ On CUDA, fp32 matmuls use TensorFloat-32 tensor cores unless `train.tf32` is fal
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,9 +54,20 @@ def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | 
         ) from None
 
 
-def configure_matmul(device: torch.device, tf32: bool) -> None:
-    """On CUDA, let fp32 matmuls and convolutions use TF32 (`tf32`) or keep full fp32."""
+def configure_matmul(device: torch.device, tf32: bool) -> Callable[[], None]:
+    """On CUDA, let fp32 matmuls and convolutions use TF32 (`tf32`) or keep full fp32.
+
+    The setting is process-wide; the returned function puts the previous one back (the
+    trainer calls it when `fit` ends, so later work in the same process is unaffected).
+    """
     if device.type != "cuda":
-        return
+        return lambda: None
+    before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
     torch.backends.cudnn.allow_tf32 = tf32
+
+    def restore() -> None:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
+
+    return restore

@@ -110,14 +110,13 @@ class Trainer:
         self.stop_at_step, self.max_minutes = max_steps, max_minutes
         self.progress_bar, self.name = progress_bar, name or self.run_dir.name
         self.precision = resolve_precision(precision or train_cfg.precision, self.device)
-        configure_matmul(self.device, train_cfg.tf32)
         tok = self.data_dir / "tokenizer.json"
         self.tokenizer_path = tok if tok.exists() else None
         cfg = train_cfg
 
         # -- data: windows and the resumable batch order --------------------------
         self.train_windows = open_windows(
-            self.data_dir, "train", model_cfg.context_length, cfg.stride
+            self.data_dir, "train", model_cfg.context_length, cfg.stride, cfg.doc_aligned
         )
         self.val_windows = open_windows(self.data_dir, "val", model_cfg.context_length, None)
         self.sampler = StepSampler(
@@ -221,6 +220,7 @@ class Trainer:
                 },
                 drop=("error",),
             )
+        restore_matmul = configure_matmul(self.device, self.cfg.tf32)
         try:
             return self._fit()
         except (TrainingInterrupted, KeyboardInterrupt):
@@ -239,6 +239,7 @@ class Trainer:
         finally:
             if self._log is not None:
                 self._log.close()  # flush TensorBoard events also when the run fails
+            restore_matmul()
 
     def _update_config(self, updates: dict[str, Any], drop: tuple[str, ...] = ()) -> None:
         cfg_path = self.run_dir / CONFIG
@@ -704,7 +705,8 @@ class Trainer:
         s = self.sampler
         self._say(
             f"run {self.run_dir} | {self.n_params:,} parameters | device {self.device} "
-            f"({self.precision}, {self.env.world_size} process(es), {self.cfg.strategy if self.env.enabled else 'single'}) | "
+            f"({self.precision}{', compiled' if self.cfg.compile else ''}, {self.env.world_size} process(es), "
+            f"{self.cfg.strategy if self.env.enabled else 'single'}) | "
             f"{s.steps_per_epoch} steps/epoch, {self.p.total_steps} planned, starting at step {self.p.step}"
         )
 

@@ -1,0 +1,87 @@
+"""Document-aligned training windows (`train.doc_aligned`): every row starts a document."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lumenlm.cli import main
+from lumenlm.data.windows import PackedDataset
+from lumenlm.train import train
+from test_train_helpers import assert_same_state, make_dataset, one_thread, overrides
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    one_thread()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"), n_train=3000, n_val=300, doc_len=(5, 40))
+
+
+RECIPE = {"doc_aligned": True, "max_steps": 8, "grad_accum": 2, "checkpoint_interval": 1}
+
+
+def test_every_training_row_starts_a_document(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts: list[int] = []
+    original = PackedDataset.get_batch
+
+    def spy(self: PackedDataset, indices: object) -> object:
+        starts.extend(int(s) for s in self.starts[np.asarray(indices)])
+        return original(self, indices)
+
+    monkeypatch.setattr(PackedDataset, "get_batch", spy)
+    train("tiny", dataset, tmp_path, overrides(**RECIPE), device="cpu", progress_bar=False)
+    tokens = np.fromfile(dataset / "train.bin", dtype=np.uint16)
+    assert len(starts) == 8 * 2 * 4  # steps x micro-batches x batch_size rows
+    assert all(s == 0 or tokens[s - 1] == 0 for s in starts)
+    assert len(set(starts)) > 1 and any(s > 0 for s in starts)
+
+
+def test_doc_aligned_resume_is_bit_identical(dataset: Path, tmp_path: Path) -> None:
+    ref = train(
+        "tiny", dataset, tmp_path / "ref", overrides(**RECIPE), device="cpu", progress_bar=False
+    )
+    run = train(
+        "tiny",
+        dataset,
+        tmp_path / "run",
+        overrides(**RECIPE),
+        max_steps=3,
+        device="cpu",
+        progress_bar=False,
+    )
+    train(resume=run, device="cpu", progress_bar=False)
+    assert_same_state(run, ref)
+
+
+def test_doc_aligned_and_stride_exclude_each_other(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(dataset),
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--set",
+            "doc_aligned=true",
+            "--set",
+            "stride=4",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "train.stride and train.doc_aligned" in err
+    assert not any(tmp_path.iterdir())  # nothing written
