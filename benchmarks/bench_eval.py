@@ -22,6 +22,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from lumenlm.evaluate import load_task, score_items, tokenizer_encoder
 from lumenlm.model import GPT
 from lumenlm.presets import get_preset
+from shapes import SMALL_LLAMA
 from timing import timed
 
 CASES = [
@@ -31,13 +32,7 @@ CASES = [
         "lumenbase-style 4L d256 (Llama, ctx 512)",
         "lumenbase-128m",
         {
-            "n_layers": 4,
-            "d_model": 256,
-            "n_heads": 8,
-            "n_kv_heads": 4,
-            "d_head": 32,
-            "d_ff": 1024,
-            "vocab_size": 8000,
+            **SMALL_LLAMA,
             "context_length": 512,
         },
     ),

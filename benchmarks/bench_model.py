@@ -17,6 +17,7 @@ import torch
 from lumenlm.export.hf import export_hf
 from lumenlm.model import GPT
 from lumenlm.presets import get_preset
+from shapes import SMALL_LLAMA
 from timing import timed
 
 CASES = [
@@ -26,13 +27,7 @@ CASES = [
         "lumenbase-style 4L d256 (Llama)",
         "lumenbase-128m",
         {
-            "n_layers": 4,
-            "d_model": 256,
-            "n_heads": 8,
-            "n_kv_heads": 4,
-            "d_head": 32,
-            "d_ff": 1024,
-            "vocab_size": 8000,
+            **SMALL_LLAMA,
             "context_length": 256,
         },
         8,

@@ -22,7 +22,6 @@ when the peak is known (CUDA GPUs by name, or `--peak-tflops`).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import tempfile
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from lumenlm.config import parse_value
+from lumenlm.data.tokens import write_token_dataset
 from lumenlm.export.hf import export_hf
 from lumenlm.model import GPT
 from lumenlm.presets import get_preset
@@ -42,44 +42,15 @@ from lumenlm.train.data import StepSampler, open_windows
 from lumenlm.train.metrics import flops_per_token, guess_peak_flops, matmul_params
 from lumenlm.train.optim import build_optimizer
 from lumenlm.train.precision import autocast, configure_matmul, make_scaler
+from shapes import SMALL_LLAMA
 from timing import timed
-
-# The CPU default: the LumenBase layout (GQA, SwiGLU, RMSNorm, RoPE) at a size that
-# trains a step in about half a second on 2 cores.
-SMALL = {
-    "n_layers": 4,
-    "d_model": 256,
-    "n_heads": 8,
-    "n_kv_heads": 4,
-    "d_head": 32,
-    "d_ff": 1024,
-    "vocab_size": 8000,
-}
 
 
 def make_tokens(path: Path, vocab: int, n_train: int, n_val: int) -> Path:
     """A prepared-dataset dir of uniform random tokens (content does not affect speed)."""
-    path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    dtype = np.uint16 if vocab <= 65535 else np.uint32
-    splits = {}
-    for split, n in (("train", n_train), ("val", n_val), ("test", n_val)):
-        data = rng.integers(0, vocab, n, dtype=np.int64).astype(dtype).tobytes()
-        (path / f"{split}.bin").write_bytes(data)
-        sha = hashlib.sha256(data).hexdigest()
-        splits[split] = {"tokens": n, "documents": 1, "bytes": n, "sha256": sha}
-    meta = {
-        "version": 1,
-        "vocab_size": vocab,
-        "dtype": np.dtype(dtype).name,
-        "eot_id": 0,
-        "pad_id": 1,
-        "splits": splits,
-        "bytes_per_token": 1.0,
-        "tokenizer": {"vocab_size": vocab},
-    }
-    (path / "meta.json").write_text(json.dumps(meta))
-    return path
+    splits = {s: rng.integers(0, vocab, n) for s, n in (("train", n_train), ("val", n_val))}
+    return write_token_dataset(path, splits, vocab, eot_id=0)
 
 
 def run_ours(
@@ -200,7 +171,7 @@ def main() -> None:
 
     small = args.model_set is None and args.preset == "lumenbase-128m" and args.device == "cpu"
     if args.model_set is None:
-        model_set = dict(SMALL) if small else {}
+        model_set = dict(SMALL_LLAMA) if small else {}
     else:
         model_set = {}
         for item in args.model_set:

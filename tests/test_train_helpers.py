@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -15,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file
+
+from lumenlm.data.tokens import write_token_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -67,25 +68,8 @@ def make_dataset(
             while i < n:
                 toks[i] = 0
                 i += 1 + int(rng.integers(*doc_len))
-        data = toks.tobytes()
-        (path / f"{split}.bin").write_bytes(data)
-        splits[split] = {
-            "tokens": n,
-            "documents": 1,
-            "bytes": n * 4,
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
-    meta = {
-        "version": 1,
-        "vocab_size": vocab,
-        "dtype": "uint16",
-        "eot_id": 0,
-        "pad_id": 1,
-        "splits": splits,
-        "bytes_per_token": 4.0,
-        "tokenizer": {"vocab_size": vocab},
-    }
-    (path / "meta.json").write_text(json.dumps(meta))
+        splits[split] = toks
+    write_token_dataset(path, splits, vocab, eot_id=0, pad_id=1, bytes_per_token=4.0)
     if tokenizer:
         from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,56 @@ def write_meta(data_dir: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
     path = Path(data_dir) / META_NAME
     path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+def write_token_dataset(
+    data_dir: str | os.PathLike[str],
+    splits: Mapping[str, np.ndarray],
+    vocab_size: int,
+    *,
+    eot_id: int | None = None,
+    pad_id: int | None = None,
+    bytes_per_token: float | None = None,
+) -> Path:
+    """A prepared-dataset folder from token ids you already have (no tokenizer).
+
+    Writes `<split>.bin` for each of `splits` (train, val, test) and a `meta.json` that
+    `lumenlm train` and `lumenlm eval` read like `lumenlm prepare`'s output. With
+    `eot_id`, documents are counted and `train.doc_aligned` can find their starts;
+    `bytes_per_token` (UTF-8 bytes per token of the text) enables bits-per-byte.
+    """
+    out = Path(data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META_NAME).unlink(
+        missing_ok=True
+    )  # meta.json last: a half-written folder never reads as done
+    dtype = dtype_for_vocab(vocab_size)
+    info: dict[str, Any] = {}
+    for split, ids in splits.items():
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        ids = np.asarray(ids)
+        if ids.size and (int(ids.max()) >= vocab_size or int(ids.min()) < 0):
+            raise DataError(f"{split} holds ids outside 0..{vocab_size - 1}")
+        with TokenWriter(out / f"{split}.bin", dtype) as writer:
+            writer.write(ids)
+            sha = writer.close()
+        docs = int((ids == eot_id).sum()) if eot_id is not None else 1
+        info[split] = {"tokens": int(ids.size), "documents": max(docs, 1), "sha256": sha}
+        if bytes_per_token is not None:
+            info[split]["bytes"] = round(int(ids.size) * bytes_per_token)
+    meta = {
+        "version": META_VERSION,
+        "vocab_size": int(vocab_size),
+        "dtype": dtype,
+        "eot_id": eot_id,
+        "pad_id": pad_id,
+        "splits": info,
+        "bytes_per_token": bytes_per_token,
+        "tokenizer": {"vocab_size": int(vocab_size)},
+    }
+    write_meta(out, meta)
+    return out
 
 
 def read_meta(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
