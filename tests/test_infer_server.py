@@ -221,6 +221,37 @@ def test_validation_errors_in_openai_shape(server: str) -> None:
     assert r.status_code == 404 and "error" in r.json()
 
 
+def test_prompt_longer_than_the_context_is_refused(
+    server: str, model, model_dir: Path, capsys
+) -> None:
+    ctx = model.config.context_length
+    long_text = "the cat sat on the mat " * ctx
+    assert len(model.tokenizer.encode(long_text).ids) > ctx
+    for path, body, param in [
+        ("/v1/completions", {"prompt": long_text, "max_tokens": 2}, "prompt"),
+        ("/v1/completions", {"prompt": [[5] * (ctx + 1)], "max_tokens": 2}, "prompt"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": long_text}]},
+            "messages",
+        ),
+    ]:
+        r = httpx.post(server + path, json=body)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["code"] == "context_length_exceeded" and err["param"] == param
+        assert f"context length of {ctx} tokens" in err["message"]
+    # exactly the context fits; the completion may run past it (the window slides)
+    r = httpx.post(server + "/v1/completions", json={"prompt": [[5] * ctx], "max_tokens": 4})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == ctx
+    # the CLI generates from the prompt's end and says so
+    capsys.readouterr()
+    assert (
+        cli_main(["generate", str(model_dir), "--prompt", long_text, "--max-new-tokens", "2"]) == 0
+    )
+    assert "the model sees only its last" in capsys.readouterr().err
+
+
 def test_api_key(model) -> None:
     from fastapi.testclient import TestClient
 

@@ -161,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         prompts = list(args.prompt)
     params = params_from_args(args)
     model = load_model(args.model, args.device)
+    _warn_long_prompts(prompts, model)
     rows = [p for p in prompts for _ in range(args.num_samples)]
     kw = {"tokenizer": model.tokenizer, "use_cache": not args.no_cache}
     if args.stream:
@@ -187,6 +188,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print("\n---\n".join(rows[r.index] + r.text for r in results))
     return 0
+
+
+def _warn_long_prompts(prompts: list[str], model: Any) -> None:
+    """Say so when a prompt is longer than the context: the model sees only its end."""
+    from lumenlm.infer.generate import encode_prompts
+
+    ctx = model.config.context_length
+    for i, ids in enumerate(encode_prompts(prompts, model.tokenizer)):
+        if len(ids) > ctx:
+            print(
+                f"notice: prompt {i + 1} has {len(ids)} tokens; the model sees only its last "
+                f"{ctx} (its context length)",
+                file=sys.stderr,
+            )
 
 
 def _stream(events: Any, rows: list[str]) -> None:

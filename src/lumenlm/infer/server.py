@@ -124,6 +124,7 @@ def create_app(
         except ValueError as exc:
             raise APIError(400, f"prompt: {exc}", param="prompt") from None
         check_ids(prompts)
+        check_length(prompts, "prompt")
         params = params_for(req, 16 if req.max_tokens is None else req.max_tokens, stops(req))
         return rows_times_n(prompts, req.n), params
 
@@ -148,12 +149,28 @@ def create_app(
         budget = ctx - min(params.max_new_tokens, ctx // 2)
         msgs = fit_history(msgs, template, lambda t: len(tokenizer.encode(t).ids), budget)
         prompt = tokenizer.encode(template.render(msgs)).ids
+        check_length(
+            [prompt], "messages"
+        )  # older turns were dropped; the last ones still do not fit
         return rows_times_n([prompt], req.n), params
 
     def check_ids(prompts: list[list[int]]) -> None:
         vocab = model.config.vocab_size
         if any(not 0 <= t < vocab for row in prompts for t in row):
             raise APIError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
+
+    def check_length(prompts: list[list[int]], param: str) -> None:
+        """A prompt the model cannot see whole is refused, as OpenAI does, rather than
+        silently cut (the completion may run past the context: the window slides)."""
+        longest = max((len(p) for p in prompts), default=0)
+        if longest > ctx:
+            raise APIError(
+                400,
+                f"{param}: {longest} tokens, more than this model's context length of "
+                f"{ctx} tokens; shorten it",
+                code="context_length_exceeded",
+                param=param,
+            )
 
     def rows_times_n(prompts: list[list[int]], n: int) -> list[list[int]]:
         if len(prompts) * n > MAX_N:
