@@ -205,6 +205,16 @@ def test_evaluate_lm_on_prepared_split_and_cli(
     assert doc["loss"] == pytest.approx(res.loss, rel=1e-6)
     assert doc["perplexity"] == pytest.approx(math.exp(res.loss), rel=1e-6)
 
+    # --dtype bf16: weights and activations in bfloat16, scores accumulated in fp32/fp64
+    out16 = tmp_path / "report16.json"
+    args = ["eval", str(tmp_path / "model"), "--data", str(data), "--stride", "32"]
+    assert main([*args, "--out", str(out16), "--device", "cpu", "--dtype", "bf16"]) == 0
+    doc16 = json.loads(out16.read_text())
+    assert doc16["dtype"] == "bf16" and json.loads(out.read_text())["dtype"] == "fp32"
+    assert doc16["lm"]["tokens"] == doc["tokens"]
+    assert doc16["lm"]["loss"] == pytest.approx(res.loss, abs=0.02)  # bf16 rounding only
+    assert doc16["lm"]["loss"] != res.loss
+
 
 def test_cli_needs_something_to_do(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     save_model(GPT(get_preset("tiny").model), tmp_path / "m")

@@ -252,6 +252,14 @@ def test_prompt_longer_than_the_context_is_refused(
     assert "the model sees only its last" in capsys.readouterr().err
 
 
+def test_generate_in_bf16(model_dir: Path, capsys) -> None:
+    fp32 = cli_generate(model_dir, capsys, "--prompt", "Once upon", "--max-new-tokens", "6")
+    bf16 = cli_generate(
+        model_dir, capsys, "--prompt", "Once upon", "--max-new-tokens", "6", "--dtype", "bf16"
+    )
+    assert bf16["completion_tokens"] == fp32["completion_tokens"] == 6
+
+
 def test_api_key(model) -> None:
     from fastapi.testclient import TestClient
 

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from lumenlm.infer.chat import ChatSession, ChatTemplate, run_repl
 
     params = params_from_args(args)
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.dtype)
     try:
         template = ChatTemplate.from_meta(getattr(model, "meta", None))
     except (ValueError, TypeError) as exc:

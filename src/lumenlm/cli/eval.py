@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lumenlm.cli.generate import add_dtype_arg
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
@@ -50,6 +52,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="windows (LM metrics) or questions (tasks) per forward pass (default 16)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+    add_dtype_arg(p)
     p.add_argument("--out", metavar="FILE.json", help="write the report as JSON")
     p.add_argument(
         "--per-example",
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from lumenlm.cli.generate import torch_dtype
     from lumenlm.errors import ConfigError
     from lumenlm.evaluate import evaluate_lm, evaluate_tasks
     from lumenlm.evaluate.report import build_report, format_table, write_examples, write_json
@@ -86,8 +90,12 @@ def run(args: argparse.Namespace) -> int:
         torch.device(device)
     except RuntimeError:
         raise ConfigError(f"unknown --device {args.device!r}") from None
-    model = load(args.model, device=device)
-    info = {"model": str(getattr(model, "model_dir", args.model)), "device": device}
+    model = load(args.model, device=device, dtype=torch_dtype(args.dtype))
+    info = {
+        "model": str(getattr(model, "model_dir", args.model)),
+        "device": device,
+        "dtype": args.dtype,
+    }
 
     lm = None
     if args.data:

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-tokens-cap must be >= 1, got {args.max_tokens_cap}")
     if not 0 <= args.port < 65536:
         raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.dtype)
     name = args.model_name or Path(getattr(model, "model_dir", args.model)).resolve().name
     api_key = args.api_key or os.environ.get("LUMENLM_API_KEY") or None
     app = create_app(
