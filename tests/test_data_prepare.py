@@ -385,7 +385,7 @@ def test_prepared_split_feeds_window_and_packed_datasets(tmp_path: Path) -> None
     assert len(windows) == (len(train) - 17) // 8 + 1
     packed = PackedDataset(train, 16, meta["eot_id"])
     assert len(packed) > 0
-    assert all(s == 0 or train[s - 1] == meta["eot_id"] for s in packed.starts)
+    assert all(s == 0 or train[s] == meta["eot_id"] for s in packed.starts)
     sampler = EpochSampler(len(packed), seed=0)
     x, y = next(iter(batches(packed, sampler, 4)))
     assert x.shape == (4, 16) and x.dtype == torch.int64 and torch.equal(x[:, 1:], y[:, :-1])

@@ -33,6 +33,9 @@ def test_round_trip_and_meta(tmp_path: Path) -> None:
         ({"train": np.array([1, 2, 10])}, "outside 0..9"),
         ({"train": np.array([1, -1])}, "outside 0..9"),
         ({"dev": np.array([1, 2])}, "unknown split 'dev'"),
+        ({"train": np.array([1.7, 2.0])}, "1-D integer array, got 1-D float64"),
+        ({"train": np.array([[1, 2], [3, 4]])}, "1-D integer array, got 2-D"),
+        ({"train": np.array(["a", "b"])}, "1-D integer array"),
     ],
 )
 def test_bad_input_is_a_data_error_and_leaves_no_meta(
@@ -41,3 +44,13 @@ def test_bad_input_is_a_data_error_and_leaves_no_meta(
     with pytest.raises(DataError, match=match):
         write_token_dataset(tmp_path / "ds", splits, 10)
     assert not (tmp_path / "ds" / "meta.json").exists()
+
+
+def test_special_ids_checked_and_stale_splits_removed(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="eot_id 10 is outside 0..9"):
+        write_token_dataset(tmp_path / "ds", {"train": np.array([1])}, 10, eot_id=10)
+    write_token_dataset(tmp_path / "ds", {"train": np.arange(5), "val": np.arange(5)}, 10)
+    write_token_dataset(tmp_path / "ds", {"train": np.arange(3)}, 10)
+    assert not (tmp_path / "ds" / "val.bin").exists()  # not read back as if current
+    with pytest.raises(DataError, match="val.bin is missing"):
+        load_split(tmp_path / "ds", "val")

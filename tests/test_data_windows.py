@@ -63,16 +63,19 @@ def test_window_dataset_strides() -> None:
         ds[9]
 
 
-def test_packed_rows_start_after_eot() -> None:
+def test_packed_rows_start_at_the_eot_before_a_document() -> None:
     eot = 0
     docs = [[5] * 3, [6] * 12, [7] * 4, [8] * 2, [9] * 30]
     stream = np.array([t for d in docs for t in [*d, eot]], dtype=np.uint16)
     ds = PackedDataset(stream, 8, eot)
     for s in ds.starts:
-        assert s == 0 or stream[s - 1] == eot
-    assert ds.starts.tolist() == [0, 17, 25]  # greedy, rows do not overlap
+        assert s == 0 or stream[s] == eot
+    assert ds.starts.tolist() == [0, 16, 24]  # greedy, rows do not overlap
     x, y = ds[1]
-    assert x.tolist()[:4] == [7, 7, 7, 7] and y.tolist()[-1] == stream[17 + 8]
+    # the row's first target is the document's first token: documents can be started
+    assert x.tolist()[:5] == [eot, 7, 7, 7, 7] and y.tolist()[0] == 7
+    assert y.tolist()[-1] == stream[16 + 8]
+    assert ds.documents == 5 and ds.coverage == pytest.approx(3 * 8 / 55)
 
 
 def test_sampler_epochs_resume_and_shards() -> None:

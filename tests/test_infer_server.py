@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from infer_helpers import _one_thread, make_model_dir, tok_path  # noqa: F401 (fixtures)
 from lumenlm.cli import main as cli_main
@@ -258,6 +259,11 @@ def test_generate_in_bf16(model_dir: Path, capsys) -> None:
         model_dir, capsys, "--prompt", "Once upon", "--max-new-tokens", "6", "--dtype", "bf16"
     )
     assert bf16["completion_tokens"] == fp32["completion_tokens"] == 6
+    from lumenlm.cli.generate import load_model
+
+    model = load_model(str(model_dir), "cpu", "bf16")  # what --dtype bf16 loads
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.new_cache(1).k.dtype == torch.bfloat16
 
 
 def test_api_key(model) -> None:

@@ -1,4 +1,5 @@
-"""Document-aligned training windows (`train.doc_aligned`): every row starts a document."""
+"""Document-aligned training windows (`train.doc_aligned`): every row starts at a document
+boundary (the end-of-text token before a document, or the stream start)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_every_training_row_starts_a_document(
     train("tiny", dataset, tmp_path, overrides(**RECIPE), device="cpu", progress_bar=False)
     tokens = np.fromfile(dataset / "train.bin", dtype=np.uint16)
     assert len(starts) == 8 * 2 * 4  # steps x micro-batches x batch_size rows
-    assert all(s == 0 or tokens[s - 1] == 0 for s in starts)
+    assert all(s == 0 or tokens[s] == 0 for s in starts)  # at the EOT before a document
     assert len(set(starts)) > 1 and any(s > 0 for s in starts)
 
 
@@ -85,3 +86,30 @@ def test_doc_aligned_and_stride_exclude_each_other(
     assert code == 2 and len(err.splitlines()) == 1
     assert "train.stride and train.doc_aligned" in err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_split_without_documents_is_a_clear_error(tmp_path: Path) -> None:
+    from lumenlm.data.tokens import write_token_dataset
+    from lumenlm.errors import DataError
+
+    ids = np.arange(1, 2001) % 299 + 1  # never the end-of-text id 0
+    data = write_token_dataset(tmp_path / "d", {"train": ids, "val": ids}, 300, eot_id=0)
+    with pytest.raises(DataError, match=r"no end-of-text token \(id 0\)"):
+        train(
+            "tiny", data, tmp_path / "runs", overrides(**RECIPE), device="cpu", progress_bar=False
+        )
+
+
+def test_low_coverage_is_announced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # documents of 60-100 tokens, context 16: each row covers only a document's start
+    data = make_dataset(tmp_path / "d", n_train=3000, n_val=300, doc_len=(60, 100))
+    train(
+        "tiny",
+        data,
+        tmp_path / "runs",
+        overrides(**{**RECIPE, "max_steps": 1}),
+        device="cpu",
+        progress_bar=False,
+    )
+    err = capsys.readouterr().err
+    assert "document-aligned windows cover" in err and "drop train.doc_aligned" in err

@@ -49,6 +49,21 @@ def test_precision_choices() -> None:
         P.resolve_precision("fp8", cpu)
 
 
+def test_tf32_setting_is_process_wide_but_restored() -> None:
+    before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    cuda = torch.device("cuda")  # only the flags are touched: no GPU needed
+    restore = P.configure_matmul(cuda, tf32=False)
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert torch.backends.cudnn.allow_tf32 is False
+    restore()
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before
+    restore = P.configure_matmul(cuda, tf32=True)
+    assert torch.get_float32_matmul_precision() == "high"
+    restore()
+    P.configure_matmul(torch.device("cpu"), tf32=True)()  # CPU: nothing changes
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before
+
+
 def test_fp16_skips_overflowing_steps_and_resumes_bit_identically(
     dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

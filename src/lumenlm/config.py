@@ -189,8 +189,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
     stride: int | None = None
-    # Start every training window right after an end-of-text token (document-aligned,
-    # non-overlapping rows: data.windows.PackedDataset) instead of every `stride` tokens.
+    # Start training windows only at document boundaries (the end-of-text token before a
+    # document; non-overlapping rows, data.windows.PackedDataset) instead of every
+    # `stride` tokens. Text of a document past one context length is then not trained on.
     doc_aligned: bool = False
     eval_interval: int = 200
     eval_batches: int | None = 50

@@ -103,26 +103,39 @@ def write_token_dataset(
     `eot_id`, documents are counted and `train.doc_aligned` can find their starts;
     `bytes_per_token` (UTF-8 bytes per token of the text) enables bits-per-byte.
     """
-    out = Path(data_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META_NAME).unlink(
-        missing_ok=True
-    )  # meta.json last: a half-written folder never reads as done
-    dtype = dtype_for_vocab(vocab_size)
-    info: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {}
     for split, ids in splits.items():
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-        ids = np.asarray(ids)
-        if ids.size and (int(ids.max()) >= vocab_size or int(ids.min()) < 0):
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise DataError(
+                f"{split}: token ids must be a 1-D integer array, got {arr.ndim}-D {arr.dtype}"
+            )
+        if arr.size and (int(arr.max()) >= vocab_size or int(arr.min()) < 0):
             raise DataError(f"{split} holds ids outside 0..{vocab_size - 1}")
+        arrays[split] = arr
+    for name, special in (("eot_id", eot_id), ("pad_id", pad_id)):
+        if special is not None and not 0 <= special < vocab_size:
+            raise DataError(f"{name} {special} is outside 0..{vocab_size - 1}")
+    out = Path(data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # meta.json goes last, so a half-written folder never reads as a dataset; token files
+    # of splits not given this time are removed, so none is left from an earlier write.
+    (out / META_NAME).unlink(missing_ok=True)
+    for split in SPLITS:
+        if split not in arrays:
+            (out / f"{split}.bin").unlink(missing_ok=True)
+    dtype = dtype_for_vocab(vocab_size)
+    info: dict[str, Any] = {}
+    for split, arr in arrays.items():
         with TokenWriter(out / f"{split}.bin", dtype) as writer:
-            writer.write(ids)
+            writer.write(arr)
             sha = writer.close()
-        docs = int((ids == eot_id).sum()) if eot_id is not None else 1
-        info[split] = {"tokens": int(ids.size), "documents": max(docs, 1), "sha256": sha}
+        docs = int((arr == eot_id).sum()) if eot_id is not None else int(arr.size > 0)
+        info[split] = {"tokens": int(arr.size), "documents": docs, "sha256": sha}
         if bytes_per_token is not None:
-            info[split]["bytes"] = round(int(ids.size) * bytes_per_token)
+            info[split]["bytes"] = round(int(arr.size) * bytes_per_token)
     meta = {
         "version": META_VERSION,
         "vocab_size": int(vocab_size),

@@ -1,8 +1,9 @@
 """Training datasets over token streams, and a resumable, shardable epoch sampler.
 
 `WindowDataset` cuts fixed windows (stride = context length by default, i.e.
-non-overlapping; Lumiere uses stride 8). `PackedDataset` starts every row right
-after an end-of-text token, so rows begin at document boundaries. `EpochSampler`
+non-overlapping; Lumiere uses stride 8). `PackedDataset` starts every row at the
+end-of-text token before a document (or the stream start), so rows begin at document
+boundaries and their first target is a document's first token. `EpochSampler`
 walks a fresh permutation each epoch, derived from (seed, epoch) only, and its
 `state_dict` records the position so a run resumes mid-epoch on the exact next
 batch. With `world_size > 1` each rank takes a disjoint strided slice of the same
@@ -88,13 +89,15 @@ class WindowDataset:
 
 
 class PackedDataset:
-    """Rows that each start right after an end-of-text token (or at the stream start).
+    """Rows that each start at a document boundary: at the end-of-text token that
+    precedes a document (so the row's first target is the document's first token), or
+    at the stream start.
 
     Rows are chosen greedily without overlap: the next row starts at the first
-    document boundary at or after the end of the previous row, and may run on
-    into following documents. Text of a document beyond the end of its row (when
-    the document is longer than the context) is not a target of any row; use
-    `WindowDataset` when every token must be covered.
+    boundary at or after the end of the previous row, and may run on into following
+    documents. Text of a document beyond the end of its row (when the document is
+    longer than the context) is not a target of any row; `coverage` says how much of
+    the stream is. Use `WindowDataset` when every token must be covered.
     """
 
     def __init__(self, tokens: np.ndarray, context_length: int, eot_id: int) -> None:
@@ -102,19 +105,21 @@ class PackedDataset:
         self.tokens = tokens
         self.context_length = context_length
         self.eot_id = int(eot_id)
+        self.documents = 0  # end-of-text tokens seen (set by _row_starts)
         self.starts = self._row_starts()
 
     def _row_starts(self) -> np.ndarray:
         n = len(self.tokens)
         last = n - self.context_length - 1  # a row needs T + 1 tokens
-        if last < 0:
-            return np.zeros(0, dtype=np.int64)
         boundaries = [np.zeros(1, dtype=np.int64)]
         block = 1 << 24  # scan in blocks so a memmap is never loaded whole
         for lo in range(0, n, block):
             hits = np.flatnonzero(np.asarray(self.tokens[lo : lo + block]) == self.eot_id)
-            boundaries.append(hits.astype(np.int64) + lo + 1)
-        doc_starts = np.concatenate(boundaries)
+            self.documents += len(hits)
+            boundaries.append(hits.astype(np.int64) + lo)  # the row starts at the EOT
+        if last < 0:
+            return np.zeros(0, dtype=np.int64)
+        doc_starts = np.unique(np.concatenate(boundaries))
         doc_starts = doc_starts[doc_starts <= last]
         starts: list[int] = []
         next_free = 0
@@ -126,6 +131,11 @@ class PackedDataset:
             next_free = s + self.context_length
             i = int(np.searchsorted(doc_starts, next_free, side="left"))
         return np.asarray(starts, dtype=np.int64)
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of the stream's possible targets that some row predicts."""
+        return len(self.starts) * self.context_length / max(len(self.tokens) - 1, 1)
 
     def __len__(self) -> int:
         return len(self.starts)

@@ -147,7 +147,7 @@ def evaluate_tokens(
                     torch.stack(
                         [
                             nll.sum(),
-                            nll[content].sum(),
+                            torch.where(content, nll, 0.0).sum(),  # no boolean indexing: no sync
                             content.sum().double(),
                             torch.tensor(float(tg.numel()), dtype=torch.float64, device=device),
                             *(match[:, :k].any(-1).sum().double() for k in TOPK),

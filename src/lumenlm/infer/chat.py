@@ -87,7 +87,8 @@ def fit_history(
     a long request cannot cost quadratic CPU); the sum of per-message counts picks the
     cut, then a few full renders correct for merges across message boundaries.
     If even the system messages + last message are too long, that is returned anyway:
-    generation keeps the prompt's last tokens, so the most recent words reach the model.
+    `lumenlm chat` then generates from the prompt's last tokens, and the server refuses
+    the request (400, context_length_exceeded).
     """
     n = len(messages)
     if n <= 1:

@@ -43,6 +43,11 @@ def open_windows(
                 "train without train.doc_aligned or re-run `lumenlm prepare`"
             )
         win = PackedDataset(tokens, context_length, int(eot_id))
+        if win.documents == 0:
+            raise DataError(
+                f"{split} split of {data_dir} holds no end-of-text token (id {eot_id}), so "
+                "there are no documents to align windows to; train without train.doc_aligned"
+            )
     else:
         win = WindowDataset(tokens, context_length, stride)
     if len(win) == 0:

@@ -26,7 +26,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """Map "auto" to a concrete precision and check the choice fits the device."""
     if precision == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            # emulated bf16 (V100, T4) is slow: those GPUs get fp16 with a scaler
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         return "fp32"
     if precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"unknown precision {precision!r}; choose fp32, bf16, fp16 or auto")

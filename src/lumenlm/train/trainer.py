@@ -119,6 +119,13 @@ class Trainer:
             self.data_dir, "train", model_cfg.context_length, cfg.stride, cfg.doc_aligned
         )
         self.val_windows = open_windows(self.data_dir, "val", model_cfg.context_length, None)
+        coverage = getattr(self.train_windows, "coverage", 1.0)
+        if coverage < 0.9:
+            self._say(
+                f"notice: document-aligned windows cover {coverage:.0%} of the train tokens "
+                "(documents longer than the context are cut); drop train.doc_aligned to "
+                "train on every token"
+            )
         self.sampler = StepSampler(
             len(self.train_windows),
             cfg.seed,
