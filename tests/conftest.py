@@ -10,6 +10,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tests share 2 loaded cores, and tiny models are overhead-bound: one intra-op thread
+# is fastest and steady. Set at import, so module-scoped fixtures run with it too.
+torch.set_num_threads(1)
+
 
 def shared_data_dir() -> Path | None:
     """The local dataset copies: $LUMENLM_DATA, else ../shared/data beside the repo."""

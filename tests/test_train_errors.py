@@ -8,12 +8,7 @@ from pathlib import Path
 import pytest
 
 from lumenlm.cli import main
-from test_train_helpers import make_dataset, one_thread, set_args
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    one_thread()
+from test_train_helpers import make_dataset, set_args
 
 
 @pytest.fixture(scope="module")

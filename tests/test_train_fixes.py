@@ -20,12 +20,7 @@ from lumenlm.train import data as data_mod
 from lumenlm.train import train
 from lumenlm.train.runs import summarize_run
 from lumenlm.train.trainer import Trainer
-from test_train_helpers import PYTHON, make_dataset, one_thread, overrides, weights
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    one_thread()
+from test_train_helpers import PYTHON, make_dataset, overrides, weights
 
 
 @pytest.fixture(scope="module")

@@ -141,8 +141,3 @@ def only_run(out: Path) -> Path:
     runs = [p for p in out.iterdir() if p.is_dir()]
     assert len(runs) == 1, runs
     return runs[0]
-
-
-def one_thread() -> None:
-    """Tests share 2 loaded cores: one intra-op thread avoids oversubscription stalls."""
-    torch.set_num_threads(1)

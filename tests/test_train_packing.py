@@ -11,12 +11,7 @@ import pytest
 from lumenlm.cli import main
 from lumenlm.data.windows import PackedDataset
 from lumenlm.train import train
-from test_train_helpers import assert_same_state, make_dataset, one_thread, overrides
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    one_thread()
+from test_train_helpers import assert_same_state, make_dataset, overrides
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ import torch
 from lumenlm.errors import ConfigError
 from lumenlm.train import precision as P
 from lumenlm.train import train
-from test_train_helpers import assert_same_state, make_dataset, one_thread, overrides, weights
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    one_thread()
+from test_train_helpers import assert_same_state, make_dataset, overrides, weights
 
 
 @pytest.fixture(scope="module")

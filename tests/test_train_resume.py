@@ -17,18 +17,11 @@ from test_train_helpers import (
     REPO,
     assert_same_state,
     make_dataset,
-    one_thread,
     only_run,
     overrides,
     run_cli,
     set_args,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    one_thread()
-
 
 N = 16  # planned steps; 7 optimizer steps per epoch with the data below -> crosses 2 epochs
 RECIPE = {"max_steps": N, "grad_accum": 2, "dropout": 0.1, "checkpoint_interval": 1}

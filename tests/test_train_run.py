@@ -13,17 +13,11 @@ from lumenlm.modelio import load
 from lumenlm.train import list_runs, train
 from lumenlm.train.resolve import resolve_config, split_overrides
 from lumenlm.train.schedule import lr_at
-from test_train_helpers import make_dataset, one_thread, overrides, set_args
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    one_thread()
+from test_train_helpers import make_dataset, overrides, set_args
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    one_thread()
     data = make_dataset(tmp_path_factory.mktemp("data"), n_train=3000, n_val=400, tokenizer=True)
     out = tmp_path_factory.mktemp("runs")
     return train(
