@@ -149,14 +149,14 @@ def evaluate_tokens(
                             nll.sum(),
                             torch.where(content, nll, 0.0).sum(),  # no boolean indexing: no sync
                             content.sum().double(),
-                            torch.tensor(float(tg.numel()), dtype=torch.float64, device=device),
                             *(match[:, :k].any(-1).sum().double() for k in TOPK),
                         ]
                     )
                 )
-            batch_nll, batch_content_nll, batch_content, batch_n, *batch_hits = (
+            batch_nll, batch_content_nll, batch_content, *batch_hits = (
                 torch.stack(rows).sum(0).tolist()
             )
+            batch_n = sum(y.shape[1] - first for _, _, first in group)  # known on the host
             nll_sum += batch_nll
             content_nll += batch_content_nll
             n_content += int(batch_content)
