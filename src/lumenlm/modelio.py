@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -235,19 +234,3 @@ def load(
     model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     model.eval()
     return model
-
-
-def copy_model_dir(src: str | Path, dst: str | Path) -> None:
-    """Copy a model directory atomically (temp dir + rename)."""
-    src, dst = Path(src), Path(dst)
-    tmp = make_temp_dir(dst)
-    try:
-        for name in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME, "README.md"):
-            if (src / name).exists():
-                shutil.copy2(src / name, tmp / name)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -35,6 +35,7 @@ from lumenlm.data.tokenizer import (
 )
 from lumenlm.data.tokens import TokenWriter, check_dtype, dtype_for_vocab, write_meta
 from lumenlm.errors import DataError
+from lumenlm.fsutil import pid_alive, replace_dir
 
 
 @dataclass
@@ -99,7 +100,7 @@ def prepare_dataset(config: PrepareConfig) -> dict[str, Any]:
     with _sigterm_raises():
         try:
             meta = _build(config, corpus, clean_cfg, tmp)
-            _move_into_place(tmp, out)
+            replace_dir(tmp, out, out.parent / f".{out.name}.old-{os.getpid()}")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -127,22 +128,12 @@ class _sigterm_raises:
             signal.signal(signal.SIGTERM, self.previous)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
 def _remove_stale_tmp(out: Path) -> None:
     """Remove `.OUT.tmp-PID` / `.OUT.old-PID` folders left by runs that were killed."""
     for kind in ("tmp", "old"):
         for p in out.parent.glob(f".{out.name}.{kind}-*"):
             pid = p.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and p.is_dir() and not _pid_alive(int(pid)):
+            if pid.isdigit() and p.is_dir() and not pid_alive(int(pid)):
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -252,16 +243,6 @@ def _check_out(out: Path, force: bool) -> None:
                 f"--out {out} is not empty and holds no meta.json (not a prepared dataset); "
                 "--force only replaces an earlier output: choose another folder"
             )
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 class _DocumentFilter:

@@ -24,6 +24,7 @@ import torch
 
 from lumenlm.config import ModelConfig
 from lumenlm.errors import LumenError
+from lumenlm.fsutil import replace_dir
 from lumenlm.modelio import make_temp_dir, model_state_dict, unwrap_model
 
 GPT2 = "GPT2LMHeadModel"
@@ -262,9 +263,7 @@ def export_hf(
             k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config
         }
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out, out.with_name(f".{out.name}.old.{os.getpid()}"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

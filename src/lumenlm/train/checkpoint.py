@@ -30,6 +30,7 @@ import torch
 
 from lumenlm.data.download import sha256_file
 from lumenlm.errors import CheckpointError, first_line
+from lumenlm.fsutil import replace_dir
 from lumenlm.modelio import make_temp_dir
 
 STATE_TENSORS = "trainer_state.safetensors"
@@ -148,15 +149,7 @@ def write_checkpoint(
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old.{os.getpid()}")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, target, target.with_name(f".{target.name}.old.{os.getpid()}"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -13,13 +13,14 @@ Run ids look like `run_<8 chars>_<YYYYMMDD_HHMMSS>`.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import socket
 import string
 import time
 from pathlib import Path
 from typing import Any
+
+from lumenlm.fsutil import pid_alive
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -63,16 +64,6 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists (owned by someone else) or cannot tell
-    return True
-
-
 def _status(cfg: dict[str, Any]) -> str:
     """The recorded status; `stopped?` for a `running` run whose process on this host is gone."""
     status = str(cfg.get("status", "?"))
@@ -81,7 +72,7 @@ def _status(cfg: dict[str, Any]) -> str:
         status == "running"
         and isinstance(pid, int)
         and host == socket.gethostname()
-        and not _pid_alive(pid)
+        and not pid_alive(pid)
     ):
         return "stopped?"
     return status
