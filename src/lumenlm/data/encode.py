@@ -117,16 +117,6 @@ def encode_chunk(
     return EncodedChunk(key, out, n_docs, total - n_docs)
 
 
-def chunked(
-    docs: Iterable[tuple[str, str]], chunk_docs: int = CHUNK_DOCS, chunk_chars: int = CHUNK_CHARS
-) -> Iterator[tuple[str, list[str]]]:
-    """Group (key, text) pairs into per-key chunks of at most `chunk_docs` docs / `chunk_chars` chars."""
-    for key, texts, _ends in _chunked_pieces(
-        ((key, text, True) for key, text in docs), chunk_docs, chunk_chars
-    ):
-        yield key, texts
-
-
 def _pieces(
     docs: Iterable[tuple[str, str]], piece_chars: int | None
 ) -> Iterator[tuple[str, str, bool]]:

@@ -24,26 +24,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def param_names(model: torch.nn.Module) -> list[str]:
-    """Names of the parameters in the same order `param_groups` lists them.
-
-    Used to key optimizer state by parameter name, so a checkpoint does not depend on
-    wrappers (DDP, torch.compile, FSDP) or on the world size.
-    """
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() >= 2 else no_decay).append(_clean_name(name))
-    return decay + no_decay
-
-
-def _clean_name(name: str) -> str:
-    for prefix in ("_orig_mod.", "module."):
-        name = name.replace(prefix, "")
-    return name
-
-
 def build_optimizer(
     model: torch.nn.Module, cfg: TrainConfig, device: torch.device
 ) -> torch.optim.AdamW:

@@ -81,13 +81,7 @@ def parse_set_args(items: list[str] | None) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        value = parse_value(text)
-        if isinstance(value, str):  # YAML 1.1 reads "1e30" as a string; numbers are meant
-            try:
-                value = float(value) if not value.strip().lstrip("+-").isdigit() else int(value)
-            except ValueError:
-                pass
-        out[key.strip()] = value
+        out[key.strip()] = parse_value(text)  # numbers like 1e30 too (YAML 1.1 would not)
     return out
 
 
