@@ -86,10 +86,10 @@ class Decoder:
             ]
         self.cache.reset()
         if mask is None:
+            # Unpadded rows: the model's default positions (the cache length) are right
+            # and are checked on the host, so no positions tensor is kept or passed.
             self._mask_buf = None
-            self._pos = torch.full(
-                (self.batch_size, 1), ids.shape[1], dtype=torch.long, device=self.device
-            )
+            self._pos = None
         else:
             buf = torch.ones((self.batch_size, self.capacity), dtype=torch.long, device=self.device)
             buf[:, : mask.shape[1]] = mask
@@ -121,7 +121,6 @@ class Decoder:
             return self._prefill()
         if self.cache is None:
             return self._prefill()
-        assert self._pos is not None
         n = self.cache.length + 1
         mask = self._mask_buf[:, :n] if self._mask_buf is not None else None
         out = self.model(
@@ -131,5 +130,6 @@ class Decoder:
             position_ids=self._pos,
             last_only=True,
         )
-        self._pos += 1
+        if self._pos is not None:
+            self._pos += 1
         return out.logits[:, -1]
