@@ -82,8 +82,11 @@ def special_id(tokenizer: Any, token: str) -> int | None:
     return tokenizer.token_to_id(token)
 
 
-def encode_prompts(prompts: Prompt | Sequence[Prompt], tokenizer: Any) -> list[list[int]]:
-    """Normalize prompts to a list of id lists (strings need a tokenizer)."""
+def encode_prompts(
+    prompts: Prompt | Sequence[Prompt], tokenizer: Any, vocab_size: int | None = None
+) -> list[list[int]]:
+    """Normalize prompts to a list of id lists (strings need a tokenizer); with
+    `vocab_size`, an id outside the vocabulary is a ValueError."""
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.tolist()
     if isinstance(prompts, str) or (
@@ -106,6 +109,10 @@ def encode_prompts(prompts: Prompt | Sequence[Prompt], tokenizer: Any) -> list[l
         out.append(ids)
     if not out:
         raise ValueError("no prompts given")
+    if vocab_size is not None:
+        bad = [t for row in out for t in row if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary (size {vocab_size})")
     return out
 
 
@@ -135,11 +142,8 @@ def stream_generate(
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if p.stop and tok is None:
         raise ValueError("stop strings need a tokenizer")
-    ids = encode_prompts(prompts, tok)
     vocab = model.config.vocab_size
-    bad = [t for row in ids for t in row if not 0 <= t < vocab]
-    if bad:
-        raise ValueError(f"token id {bad[0]} is outside the vocabulary (size {vocab})")
+    ids = encode_prompts(prompts, tok, vocab)
     B = len(ids)
     if p.max_new_tokens == 0:
         for i in range(B):

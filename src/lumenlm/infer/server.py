@@ -120,10 +120,9 @@ def create_app(
 
     def prepare_completion(req: CompletionRequest) -> tuple[list[list[int]], SamplingParams]:
         try:
-            prompts = encode_prompts(req.prompt, tokenizer)  # type: ignore[arg-type]
+            prompts = encode_prompts(req.prompt, tokenizer, model.config.vocab_size)  # type: ignore[arg-type]
         except ValueError as exc:
             raise APIError(400, f"prompt: {exc}", param="prompt") from None
-        check_ids(prompts)
         check_length(prompts, "prompt")
         params = params_for(req, 16 if req.max_tokens is None else req.max_tokens, stops(req))
         return rows_times_n(prompts, req.n), params
@@ -153,11 +152,6 @@ def create_app(
             [prompt], "messages"
         )  # older turns were dropped; the last ones still do not fit
         return rows_times_n([prompt], req.n), params
-
-    def check_ids(prompts: list[list[int]]) -> None:
-        vocab = model.config.vocab_size
-        if any(not 0 <= t < vocab for row in prompts for t in row):
-            raise APIError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
 
     def check_length(prompts: list[list[int]], param: str) -> None:
         """A prompt the model cannot see whole is refused, as OpenAI does, rather than
