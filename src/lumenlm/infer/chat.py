@@ -123,6 +123,20 @@ def fit_history(
     return kept(start)
 
 
+def render_fitted(
+    messages: list[dict[str, str]],
+    template: ChatTemplate,
+    tokenizer: Any,
+    context_length: int,
+    max_new_tokens: int,
+) -> str:
+    """The rendered chat prompt, oldest turns dropped (`fit_history`) so that it leaves
+    room for the reply: `max_new_tokens`, but at most half the window."""
+    budget = context_length - min(max_new_tokens, context_length // 2)
+    msgs = fit_history(messages, template, lambda t: len(tokenizer.encode(t).ids), budget)
+    return template.render(msgs)
+
+
 class ChatSession:
     """Conversation state + one call per user message that streams the reply."""
 
@@ -151,18 +165,15 @@ class ChatSession:
         sys_msg = [{"role": "system", "content": self.system}] if self.system else []
         return sys_msg + self.history
 
-    def max_prompt_tokens(self) -> int:
-        """Leave room for the reply, but at most half the window."""
-        ctx = self.model.config.context_length
-        return ctx - min(self.params.max_new_tokens, ctx // 2)
-
     def prompt_for(self, user_message: str) -> str:
         msgs = [*self.messages(), {"role": "user", "content": user_message}]
-        msgs = fit_history(msgs, self.template, self._count, self.max_prompt_tokens())
-        return self.template.render(msgs)
-
-    def _count(self, text: str) -> int:
-        return len(self.tokenizer.encode(text).ids)
+        return render_fitted(
+            msgs,
+            self.template,
+            self.tokenizer,
+            self.model.config.context_length,
+            self.params.max_new_tokens,
+        )
 
     def send(self, user_message: str) -> Iterator[str]:
         """Stream the reply's text deltas; the turn is added to the history at the end."""

@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lumenlm.infer.chat import ChatTemplate, fit_history
+from lumenlm.infer.chat import ChatTemplate, render_fitted
 from lumenlm.infer.generate import StreamEvent, encode_prompts, generate, stream_generate
 from lumenlm.infer.middleware import APIKeyMiddleware, BodyLimitMiddleware
 from lumenlm.infer.sampling import SamplingParams
@@ -145,9 +145,8 @@ def create_app(
             }
             for m in req.messages
         ]
-        budget = ctx - min(params.max_new_tokens, ctx // 2)
-        msgs = fit_history(msgs, template, lambda t: len(tokenizer.encode(t).ids), budget)
-        prompt = tokenizer.encode(template.render(msgs)).ids
+        text = render_fitted(msgs, template, tokenizer, ctx, params.max_new_tokens)
+        prompt = tokenizer.encode(text).ids
         check_length(
             [prompt], "messages"
         )  # older turns were dropped; the last ones still do not fit
