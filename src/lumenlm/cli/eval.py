@@ -65,9 +65,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
     from lumenlm.cli.generate import torch_dtype
+    from lumenlm.data.tokenizer import load_tokenizer
+    from lumenlm.devices import resolve_device
     from lumenlm.errors import ConfigError
     from lumenlm.evaluate import evaluate_lm, evaluate_tasks
     from lumenlm.evaluate.report import build_report, format_table, write_examples, write_json
@@ -83,13 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.per_example and not args.tasks:
         raise ConfigError("--per-example needs --tasks")
     task_names = parse_task_list(args.tasks) if args.tasks else []
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown --device {args.device!r}") from None
+    device = str(resolve_device(args.device))
     model = load(args.model, device=device, dtype=torch_dtype(args.dtype))
     info = {
         "model": str(getattr(model, "model_dir", args.model)),
@@ -107,9 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if task_names:
         tokenizer = model.tokenizer
         if tokenizer is None and args.data and (Path(args.data) / "tokenizer.json").is_file():
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_file(str(Path(args.data) / "tokenizer.json"))
+            tokenizer = load_tokenizer(args.data)
         tasks = evaluate_tasks(
             model,
             task_names,

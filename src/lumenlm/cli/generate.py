@@ -122,10 +122,11 @@ def unescape(text: str) -> str:
 
 def load_model(path: str, device: str = "cpu", dtype: str = "fp32") -> Any:
     """`lumenlm.modelio.load` + a one-line error when the model has no tokenizer."""
+    from lumenlm.devices import resolve_device
     from lumenlm.errors import CheckpointError
     from lumenlm.modelio import load
 
-    model = load(path, device=device, dtype=torch_dtype(dtype))
+    model = load(path, device=resolve_device(device), dtype=torch_dtype(dtype))
     if model.tokenizer is None:
         raise CheckpointError(
             f"{path}: the model directory has no tokenizer.json; text generation needs one"

@@ -23,6 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from lumenlm.devices import resolve_device
 from lumenlm.errors import ConfigError
 
 
@@ -42,31 +43,6 @@ class DistEnv:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
-    """ "auto"/None -> cuda, else mps, else cpu; "cuda" under torchrun -> cuda:<local_rank>."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "device cuda requested but no CUDA GPU is available; use --device cpu"
-            )
-        return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
-    if name == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise ConfigError("device mps requested but MPS is not available; use --device cpu")
-    if name not in ("cpu", "mps"):
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    return torch.device(name)
 
 
 def setup(device_name: str | None) -> DistEnv:
