@@ -18,6 +18,7 @@ import torch
 
 from lumenlm.errors import LumenError
 from lumenlm.model import GPT
+from lumenlm.modelio import atomic_write_text, save_figure
 
 
 @dataclass
@@ -123,7 +124,7 @@ def plot_attention(ins: Inspection, path: Path) -> None:
                 ax.set_xticks([])
                 ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -157,7 +158,7 @@ def plot_logit_lens(ins: Inspection, tokenizer: Any, path: Path) -> None:
     ax.set_title("logit lens: log p(next token) after each layer")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -172,9 +173,7 @@ def write_inspection(model: GPT, text: str, out_dir: str | Path, top_k: int = 5)
         "attention": out / "attention.png",
         "logit_lens": out / "logit_lens.png",
     }
-    tmp = paths["json"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary(ins, tok, top_k)) + "\n")
-    tmp.replace(paths["json"])
+    atomic_write_text(paths["json"], json.dumps(summary(ins, tok, top_k)) + "\n")
     plot_attention(ins, paths["attention"])
     plot_logit_lens(ins, tok, paths["logit_lens"])
     return paths

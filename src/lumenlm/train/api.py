@@ -186,9 +186,8 @@ def _fresh(
     if data_dir is None and config_file is not None:
         from lumenlm.config import read_mapping
 
-        data_dir = read_mapping(config_file).get("data") or read_mapping(config_file).get(
-            "data_dir"
-        )
+        doc = read_mapping(config_file)
+        data_dir = doc.get("data") or doc.get("data_dir")
     if data_dir is None:
         raise DataError("no data directory given; pass --data DIR (a `lumenlm prepare` output)")
     data_dir = Path(data_dir).resolve()
@@ -274,8 +273,7 @@ def _resume(
         progress_bar=progress_bar,
         replan=bool({"max_steps", "max_epochs"} & set(changed)),
     )
-    if changed and env.is_main:  # a later resume must see them
-        doc = json.loads(path.read_text())
+    if changed and env.is_main:  # a later resume must see them (Trainer() wrote nothing yet)
         doc["train"] = dataclasses.asdict(train_cfg)
         doc["total_steps"] = trainer.p.total_steps
         doc["world_size"] = env.world_size  # the global batch is checked against it

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from lumenlm.modelio import atomic_write_bytes
+from lumenlm.modelio import atomic_write_bytes, save_figure
 
 
 def _clean(value: Any) -> Any:
@@ -95,9 +94,7 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") 
     ax.grid(alpha=0.3)
     if train or val:
         ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def matmul_params(model: Any) -> int:
