@@ -246,7 +246,7 @@ def candidates(run_dir: Path) -> list[Path]:
 def find_resume_checkpoint(run_dir: Path, log: Any = None) -> Path:
     """The newest checkpoint of `run_dir` that verifies; notices for any skipped one.
 
-    Among the good ones the highest step wins (so a corrupt `last` falls back to the
+    The highest step among the good ones wins (so a corrupt `last` falls back to the
     newest good periodic checkpoint).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -255,20 +255,27 @@ def find_resume_checkpoint(run_dir: Path, log: Any = None) -> Path:
         raise CheckpointError(
             f"{run_dir}: no checkpoints to resume from (checkpoints/last missing)"
         )
-    good: list[tuple[int, Path]] = []
+    # Hash only what is needed: try the candidates from the highest recorded step down
+    # (candidates() order breaks ties) and stop at the first that verifies.
+    found.sort(key=lambda p: -_recorded_step(p))
     problems = []
     for p in found:
         try:
             verify(p)
             step = int(json.loads((p / STATE_JSON).read_text())["step"])
-            good.append((step, p))
         except (CheckpointError, KeyError, ValueError, json.JSONDecodeError) as exc:
             problems.append(str(exc))
             log(f"notice: skipping checkpoint {p.name}: {exc}")
-    if not good:
-        raise CheckpointError(f"{run_dir}: no intact checkpoint to resume from ({problems[0]})")
-    best_step = max(s for s, _ in good)
-    chosen = next(p for s, p in good if s == best_step)  # candidates() order breaks ties
-    if chosen.name != "last":
-        log(f"notice: resuming from {chosen.name} (step {best_step}) instead of last")
-    return chosen
+            continue
+        if p.name != "last":
+            log(f"notice: resuming from {p.name} (step {step}) instead of last")
+        return p
+    raise CheckpointError(f"{run_dir}: no intact checkpoint to resume from ({problems[0]})")
+
+
+def _recorded_step(ckpt: Path) -> int:
+    """The step a checkpoint says it holds (-1 when unreadable; it is verified anyway)."""
+    try:
+        return int(json.loads((ckpt / STATE_JSON).read_text())["step"])
+    except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError):
+        return -1
