@@ -150,6 +150,12 @@ class PackedDataset:
         )
 
 
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of `n` windows in `epoch`: depends on (seed, epoch) only, so any run,
+    resumed or not, on any number of processes, walks the same order."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 class EpochSampler:
     """Indices 0..n-1 in a fresh permutation per epoch; resumable and shardable.
 
@@ -180,7 +186,7 @@ class EpochSampler:
         """This rank's indices for an epoch, in order."""
         e = self.epoch if epoch is None else epoch
         if self.shuffle:
-            perm = np.random.default_rng((self.seed, e)).permutation(self.n)
+            perm = epoch_permutation(self.n, self.seed, e)
         else:
             perm = np.arange(self.n)
         usable = (self.n // self.world_size) * self.world_size

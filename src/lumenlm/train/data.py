@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lumenlm.data.tokens import load_split, read_meta
-from lumenlm.data.windows import PackedDataset, WindowDataset
+from lumenlm.data.windows import PackedDataset, WindowDataset, epoch_permutation
 from lumenlm.errors import ConfigError, DataError
 
 
@@ -56,11 +56,6 @@ def open_windows(
             f"context_length={context_length} (+1 target); use a shorter context_length or more data"
         )
     return win
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The order of windows in `epoch`: depends on (seed, epoch) only."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 class StepSampler:
