@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from lumenlm.evaluate.tasks import MCItem
-from lumenlm.model import GPT, KVCache
+from lumenlm.infer.engine import left_pad
+from lumenlm.model import GPT
 
 Encode = Callable[[str], list[int]]
 TARGET_DELIMITER = " "
@@ -82,11 +83,6 @@ def encode_item(encode: Encode, item: MCItem) -> EncodedItem:
 # ----------------------------------------------------------------------------- scoring
 
 
-def _model_dtype_device(model: GPT) -> tuple[torch.dtype, torch.device]:
-    p = model.tok_emb.weight
-    return p.dtype, p.device
-
-
 def _padded(seqs: Sequence[Sequence[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (N, width) ids and a bool mask of the real entries."""
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -123,7 +119,7 @@ def score_naive(
     read at positions ``inplen - len(cont) .. inplen - 1``.
     """
     max_length = max_length or model.config.context_length
-    _, device = _model_dtype_device(model)
+    device = model.tok_emb.weight.device
     rows = [(ctx + cont)[-(max_length + 1) :][:-1] for ctx, cont in requests]
     # a continuation longer than the window (lm-eval refuses those) keeps its last tokens
     conts = [cont[-max_length:] for _, cont in requests]
@@ -148,21 +144,16 @@ def score_shared(model: GPT, items: Sequence[EncodedItem]) -> list[list[tuple[fl
     right-padded on top, giving the log-probs of the remaining continuation tokens.
     Every item must `fit` the model's context length.
     """
-    dtype, device = _model_dtype_device(model)
+    device = model.tok_emb.weight.device
     cfg = model.config
     k = len(items)
     ctx_lens = torch.tensor([len(e.context) for e in items])
     c_max = int(ctx_lens.max())
-    ctx = torch.zeros(k, c_max, dtype=torch.long)
-    ctx_mask = torch.zeros(k, c_max, dtype=torch.long)
-    for i, e in enumerate(items):
-        ctx[i, c_max - len(e.context) :] = torch.tensor(e.context)
-        ctx_mask[i, c_max - len(e.context) :] = 1
-    pos = (torch.arange(c_max)[None, :] - (c_max - ctx_lens)[:, None]).clamp(min=0)
+    ctx, ctx_mask, pos = left_pad([list(e.context) for e in items])
     owner = torch.tensor([i for i, e in enumerate(items) for _ in e.continuations])
     conts = [cont for e in items for cont in e.continuations]
     tail = max(len(c) for c in conts) - 1  # continuation tokens fed as input
-    cache = KVCache(cfg, k, c_max + tail, device, dtype)
+    cache = model.new_cache(k, c_max + tail)
     first = model(
         ctx.to(device),
         cache=cache,

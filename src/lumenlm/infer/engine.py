@@ -29,6 +29,21 @@ from torch import Tensor
 from lumenlm.model import GPT
 
 
+def left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-aligned rows: (ids, attention_mask, position_ids), each (B, longest), on CPU.
+
+    The mask is 1 on real tokens; positions count from 0 at each row's first real
+    token (padding gets 0), so a row's positions do not depend on its padding.
+    """
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 class Decoder:
     """Next-token logits for a batch of growing sequences (see module docstring)."""
 
@@ -70,12 +85,7 @@ class Decoder:
         if all(len(r) == width for r in self.rows):
             ids = torch.tensor(self.rows, dtype=torch.long, device=self.device)
             return ids, None, None
-        ids = torch.full((self.batch_size, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((self.batch_size, width), dtype=torch.long)
-        for i, r in enumerate(self.rows):
-            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r) :] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = left_pad(self.rows, self.pad_id)
         return ids.to(self.device), mask.to(self.device), pos.to(self.device)
 
     def _prefill(self) -> Tensor:
