@@ -312,50 +312,38 @@ def create_app(
         rows, params = await run_in_threadpool(prepare_completion, req)
         cid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def chunk(i: int, text: str | None, reason: str | None) -> dict:
+        def base(choices: list[dict]) -> dict:
             return {
                 "id": cid,
                 "object": "text_completion",
                 "created": now,
                 "model": model_name,
-                "choices": [
-                    {"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}
-                ],
+                "choices": choices,
             }
 
-        if req.stream:
-            u = (
-                (
-                    lambda us: {
-                        "id": cid,
-                        "object": "text_completion",
-                        "created": now,
-                        "model": model_name,
-                        "choices": [],
-                        "usage": us,
-                    }
-                )
-                if include_usage(req)
-                else None
+        def chunk(i: int, text: str | None, reason: str | None) -> dict:
+            return base(
+                [{"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}]
             )
+
+        if req.stream:
+            u = (lambda us: {**base([]), "usage": us}) if include_usage(req) else None
             return StreamingResponse(
                 stream_body(rows, params, chunk, [], u), media_type="text/event-stream"
             )
         results = await generate_unless_gone(request, rows, params)
         return {
-            "id": cid,
-            "object": "text_completion",
-            "created": now,
-            "model": model_name,
-            "choices": [
-                {
-                    "index": r.index,
-                    "text": r.text,
-                    "logprobs": None,
-                    "finish_reason": r.finish_reason,
-                }
-                for r in results
-            ],
+            **base(
+                [
+                    {
+                        "index": r.index,
+                        "text": r.text,
+                        "logprobs": None,
+                        "finish_reason": r.finish_reason,
+                    }
+                    for r in results
+                ]
+            ),
             "usage": usage(sum(len(x) for x in rows), sum(r.completion_tokens for r in results)),
         }
 
