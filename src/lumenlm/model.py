@@ -141,7 +141,7 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.n_kv_heads
         self.d_head, self.d_value = cfg.d_head, cfg.d_value
-        self.n_rep = cfg.n_heads // cfg.n_kv_heads
+        self.n_rep = cfg.n_rep
         self.attn_dropout = cfg.attn_dropout
         bias = cfg.attn_bias
         self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.d_head, bias=bias)
@@ -170,10 +170,14 @@ class Attention(nn.Module):
         is_causal = mask is None and k.shape[2] == T and T > 1
         dropout_p = self.attn_dropout if self.training else 0.0
         weights = None
+        # Expand K/V so query head h reads KV head h // n_rep: for the explicit path, and
+        # on CUDA when there is a mask (only the flash and math kernels take enable_gqa,
+        # and flash takes no mask; expanded, the memory-efficient kernel can run).
+        expand = self.n_rep > 1 and (need_weights or (mask is not None and q.is_cuda))
+        if expand:
+            k = k.repeat_interleave(self.n_rep, dim=1)
+            v = v.repeat_interleave(self.n_rep, dim=1)
         if need_weights:
-            if self.n_rep > 1:  # query head h reads KV head h // n_rep
-                k = k.repeat_interleave(self.n_rep, dim=1)
-                v = v.repeat_interleave(self.n_rep, dim=1)
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)
             if is_causal:
                 causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
@@ -183,13 +187,6 @@ class Attention(nn.Module):
             weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
             y = F.dropout(weights, dropout_p, self.training) @ v
         else:
-            gqa = self.n_rep > 1
-            if gqa and mask is not None and q.is_cuda:
-                # On CUDA only the flash and math kernels take enable_gqa, and flash takes
-                # no mask: expand K/V so the memory-efficient kernel can run with the mask.
-                k = k.repeat_interleave(self.n_rep, dim=1)
-                v = v.repeat_interleave(self.n_rep, dim=1)
-                gqa = False
             y = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -197,7 +194,7 @@ class Attention(nn.Module):
                 attn_mask=mask,
                 dropout_p=dropout_p,
                 is_causal=is_causal,
-                enable_gqa=gqa,
+                enable_gqa=self.n_rep > 1 and not expand,
             )
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.d_value)
         return self.resid_dropout(self.o_proj(y)), weights

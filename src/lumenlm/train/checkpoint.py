@@ -177,11 +177,17 @@ def prune_leftovers(root: Path, name: str | None = None) -> None:
 
 def prune_periodic(root: Path, keep: int) -> None:
     """Keep the `keep` newest `step_<N>` checkpoints (last and best are never pruned)."""
-    steps = sorted(
-        (int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()
-    )
-    for _, p in steps[:-keep] if keep > 0 else steps:
+    steps = _step_dirs(root)
+    for p in steps[:-keep] if keep > 0 else steps:
         shutil.rmtree(p, ignore_errors=True)
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    """The periodic `step_<N>` checkpoint folders under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    steps = ((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)))
+    return [p for _, p in sorted(steps) if p.is_dir()]
 
 
 # -- reading -----------------------------------------------------------------------
@@ -226,14 +232,7 @@ def candidates(run_dir: Path) -> list[Path]:
     """Checkpoints to resume from, best choice first: last, periodic newest first, best,
     then crash leftovers (`.NAME.old.*`, `.NAME.tmp.*`); the caller verifies each."""
     root = run_dir / "checkpoints"
-    out = [root / "last"]
-    if root.is_dir():
-        steps = sorted(
-            ((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name))),
-            reverse=True,
-        )
-        out += [p for _, p in steps]
-    out.append(root / "best")
+    out = [root / "last", *reversed(_step_dirs(root)), root / "best"]
     # A crash between moving NAME aside (.NAME.old.PID) and renaming the finished temp
     # dir (.NAME.tmp.*) into place leaves no NAME: those count too once they verify.
     out += sorted(
