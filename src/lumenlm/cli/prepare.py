@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-DATASETS = ["wikitext-2", "tinystories", "tinyshakespeare", "text"]
+from lumenlm.data.clean import NORMALIZATIONS, WHITESPACE_MODES
+from lumenlm.data.sources import DATASETS, DOC_SEPS
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -63,7 +64,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     txt.add_argument(
         "--doc-sep",
-        choices=["file", "blank", "eot"],
+        choices=DOC_SEPS,
         help="documents in .txt files: one per file, per blank-line paragraph, or "
         "separated by <|endoftext|> lines (default: blank for a single .txt --source, "
         "else file)",
@@ -78,13 +79,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     txt.add_argument("--dedup", action="store_true", help="drop exact duplicate documents")
     txt.add_argument(
         "--normalization",
-        choices=["NFC", "NFKC", "none"],
+        choices=NORMALIZATIONS,
         default="NFC",
         help="Unicode normalization (default NFC)",
     )
     txt.add_argument(
         "--whitespace",
-        choices=["tidy", "keep"],
+        choices=WHITESPACE_MODES,
         help="tidy: strip line ends and document ends; keep: as-is (default: keep for "
         "wikitext-2, tidy otherwise)",
     )
