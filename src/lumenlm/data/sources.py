@@ -406,14 +406,11 @@ def _running_text_halves(path: Path, errors: str) -> Callable[[], Iterator[tuple
     """
 
     def read() -> Iterator[tuple[str, str]]:
-        n_blocks = sum(1 for _ in readers.blank_line_documents(path, errors))
-        half = (n_blocks + 1) // 2
-        parts: dict[str, list[str]] = {"val": [], "test": []}
-        for i, block in enumerate(readers.blank_line_documents(path, errors)):
-            parts["val" if i < half else "test"].append(block)
-        for split, blocks in parts.items():
-            if blocks:
-                yield split, "\n".join(blocks)
+        blocks = list(readers.blank_line_documents(path, errors))  # held whole anyway
+        half = (len(blocks) + 1) // 2
+        for split, part in (("val", blocks[:half]), ("test", blocks[half:])):
+            if part:
+                yield split, "\n".join(part)
 
     return read
 
