@@ -183,13 +183,14 @@ def run(args: argparse.Namespace) -> int:
         prompts = list(args.prompt)
     params = params_from_args(args)
     model = load_model(args.model, args.device, args.dtype)
-    _warn_long_prompts(prompts, model)
+    ids = _encode_noting_long_prompts(prompts, model)
     rows = [p for p in prompts for _ in range(args.num_samples)]
+    row_ids = [i for i in ids for _ in range(args.num_samples)]  # tokenized once
     kw = {"tokenizer": model.tokenizer, "use_cache": not args.no_cache}
     if args.stream:
-        _stream(stream_generate(model, rows, params, **kw), rows)
+        _stream(stream_generate(model, row_ids, params, **kw), rows)
         return 0
-    results = generate(model, rows, params, **kw)
+    results = generate(model, row_ids, params, **kw)
     if args.json:
         print(
             json.dumps(
@@ -212,18 +213,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_long_prompts(prompts: list[str], model: Any) -> None:
-    """Say so when a prompt is longer than the context: the model sees only its end."""
+def _encode_noting_long_prompts(prompts: list[str], model: Any) -> list[list[int]]:
+    """Token ids of each prompt; says so when one is longer than the context (the model
+    sees only its end)."""
     from lumenlm.infer.generate import encode_prompts
 
     ctx = model.config.context_length
-    for i, ids in enumerate(encode_prompts(prompts, model.tokenizer)):
+    encoded = encode_prompts(prompts, model.tokenizer, model.config.vocab_size)
+    for i, ids in enumerate(encoded):
         if len(ids) > ctx:
             print(
                 f"notice: prompt {i + 1} has {len(ids)} tokens; the model sees only its last "
                 f"{ctx} (its context length)",
                 file=sys.stderr,
             )
+    return encoded
 
 
 def _stream(events: Any, rows: list[str]) -> None:
