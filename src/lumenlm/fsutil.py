@@ -29,6 +29,6 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, OSError):
+    except (OverflowError, OSError):  # PermissionError included
         return True  # exists but belongs to someone else, or cannot tell
     return True
