@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lumenlm.config import ModelConfig
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 
 class RMSNorm(nn.Module):
@@ -270,7 +275,18 @@ class ModelOutput:
 
 
 class GPT(nn.Module):
-    """Decoder-only Transformer language model configured by `ModelConfig`."""
+    """Decoder-only Transformer language model configured by `ModelConfig`.
+
+    Besides the weights it carries what was read from its model directory: set in one
+    place, `lumenlm.load()`; a model built directly keeps the empty defaults below.
+    """
+
+    tokenizer: Tokenizer | None
+    """The directory's tokenizer.json, or None (saved without one, or built directly)."""
+    meta: dict[str, Any]
+    """The whole config.json document (chat template, provenance); {} when built directly."""
+    model_dir: Path | None
+    """The model directory the weights came from (a run dir resolved); None when built here."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -284,7 +300,9 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.final_norm = make_norm(cfg) if cfg.pre_norm else nn.Identity()
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
-        self.tokenizer = None  # attached by `lumenlm.modelio.load` when the model dir has one
+        self.tokenizer = None
+        self.meta = {}
+        self.model_dir = None
         self.reset_parameters()
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight

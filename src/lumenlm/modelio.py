@@ -14,13 +14,16 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lumenlm.config import ModelConfig
 from lumenlm.errors import CheckpointError, ConfigError, first_line
 from lumenlm.model import GPT
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 FORMAT = "lumenlm"
 FORMAT_VERSION = 1
@@ -223,23 +226,28 @@ def load(
 ) -> GPT:
     """Load a model from a model dir or a run dir, in eval mode.
 
-    The tokenizer (if the directory has one) is attached as `model.tokenizer`, and
-    the whole config.json document as `model.meta`.
+    Sets the model's `tokenizer` (the directory's tokenizer.json, if any), `meta` (the
+    whole config.json document) and `model_dir` (the resolved directory).
     """
     model_dir = resolve_model_dir(path)
     cfg, doc = read_model_config(model_dir)
     model = GPT(cfg)
     load_state_into(model, model_dir / WEIGHTS_NAME)
-    tok_path = model_dir / TOKENIZER_NAME
-    if tok_path.exists():
-        from tokenizers import Tokenizer
-
-        try:
-            model.tokenizer = Tokenizer.from_file(str(tok_path))
-        except Exception as exc:
-            raise CheckpointError(f"{tok_path}: cannot load tokenizer ({exc})") from None
-    model.meta = doc  # type: ignore[attr-defined]
-    model.model_dir = model_dir  # type: ignore[attr-defined]
+    model.tokenizer = _read_tokenizer(model_dir / TOKENIZER_NAME)
+    model.meta = doc
+    model.model_dir = model_dir
     model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     model.eval()
     return model
+
+
+def _read_tokenizer(path: Path) -> Tokenizer | None:
+    """The tokenizers.Tokenizer in `path`, or None when the file is absent."""
+    if not path.exists():
+        return None
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot load tokenizer ({exc})") from None

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     params = params_from_args(args)
     model = load_model(args.model, args.device, args.dtype)
     try:
-        template = ChatTemplate.from_meta(getattr(model, "meta", None))
+        template = ChatTemplate.from_meta(model.meta)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{args.model}: {exc}") from None
     session = ChatSession(

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device))
     model = load(args.model, device=device, dtype=torch_dtype(args.dtype))
     info = {
-        "model": str(getattr(model, "model_dir", args.model)),
+        "model": str(model.model_dir),
         "device": device,
         "dtype": args.dtype,
     }

@@ -47,8 +47,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from lumenlm.cli.generate import load_model
     from lumenlm.errors import ConfigError
     from lumenlm.infer.server import create_app, serve
@@ -58,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port < 65536:
         raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
     model = load_model(args.model, args.device, args.dtype)
-    name = args.model_name or Path(getattr(model, "model_dir", args.model)).resolve().name
+    name = args.model_name or model.model_dir.resolve().name
     api_key = args.api_key or os.environ.get("LUMENLM_API_KEY") or None
     app = create_app(
         model,

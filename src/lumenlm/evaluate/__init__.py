@@ -16,6 +16,7 @@ from lumenlm.evaluate.multiple_choice import (
     tokenizer_encoder,
 )
 from lumenlm.evaluate.run import evaluate_tasks
+from lumenlm.evaluate.taskfiles import load_task
 from lumenlm.evaluate.tasks import (
     TASKS,
     MCItem,
@@ -25,7 +26,6 @@ from lumenlm.evaluate.tasks import (
     load_hellaswag,
     load_hellaswag_jsonl,
     load_hellaswag_text,
-    load_task,
 )
 
 __all__ = [

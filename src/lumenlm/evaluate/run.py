@@ -8,7 +8,8 @@ from typing import Any
 
 from lumenlm.errors import ConfigError
 from lumenlm.evaluate.multiple_choice import TaskResult, aggregate, score_items, tokenizer_encoder
-from lumenlm.evaluate.tasks import get_task, load_task_with_source
+from lumenlm.evaluate.taskfiles import load_task_with_source
+from lumenlm.evaluate.tasks import get_task
 from lumenlm.model import GPT
 
 
@@ -24,7 +25,7 @@ def evaluate_tasks(
     progress: bool | None = None,
 ) -> dict[str, TaskResult]:
     """Zero-shot accuracy on each task (first `limit` items), keyed by task name."""
-    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
     if tokenizer is None:
         raise ConfigError("the model has no tokenizer.json; benchmarks need one to encode text")
     encode = tokenizer_encoder(tokenizer)

@@ -1,4 +1,4 @@
-"""Multiple-choice benchmark tasks: registry and file loaders.
+"""Multiple-choice benchmark tasks: registry and file parsers.
 
 Every task becomes a list of `MCItem`s (context, choices, gold index) built exactly
 as EleutherAI lm-evaluation-harness builds its requests, so scores are comparable:
@@ -10,14 +10,13 @@ as EleutherAI lm-evaluation-harness builds its requests, so scores are comparabl
   ctx_a + " " + ctx_b.capitalize())``, choices ``preprocess(ending)``. Validation split.
 
 The scorer adds lm-eval's target delimiter (a single space) in front of each choice.
-Files are read from ``--tasks-dir``, then ``$LUMENLM_DATA``, then downloaded (see
-`lumenlm.evaluate.download`). Every malformed line is an error naming file and line.
+Parsers here only read a given path; which path (a local copy or a download) is
+`lumenlm.evaluate.taskfiles`'s job. Every malformed line is an error naming file and line.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -266,65 +265,3 @@ def parse_task_list(text: str) -> list[str]:
     if not names:
         raise ConfigError(f"no task given; known tasks: {', '.join(TASKS)}")
     return names
-
-
-def candidate_roots(tasks_dir: str | Path | None = None) -> list[Path]:
-    """Folders searched for task files, in order: --tasks-dir, then $LUMENLM_DATA."""
-    roots = []
-    if tasks_dir is not None:
-        roots.append(Path(tasks_dir))
-    env = os.environ.get("LUMENLM_DATA")
-    if env:
-        roots.append(Path(env))
-    return roots
-
-
-def find_task_file(name: str, tasks_dir: str | Path | None = None) -> Path | None:
-    """The first existing file for task `name` under the candidate roots.
-
-    Each root may hold the files directly or in the task's subfolder (``arc/``,
-    ``hellaswag/``), the layout of the shared data folder and of the download cache.
-    """
-    spec = get_task(name)
-    for filename in spec.filenames:
-        for root in candidate_roots(tasks_dir):
-            for cand in (root / spec.subdir / filename, root / filename):
-                if cand.is_file():
-                    return cand
-    return None
-
-
-def load_task(
-    name: str,
-    tasks_dir: str | Path | None = None,
-    limit: int | None = None,
-    download: bool = True,
-) -> list[MCItem]:
-    """Items of task `name`, the first `limit` of them, from local files or a download."""
-    return load_task_with_source(name, tasks_dir, limit, download)[0]
-
-
-def load_task_with_source(
-    name: str,
-    tasks_dir: str | Path | None = None,
-    limit: int | None = None,
-    download: bool = True,
-) -> tuple[list[MCItem], Path]:
-    """`load_task`, also returning the file the items came from."""
-    spec = get_task(name)
-    path = find_task_file(spec.name, tasks_dir)
-    if path is None:
-        if not download:
-            raise DataError(_missing_message(spec))
-        from lumenlm.evaluate.download import download_task_file
-
-        path = download_task_file(spec)
-    items = spec.loader(path)
-    return (items[:limit] if limit is not None else items), path
-
-
-def _missing_message(spec: TaskSpec) -> str:
-    return (
-        f"no local copy of {spec.name} ({' or '.join(spec.filenames)}); put it in "
-        f"--tasks-dir DIR (or DIR/{spec.subdir}/) or in $LUMENLM_DATA/{spec.subdir}/"
-    )

@@ -25,6 +25,7 @@ import torch
 from lumenlm.config import ModelConfig
 from lumenlm.errors import LumenError
 from lumenlm.fsutil import replace_dir
+from lumenlm.model import GPT
 from lumenlm.modelio import make_temp_dir, model_state_dict, unwrap_model
 
 GPT2 = "GPT2LMHeadModel"
@@ -236,18 +237,18 @@ def export_hf(
     """
     from safetensors.torch import save_file
 
-    inner = unwrap_model(model)
-    cfg: ModelConfig = inner.config  # type: ignore[assignment]
+    inner: GPT = unwrap_model(model)  # type: ignore[assignment]
+    cfg = inner.config
     arch = hf_architecture(cfg)
     sd = model_state_dict(inner)
     config, weights = (_gpt2_weights if arch == GPT2 else _llama_weights)(cfg, sd)
     config["torch_dtype"] = str(next(iter(sd.values())).dtype).removeprefix("torch.")
-    if tokenizer_path is None and getattr(inner, "model_dir", None) is not None:
-        cand = Path(inner.model_dir) / "tokenizer.json"  # type: ignore[arg-type]
+    if tokenizer_path is None and inner.model_dir is not None:
+        cand = inner.model_dir / "tokenizer.json"
         tokenizer_path = cand if cand.exists() else None
 
     out = Path(out_dir)
-    _check_out_dir(out, getattr(inner, "model_dir", None), force)
+    _check_out_dir(out, inner.model_dir, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out)
     try:

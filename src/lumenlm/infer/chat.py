@@ -25,9 +25,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from lumenlm.infer.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from lumenlm.model import GPT
 
 
 @dataclass
@@ -142,7 +145,7 @@ class ChatSession:
 
     def __init__(
         self,
-        model: Any,
+        model: GPT,
         tokenizer: Any,
         *,
         template: ChatTemplate | None = None,
@@ -151,7 +154,7 @@ class ChatSession:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.template = template or ChatTemplate.from_meta(getattr(model, "meta", None))
+        self.template = template or ChatTemplate.from_meta(model.meta)
         self.params = params or SamplingParams(
             max_new_tokens=128, temperature=0.8, top_k=50, top_p=0.95
         )

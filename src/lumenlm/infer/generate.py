@@ -139,7 +139,7 @@ def stream_generate(
     `generator` replaces those with one shared RNG.
     """
     p = resolve_params(params, overrides)
-    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    tok = tokenizer if tokenizer is not None else model.tokenizer
     if p.stop and tok is None:
         raise ValueError("stop strings need a tokenizer")
     vocab = model.config.vocab_size
@@ -250,7 +250,7 @@ def generate(
     callable checked after every token; when it returns True generation ends early
     (the server uses it to drop work for clients that went away).
     """
-    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    tok = tokenizer if tokenizer is not None else model.tokenizer
     ids = encode_prompts(prompts, tok)
     results = [GenerationResult(i, row) for i, row in enumerate(ids)]
     texts: list[list[str]] = [[] for _ in ids]

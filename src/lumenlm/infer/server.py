@@ -44,12 +44,13 @@ from lumenlm.infer.schema import (
     SamplingRequest,
     error_response,
 )
+from lumenlm.model import GPT
 
 # ----------------------------------------------------------------------------- app
 
 
 def create_app(
-    model: Any,
+    model: GPT,
     tokenizer: Any,
     *,
     model_name: str = "lumenlm",
@@ -61,7 +62,7 @@ def create_app(
     """A FastAPI app serving `model` (see the module docstring)."""
     if tokenizer is None:
         raise ValueError("the server needs a tokenizer")
-    template = template or ChatTemplate.from_meta(getattr(model, "meta", None))
+    template = template or ChatTemplate.from_meta(model.meta)
     ctx = model.config.context_length
     created = int(time.time())
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lumenlm-generate")

@@ -1,4 +1,9 @@
-"""Fetch benchmark files when no local copy exists (through `lumenlm.data.download`).
+"""Finding benchmark files: a local copy first, else a verified download into the cache.
+
+The parsers in `lumenlm.evaluate.tasks` only read a path; this module decides which
+path. Lookup order: ``--tasks-dir``, then ``$LUMENLM_DATA`` (each root may hold the
+files directly or under the task's subfolder, ``arc/`` or ``hellaswag/``), then the
+download cache, then a download.
 
 Sources (official): HellaSwag `hellaswag_val.jsonl` from rowanz/hellaswag on GitHub;
 ARC from AI2's `ARC-V1-Feb2018.zip` (about 680 MB, as it bundles the ARC corpus; the six
@@ -17,7 +22,7 @@ from pathlib import Path
 
 from lumenlm.data.download import cache_dir, download, extract_members
 from lumenlm.errors import DataError
-from lumenlm.evaluate.tasks import TaskSpec, _missing_message
+from lumenlm.evaluate.tasks import MCItem, TaskSpec, get_task
 
 TASKS_URL_ENV = "LUMENLM_TASKS_URL"
 ARC_ZIP_URL = "https://ai2-public-datasets.s3.amazonaws.com/arc/ARC-V1-Feb2018.zip"
@@ -43,6 +48,76 @@ KNOWN = {
         12_246_618,
     ),
 }
+
+
+# ----------------------------------------------------------------------------- local copies
+
+
+def candidate_roots(tasks_dir: str | Path | None = None) -> list[Path]:
+    """Folders searched for task files, in order: --tasks-dir, then $LUMENLM_DATA."""
+    roots = []
+    if tasks_dir is not None:
+        roots.append(Path(tasks_dir))
+    env = os.environ.get("LUMENLM_DATA")
+    if env:
+        roots.append(Path(env))
+    return roots
+
+
+def find_task_file(name: str, tasks_dir: str | Path | None = None) -> Path | None:
+    """The first existing file for task `name` under the candidate roots.
+
+    Each root may hold the files directly or in the task's subfolder (``arc/``,
+    ``hellaswag/``), the layout of the shared data folder and of the download cache.
+    """
+    spec = get_task(name)
+    for filename in spec.filenames:
+        for root in candidate_roots(tasks_dir):
+            for cand in (root / spec.subdir / filename, root / filename):
+                if cand.is_file():
+                    return cand
+    return None
+
+
+def missing_message(spec: TaskSpec) -> str:
+    """The one-line error for a task with no local copy: where to put the file."""
+    return (
+        f"no local copy of {spec.name} ({' or '.join(spec.filenames)}); put it in "
+        f"--tasks-dir DIR (or DIR/{spec.subdir}/) or in $LUMENLM_DATA/{spec.subdir}/"
+    )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_task(
+    name: str,
+    tasks_dir: str | Path | None = None,
+    limit: int | None = None,
+    download: bool = True,
+) -> list[MCItem]:
+    """Items of task `name`, the first `limit` of them, from local files or a download."""
+    return load_task_with_source(name, tasks_dir, limit, download)[0]
+
+
+def load_task_with_source(
+    name: str,
+    tasks_dir: str | Path | None = None,
+    limit: int | None = None,
+    download: bool = True,
+) -> tuple[list[MCItem], Path]:
+    """`load_task`, also returning the file the items came from."""
+    spec = get_task(name)
+    path = find_task_file(spec.name, tasks_dir)
+    if path is None:
+        if not download:
+            raise DataError(missing_message(spec))
+        path = download_task_file(spec)
+    items = spec.loader(path)
+    return (items[:limit] if limit is not None else items), path
+
+
+# ----------------------------------------------------------------------------- downloads
 
 
 def tasks_cache_dir() -> Path:
@@ -72,7 +147,7 @@ def download_task_file(spec: TaskSpec, timeout: float = 60.0) -> Path:
         else:
             download(HELLASWAG_URL, dest, sha256=sha, size=size, timeout=timeout)
     except DataError as exc:
-        raise DataError(f"{_missing_message(spec)} (download failed: {exc})") from None
+        raise DataError(f"{missing_message(spec)} (download failed: {exc})") from None
     return dest
 
 
