@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, get_args
+
+from lumenlm.config import Dtype
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 64) -> None:
@@ -67,7 +69,7 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 64) -> N
     g.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")
 
 
-DTYPE_CHOICES = ("fp32", "bf16", "fp16")
+DTYPE_CHOICES = get_args(Dtype)
 
 
 def add_dtype_arg(p: argparse.ArgumentParser) -> None:

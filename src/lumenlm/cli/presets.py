@@ -1,9 +1,19 @@
-"""`lumenlm presets`: list presets with their exact parameter counts."""
+"""`lumenlm presets`: list presets with their exact parameter counts, or show one.
+
+`--show NAME` prints the preset as YAML with every `model.` / `train.` key's meaning as a
+comment beside its value, so one screen answers both "what does this preset set" and
+"what could I `--set`"; the text still loads with `yaml.safe_load`, and `--json` gives
+the same values as JSON.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lumenlm.config import Preset
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -13,8 +23,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="list presets with exact parameter counts",
         description="List the built-in presets (architecture + training recipe) with exact parameter counts.",
     )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--show", metavar="NAME", help="print one preset's full model and train config")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON instead of the table (with --show: instead of the commented YAML)",
+    )
+    p.add_argument(
+        "--show",
+        metavar="NAME",
+        help="print one preset's full model and train config, each key with its meaning "
+        "(the keys `lumenlm train --set` accepts)",
+    )
     p.set_defaults(func=run)
 
 
@@ -25,18 +44,21 @@ def run(args: argparse.Namespace) -> int:
 
     if args.show:
         preset = get_preset(args.show)
-        print(
-            json.dumps(
-                {
-                    "name": preset.name,
-                    "model": dataclasses.asdict(preset.model),
-                    "train": dataclasses.asdict(preset.train),
-                    "dataset": preset.dataset,
-                    "tokenizer": preset.tokenizer,
-                },
-                indent=2,
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "name": preset.name,
+                        "model": dataclasses.asdict(preset.model),
+                        "train": dataclasses.asdict(preset.train),
+                        "dataset": preset.dataset,
+                        "tokenizer": preset.tokenizer,
+                    },
+                    indent=2,
+                )
             )
-        )
+        else:
+            print(_show_yaml(preset))
         return 0
     rows = []
     for name in preset_names():
@@ -82,3 +104,29 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _show_yaml(preset: Preset) -> str:
+    """The preset as YAML, its model and train keys commented with their docstrings."""
+    import textwrap
+
+    import yaml
+
+    from lumenlm.config.docs import WIDTH, commented_yaml
+
+    head = [
+        f"# {line}" for line in textwrap.wrap(f"{preset.name}: {preset.description}", WIDTH - 2)
+    ]
+    head += [
+        f"# Change a key with `lumenlm train --preset {preset.name} --set model.KEY=VALUE`",
+        "# (or train.KEY=VALUE; write null for None). The same values as JSON: add --json.",
+    ]
+    top = {"name": preset.name, "dataset": preset.dataset, "tokenizer": preset.tokenizer}
+    return "\n".join(
+        [
+            *head,
+            yaml.safe_dump(top, sort_keys=False, width=10**6).rstrip("\n"),
+            commented_yaml("model", preset.model),
+            commented_yaml("train", preset.train),
+        ]
+    )

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
+from lumenlm.config import Dtype
 from lumenlm.errors import ConfigError
 
 
@@ -29,8 +30,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             # emulated bf16 (V100, T4) is slow: those GPUs get fp16 with a scaler
             return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         return "fp32"
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"unknown precision {precision!r}; choose fp32, bf16, fp16 or auto")
+    if precision not in get_args(Dtype):
+        choices = ", ".join(get_args(Dtype))
+        raise ConfigError(f"unknown precision {precision!r}; choose {choices} or auto")
     return precision
 
 

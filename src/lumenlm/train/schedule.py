@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from lumenlm.config import Schedule
+
 
 def lr_at(
     step: int,
@@ -16,7 +18,7 @@ def lr_at(
     total_steps: int,
     warmup_steps: int,
     min_lr_ratio: float = 0.1,
-    schedule: str = "cosine",
+    schedule: Schedule = "cosine",
 ) -> float:
     """Learning rate for optimizer step `step` (0-based).
 
