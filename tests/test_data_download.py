@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -12,7 +13,7 @@ import pytest
 
 from data_helpers import serve_folder, write_stories
 from lumenlm.cli import main
-from lumenlm.data import download, sources
+from lumenlm.data import datasets, download
 from lumenlm.errors import DataError
 
 
@@ -86,26 +87,20 @@ def test_prepare_downloads_tinyshakespeare_and_wikitext_zip(tmp_path: Path, monk
     (served / "wikitext-2").mkdir()
     (served / "wikitext-2" / "wikitext-2-raw-v1.zip").write_bytes(buf.getvalue())
     # the fake files are not the official ones: drop the known sizes/digests for this test
-    spec = sources.SPECS["tinyshakespeare"]
+    spec = datasets.SPECS["tinyshakespeare"]
     monkeypatch.setitem(
-        sources.SPECS,
+        datasets.SPECS,
         "tinyshakespeare",
-        sources.DatasetSpec(
-            **{**spec.__dict__, "remote": (sources.RemoteFile("input.txt", "unused"),)}
-        ),
+        dataclasses.replace(spec, remote=(download.RemoteFile("input.txt", "unused"),)),
     )
-    wspec = sources.SPECS["wikitext-2"]
+    wspec = datasets.SPECS["wikitext-2"]
     zremote = wspec.remote[0]
     monkeypatch.setitem(
-        sources.SPECS,
+        datasets.SPECS,
         "wikitext-2",
-        sources.DatasetSpec(
-            **{
-                **wspec.__dict__,
-                "remote": (
-                    sources.RemoteFile(zremote.filename, "unused", members=zremote.members),
-                ),
-            }
+        dataclasses.replace(
+            wspec,
+            remote=(download.RemoteFile(zremote.filename, "unused", members=zremote.members),),
         ),
     )
     monkeypatch.setenv("LUMENLM_CACHE", str(tmp_path / "cache"))
@@ -185,3 +180,84 @@ def test_missing_source_offline_is_one_line_error(tmp_path: Path, monkeypatch, c
 def test_stories_file_helper_layout(tmp_path: Path) -> None:
     stories = write_stories(tmp_path / "s.txt", n=3)
     assert (tmp_path / "s.txt").read_text().count("<|endoftext|>") == len(stories)
+
+
+def _wikitext_zip(subdir: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for split in ("train", "valid", "test"):
+            arts = "".join(
+                f" \n = Article {split} {i} = \n \n Text of {split} {i} . \n" for i in range(8)
+            )
+            zf.writestr(f"{subdir}/wiki.{split}.raw", arts)
+        zf.writestr(f"{subdir}/README", "not extracted")
+    return buf.getvalue()
+
+
+def test_prepare_downloads_wikitext_103_zip(tmp_path: Path, monkeypatch) -> None:
+    """The real wikitext-103 spec (no digest pinned) against a synthetic zip on a local server."""
+    served = tmp_path / "served"
+    (served / "wikitext-103").mkdir(parents=True)
+    (served / "wikitext-103" / "wikitext-103-raw-v1.zip").write_bytes(
+        _wikitext_zip("wikitext-103-raw")
+    )
+    monkeypatch.setenv("LUMENLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LUMENLM_DATA", raising=False)
+    monkeypatch.delenv("LUMENLM_OFFLINE", raising=False)
+    argv = ["prepare", "wikitext-103", "--vocab-size", "300", "--no-progress"]
+    with serve_folder(served) as (base, handler):
+        monkeypatch.setenv("LUMENLM_DATA_URL", base)
+        assert main([*argv, "--out", str(tmp_path / "wt")]) == 0
+        assert [p for p, _ in handler.requests] == ["/wikitext-103/wikitext-103-raw-v1.zip"]
+        assert main([*argv, "--out", str(tmp_path / "wt2")]) == 0
+        assert len(handler.requests) == 1  # the second run uses the cache
+    cached = tmp_path / "cache" / "wikitext-103"
+    assert sorted(p.name for p in cached.iterdir()) == [
+        "wiki.test.raw",
+        "wiki.train.raw",
+        "wiki.valid.raw",
+        "wikitext-103-raw-v1.zip",
+    ]
+    meta_bytes = (tmp_path / "wt" / "meta.json").read_bytes()
+    assert meta_bytes == (tmp_path / "wt2" / "meta.json").read_bytes()
+    meta = json.loads(meta_bytes)
+    source = meta["source"]
+    assert meta["dataset"] == "wikitext-103" and source["origin"] == "download"
+    assert source["urls"] == [
+        "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-raw-v1.zip"
+    ]
+    assert source["split_rule"] == "official splits" and source["notes"] == []
+    assert meta["cleaning"]["whitespace"] == "keep"
+    # no official digest is known: each file's computed sha256 is recorded, unmatched
+    for entry in source["files"]:
+        digest = hashlib.sha256((cached / entry["name"]).read_bytes()).hexdigest()
+        assert entry["sha256"] == digest and "matches_official_sha256" not in entry
+    assert [e["role"] for e in source["files"]] == [
+        "official train",
+        "official val",
+        "official test",
+    ]
+    assert all(meta["splits"][s]["documents"] == 8 for s in ("train", "val", "test"))
+
+
+def test_wikitext_103_offline_and_local_copy(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("LUMENLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LUMENLM_DATA", str(tmp_path / "data"))
+    argv = ["prepare", "wikitext-103", "--vocab-size", "300", "--no-progress", "--offline"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "offline" in err
+    assert "WikiText-103 raw v1" in err and f"{tmp_path / 'data' / 'wikitext-103'}/" in err
+    # the layout of $LUMENLM_DATA/wikitext-103-raw/ mirrors wikitext-2's
+    local = tmp_path / "data" / "wikitext-103-raw"
+    local.mkdir(parents=True)
+    with zipfile.ZipFile(io.BytesIO(_wikitext_zip("wikitext-103-raw"))) as zf:
+        for split in ("valid", "test"):  # no train file: carved from valid, with a note
+            (local / f"wiki.{split}.raw").write_bytes(zf.read(f"wikitext-103-raw/wiki.{split}.raw"))
+    assert main([*argv, "--out", str(tmp_path / "o"), "--val-ratio", "0.3"]) == 0
+    source = json.loads((tmp_path / "o" / "meta.json").read_text())["source"]
+    assert source["origin"] == "$LUMENLM_DATA" and "urls" not in source
+    assert [f["name"] for f in source["files"]] == ["wiki.valid.raw", "wiki.test.raw"]
+    (note,) = source["notes"]
+    assert note.startswith("wiki.train.raw is missing: train and val were carved from wiki.valid")
+    assert note.endswith("add wiki.train.raw (from wikitext-103-raw-v1.zip) to train on it")

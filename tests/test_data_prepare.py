@@ -372,7 +372,7 @@ def test_dedup_drops_repeats_and_train_copies_of_heldout(tmp_path: Path) -> None
 
 
 def test_prepared_split_feeds_window_and_packed_datasets(tmp_path: Path) -> None:
-    from lumenlm.data.windows import EpochSampler, PackedDataset, WindowDataset, batches
+    from lumenlm.data.windows import PackedDataset, WindowDataset, epoch_permutation
 
     src = _corpus(tmp_path)
     meta = prepare_dataset(
@@ -386,6 +386,5 @@ def test_prepared_split_feeds_window_and_packed_datasets(tmp_path: Path) -> None
     packed = PackedDataset(train, 16, meta["eot_id"])
     assert len(packed) > 0
     assert all(s == 0 or train[s] == meta["eot_id"] for s in packed.starts)
-    sampler = EpochSampler(len(packed), seed=0)
-    x, y = next(iter(batches(packed, sampler, 4)))
+    x, y = packed.get_batch(epoch_permutation(len(packed), 0, 0)[:4])
     assert x.shape == (4, 16) and x.dtype == torch.int64 and torch.equal(x[:, 1:], y[:, :-1])

@@ -1,4 +1,4 @@
-"""Token files (.bin + meta.json), window/packed datasets, the resumable epoch sampler."""
+"""Token files (.bin + meta.json), window/packed datasets, the per-epoch shuffle."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lumenlm.data.tokens import TokenWriter, check_dtype, dtype_for_vocab, load_split, read_meta
-from lumenlm.data.windows import EpochSampler, PackedDataset, WindowDataset, batches
+from lumenlm.data.windows import PackedDataset, WindowDataset, epoch_permutation
 from lumenlm.errors import DataError
 
 
@@ -78,37 +78,10 @@ def test_packed_rows_start_at_the_eot_before_a_document() -> None:
     assert ds.documents == 5 and ds.coverage == pytest.approx(3 * 8 / 55)
 
 
-def test_sampler_epochs_resume_and_shards() -> None:
-    s = EpochSampler(10, seed=3)
-    e0 = list(s)
-    e1 = list(s)
-    assert sorted(e0) == list(range(10)) and e0 != e1 and s.epoch == 2
-    assert e0 == EpochSampler(10, seed=3).indices(0).tolist()
-    assert list(EpochSampler(5, seed=0, shuffle=False)) == [0, 1, 2, 3, 4]
-    shards = [EpochSampler(10, seed=3, rank=r, world_size=3).indices(1) for r in range(3)]
-    flat = np.concatenate(shards)
-    assert all(len(x) == 3 for x in shards) and len(set(flat.tolist())) == 9
-    with pytest.raises(DataError):
-        EpochSampler(10, rank=2, world_size=2)
-
-
-def test_batches_resume_mid_epoch_exactly() -> None:
-    ds = WindowDataset(np.arange(400, dtype=np.uint16), 4)  # 99 windows: 12 full batches of 8
-    ref_sampler = EpochSampler(len(ds), seed=7)
-    ref = [x for _ in range(2) for x, _y in batches(ds, ref_sampler, 8)]
-    sampler = EpochSampler(len(ds), seed=7)
-    got = []
-    for i, (x, _y) in enumerate(batches(ds, sampler, 8)):
-        got.append(x)
-        if i == 4:
-            state = sampler.state_dict()
-            break
-    assert state == {"epoch": 0, "position": 40, "seed": 7}
-    resumed = EpochSampler(len(ds), seed=7)
-    resumed.load_state_dict(json.loads(json.dumps(state)))
-    got += [x for x, _y in batches(ds, resumed, 8)]
-    assert resumed.epoch == 1 and resumed.position == 0
-    got += [x for x, _y in batches(ds, resumed, 8)]
-    assert len(got) == len(ref) == 24 and all(torch.equal(a, b) for a, b in zip(got, ref))
-    with pytest.raises(DataError, match="seed"):
-        EpochSampler(len(ds), seed=8).load_state_dict(state)
+def test_epoch_permutation_depends_on_seed_and_epoch_only() -> None:
+    e0 = epoch_permutation(10, 3, 0)
+    assert sorted(e0.tolist()) == list(range(10))
+    assert e0.tolist() == epoch_permutation(10, 3, 0).tolist()  # any run, any process
+    assert e0.tolist() != epoch_permutation(10, 3, 1).tolist()
+    assert e0.tolist() != epoch_permutation(10, 4, 0).tolist()
+    assert epoch_permutation(0, 3, 0).size == 0

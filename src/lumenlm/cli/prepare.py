@@ -5,7 +5,22 @@ from __future__ import annotations
 import argparse
 
 from lumenlm.data.clean import NORMALIZATIONS, WHITESPACE_MODES
-from lumenlm.data.sources import DATASETS, DOC_SEPS
+from lumenlm.data.datasets import DATASETS, SPECS
+from lumenlm.data.datasets.text import DOC_SEPS
+
+
+def _dataset_help() -> str:
+    """The DATASET help, from the registry: its names, then each spec's note."""
+    notes = "; ".join(f"{s.name}: {s.help}" for s in SPECS.values() if s.help)
+    return "one of: " + ", ".join(DATASETS) + (f" ({notes})" if notes else "")
+
+
+def _whitespace_help() -> str:
+    """The --whitespace help, naming the datasets whose default is keep."""
+    keep = " and ".join(s.name for s in SPECS.values() if s.whitespace == "keep")
+    return "tidy: strip line ends and document ends; keep: as-is (default: " + (
+        f"keep for {keep}, tidy otherwise)" if keep else "tidy)"
+    )
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -24,7 +39,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "dataset",
         choices=DATASETS,
         metavar="DATASET",
-        help="one of: " + ", ".join(DATASETS) + " (text: your own .txt/.jsonl files)",
+        help=_dataset_help(),
     )
     p.add_argument("--out", required=True, help="output folder (built atomically)")
     p.add_argument("--source", help="local file or folder with the text (overrides $LUMENLM_DATA)")
@@ -86,8 +101,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     txt.add_argument(
         "--whitespace",
         choices=WHITESPACE_MODES,
-        help="tidy: strip line ends and document ends; keep: as-is (default: keep for "
-        "wikitext-2, tidy otherwise)",
+        help=_whitespace_help(),
     )
     txt.add_argument(
         "--errors",

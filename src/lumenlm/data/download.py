@@ -3,30 +3,42 @@
 A file is fetched to `NAME.part` next to its final place; an interrupted download
 resumes from the bytes already there with a `Range` request, and only a complete
 file whose size and sha256 match is renamed to its final name. The cache lives in
-`$LUMENLM_CACHE` or `~/.cache/lumenlm`; `$LUMENLM_DATA_URL` (or `base_url`) replaces
-every dataset's public home, so tests can serve files from a local HTTP server.
+`$LUMENLM_CACHE` or `~/.cache/lumenlm`.
+
+This module knows URLs, files and zips, nothing about datasets or benchmarks: callers
+describe what to fetch with `RemoteFile` (or call `download` directly) and decide
+where it goes, so both `lumenlm.data.datasets` and `lumenlm.evaluate` build on it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import shutil
-import urllib.error
-import urllib.request
-import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lumenlm.errors import DataError
 
-if TYPE_CHECKING:
-    from lumenlm.data.sources import DatasetSpec, RemoteFile
-
 CHUNK = 1 << 20
 USER_AGENT = "lumenlm-data/1 (+https://github.com/)"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file at a public URL, checked against `sha256`/`size` where they are known.
+
+    When `members` is set the file is a zip: those members (member path -> local
+    name) are extracted next to it, each checked against `member_sha256[local]`.
+    """
+
+    filename: str
+    url: str
+    sha256: str | None = None
+    size: int | None = None
+    members: dict[str, str] = field(default_factory=dict)
+    member_sha256: dict[str, str] = field(default_factory=dict)
 
 
 def cache_dir() -> Path:
@@ -90,6 +102,10 @@ def _verified(path: Path, sha256: str | None, size: int | None) -> bool:
 
 def _fetch(url: str, part: Path, have: int, timeout: float, progress: bool) -> None:
     """Append the bytes of `url` from offset `have` to `part` (restart if Range is ignored)."""
+    import http.client  # here, not at the top: importing the registry stays cheap
+    import urllib.error
+    import urllib.request
+
     from tqdm import tqdm
 
     headers = {"User-Agent": USER_AGENT}
@@ -134,39 +150,36 @@ def _fetch(url: str, part: Path, have: int, timeout: float, progress: bool) -> N
         raise DataError(f"could not download {url} ({reason}){resume}") from None
 
 
-def remote_url(spec: DatasetSpec, remote: RemoteFile, base_url: str | None) -> str:
-    """The file's official URL, or `<base>/<dataset>/<filename>` when a base is given."""
-    base = base_url or os.environ.get("LUMENLM_DATA_URL")
-    if base:
-        return f"{base.rstrip('/')}/{spec.name}/{remote.filename}"
-    return remote.url
+def local_names(remote: RemoteFile) -> list[str]:
+    """The files `remote` leaves in its folder: its extracted members, else itself."""
+    return list(remote.members.values()) or [remote.filename]
 
 
-def is_complete(spec: DatasetSpec, folder: Path) -> bool:
-    """True when every file a dataset downloads (or extracts) is present in `folder`."""
-    if not spec.remote or not folder.is_dir():
+def have_files(files: Sequence[RemoteFile], folder: Path) -> bool:
+    """True when every file that `files` download (or extract) is present in `folder`."""
+    if not files or not folder.is_dir():
         return False
-    for remote in spec.remote:
-        names = list(remote.members.values()) or [remote.filename]
-        if not all((folder / n).is_file() for n in names):
-            return False
-    return True
+    return all((folder / n).is_file() for remote in files for n in local_names(remote))
 
 
-def fetch_dataset(
-    spec: DatasetSpec, folder: Path, *, base_url: str | None = None, hint: str = ""
+def fetch_files(
+    files: Sequence[RemoteFile], folder: Path, *, mirror: str | None = None, hint: str = ""
 ) -> Path:
-    """Download (and unzip) a dataset's files into `folder`; returns `folder`."""
-    if not spec.remote:
-        raise DataError(f"dataset {spec.name!r} has no download; pass --source PATH")
+    """Download (and unzip) `files` into `folder`; returns `folder`.
+
+    `mirror` is a base URL that serves every file by its `filename` (`<mirror>/<filename>`)
+    instead of its own `url`: a local copy, or a test server. `hint` is appended to the
+    message of a download that fails (e.g. where a local copy could go instead).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    for remote in spec.remote:
-        url = remote_url(spec, remote, base_url)
+    for remote in files:
+        url = f"{mirror.rstrip('/')}/{remote.filename}" if mirror else remote.url
         try:
             path = download(url, folder / remote.filename, sha256=remote.sha256, size=remote.size)
         except DataError as exc:
-            where = f"; or put {spec.expected} in {hint}" if hint else ""
-            raise DataError(f"{exc}{where}") from None
+            if not hint:
+                raise
+            raise DataError(f"{exc}{hint}") from None
         if remote.members:
             _extract(path, folder, remote)
     return folder
@@ -190,6 +203,8 @@ def extract_members(
 ) -> list[str]:
     """Extract each zip member that `pick(member_name)` maps to a local file name into
     `folder`, atomically, checking `sha256[local]` where given. Returns the local names."""
+    import zipfile
+
     written: list[str] = []
     try:
         with zipfile.ZipFile(archive) as zf:

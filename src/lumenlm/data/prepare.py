@@ -4,6 +4,8 @@ Everything is built in a temporary folder next to `out` and renamed into place a
 the end, so a failure (bad input, Ctrl-C) leaves nothing half-written. The output
 is a pure function of the inputs and the settings: no timestamps, no absolute
 paths, deterministic tokenizer training, so two runs give byte-identical files.
+Nothing here asks for a dataset by name: what differs between datasets (their notes,
+what a document is, the settings to record) comes on the `Corpus` their spec builds.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lumenlm.data import sources
-from lumenlm.data.clean import CleanConfig, Deduplicator, clean_text, doc_digest
+from lumenlm.data.clean import CleanConfig
+from lumenlm.data.corpus import Corpus, OpenOptions
+from lumenlm.data.datasets import get_spec
+from lumenlm.data.documents import DocumentFilter, heldout_digests
+from lumenlm.data.locate import locate, open_corpus
 from lumenlm.data.log import info, warn
-from lumenlm.data.split import SPLITS, check_fraction, check_ratios, in_fraction
+from lumenlm.data.split import SPLITS, check_fraction, check_ratios
 from lumenlm.data.tokenizer import (
     DEFAULT_SPECIALS,
     check_special_tokens,
@@ -146,9 +151,9 @@ def _check_not_inside(out: Path, path: Path, what: str) -> None:
         )
 
 
-def open_configured_corpus(config: PrepareConfig) -> tuple[sources.Corpus, CleanConfig]:
+def open_configured_corpus(config: PrepareConfig) -> tuple[Corpus, CleanConfig]:
     """Check the settings, locate (or download) the text and open it as a `Corpus`."""
-    spec = sources.get_spec(config.dataset)
+    spec = get_spec(config.dataset)
     val_ratio = spec.val_ratio if config.val_ratio is None else config.val_ratio
     test_ratio = spec.test_ratio if config.test_ratio is None else config.test_ratio
     check_ratios(val_ratio, test_ratio)
@@ -162,27 +167,21 @@ def open_configured_corpus(config: PrepareConfig) -> tuple[sources.Corpus, Clean
         config.normalization, config.whitespace or spec.whitespace, config.dedup
     )
     offline = config.offline or os.environ.get("LUMENLM_OFFLINE", "") not in ("", "0")
-    root, origin = sources.locate(
-        config.dataset, config.source, offline=offline, data_url=config.data_url
-    )
-    corpus = sources.open_corpus(
-        config.dataset,
-        root,
-        origin,
+    root, origin = locate(spec, config.source, offline=offline, data_url=config.data_url)
+    options = OpenOptions(
         val_ratio=val_ratio,
         test_ratio=test_ratio,
-        seed=config.seed,
+        errors=config.errors,
         text_field=config.text_field,
         doc_sep=config.doc_sep,
-        errors=config.errors,
     )
-    corpus.val_ratio, corpus.test_ratio = val_ratio, test_ratio
+    corpus = open_corpus(spec, root, origin, options, seed=config.seed)
     if corpus.origin == "cache":  # same record as the run that downloaded it
         corpus.origin = "download"
     return corpus, clean_cfg
 
 
-def check_splits_feasible(corpus: sources.Corpus, config: PrepareConfig) -> None:
+def check_splits_feasible(corpus: Corpus, config: PrepareConfig) -> None:
     """Fail fast (before training a tokenizer) when a split cannot get any document.
 
     Reads documents only until every split has one non-blank document, so it is
@@ -198,27 +197,15 @@ def check_splits_feasible(corpus: sources.Corpus, config: PrepareConfig) -> None
             if len(seen) == len(SPLITS):
                 return
     missing = [s for s in SPLITS if s not in seen]
-    unit = "documents"
-    if corpus.name == "text":
-        unit = {
-            "blank": "paragraphs (--doc-sep blank)",
-            "eot": "documents (--doc-sep eot)",
-            "file": "documents (--doc-sep file: one per file)",
-        }[corpus.doc_sep]
+    ratios = " and ".join(f"--{s}-ratio" for s in missing if s != "train")
     hint = (
         "add text"
         if missing == ["train"]
-        else "raise "
-        + " and ".join(f"--{s}-ratio" for s in missing if s != "train")
-        + (
-            ", split the text into more documents (--doc-sep blank or eot) or add files"
-            if corpus.name == "text"
-            else " or add documents"
-        )
+        else _or_list([f"raise {ratios}", *corpus.more_documents])
     )
     raise DataError(
         f"{corpus.name}: the {' and '.join(missing)} split(s) would be empty: only {total} "
-        f"{unit} in {corpus.root.name} ({corpus.split_rule}); {hint}"
+        f"{corpus.unit} in {corpus.root.name} ({corpus.split_rule}); {hint}"
     )
 
 
@@ -228,8 +215,8 @@ def cleaned_documents(config: PrepareConfig) -> Iterator[tuple[str, str]]:
     Useful to inspect what goes into the token files, and for round-trip checks.
     """
     corpus, clean_cfg = open_configured_corpus(config)
-    heldout = _heldout_digests(corpus, clean_cfg) if clean_cfg.dedup else None
-    yield from _DocumentFilter(corpus, clean_cfg, config.fraction, config.seed, heldout)
+    heldout = heldout_digests(corpus, clean_cfg) if clean_cfg.dedup else None
+    yield from DocumentFilter(corpus, clean_cfg, config.fraction, config.seed, heldout)
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -245,87 +232,18 @@ def _check_out(out: Path, force: bool) -> None:
             )
 
 
-class _DocumentFilter:
-    """Cleans, routes, subsamples and de-duplicates the corpus stream, counting what it drops."""
-
-    def __init__(
-        self,
-        corpus: sources.Corpus,
-        clean_cfg: CleanConfig,
-        fraction: float,
-        seed: int,
-        heldout: set[bytes] | None,
-    ) -> None:
-        self.corpus = corpus
-        self.clean_cfg = clean_cfg
-        self.fraction = fraction
-        self.seed = seed
-        self.heldout = heldout  # digests of val/test docs: identical train docs are dropped
-        self.dropped = {"empty": 0, "fraction": 0, "duplicate": 0}
-        self.raw_chars = 0  # characters read so far, kept or not (for the progress bar)
-        # cleaned train characters before / after --fraction (the share actually kept)
-        self.train_chars = 0
-        self.train_chars_kept = 0
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        dedup = {s: Deduplicator() for s in SPLITS} if self.clean_cfg.dedup else None
-        for _name, split, raw in self.corpus.documents():
-            self.raw_chars += len(raw)
-            text = clean_text(raw, self.clean_cfg)
-            if not text:
-                self.dropped["empty"] += 1
-                continue
-            if split == "train":
-                self.train_chars += len(text)
-                if self.fraction < 1.0 and self.corpus.fraction_by_block:
-                    # one document per split: keep a share of its blank-line blocks instead
-                    text = _subsample_blocks(text, self.fraction, self.seed)
-                    keep = bool(text)
-                else:
-                    keep = in_fraction(text, self.fraction, self.seed)
-                if not keep:
-                    self.dropped["fraction"] += 1
-                    continue
-                self.train_chars_kept += len(text)
-            if dedup is not None:
-                leaked = (
-                    split == "train"
-                    and self.heldout is not None
-                    and doc_digest(text) in self.heldout
-                )
-                if leaked or not dedup[split].is_new(text):
-                    self.dropped["duplicate"] += 1
-                    continue
-            yield split, text
-
-
-def _subsample_blocks(text: str, fraction: float, seed: int) -> str:
-    """The blank-line blocks (paragraphs, speeches) of `text` chosen by `in_fraction`, joined."""
-    return "\n\n".join(b for b in text.split("\n\n") if in_fraction(b, fraction, seed))
-
-
-def _heldout_digests(corpus: sources.Corpus, clean_cfg: CleanConfig) -> set[bytes]:
-    digests: set[bytes] = set()
-    for _name, split, raw in corpus.documents():
-        if split != "train":
-            text = clean_text(raw, clean_cfg)
-            if text:
-                digests.add(doc_digest(text))
-    return digests
-
-
 def _build(
-    config: PrepareConfig, corpus: sources.Corpus, clean_cfg: CleanConfig, tmp: Path
+    config: PrepareConfig, corpus: Corpus, clean_cfg: CleanConfig, tmp: Path
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
     from lumenlm.data.download import sha256_file
     from lumenlm.data.encode import encode_stream, split_pieces
 
-    heldout = _heldout_digests(corpus, clean_cfg) if clean_cfg.dedup else None
+    heldout = heldout_digests(corpus, clean_cfg) if clean_cfg.dedup else None
 
-    def stream() -> _DocumentFilter:
-        return _DocumentFilter(corpus, clean_cfg, config.fraction, config.seed, heldout)
+    def stream() -> DocumentFilter:
+        return DocumentFilter(corpus, clean_cfg, config.fraction, config.seed, heldout)
 
     # 1. tokenizer: train on the train split (streamed), or reuse a given one
     if config.tokenizer is None:
@@ -410,7 +328,7 @@ def _build(
     files = []
     for f in corpus.files:
         digest = sha256_file(f.path)
-        known = sources.get_spec(corpus.name).known_sha256.get(f.path.name)
+        known = corpus.known_sha256.get(f.path.name)
         entry: dict[str, Any] = {
             "name": f.name,
             "role": f.role,
@@ -471,11 +389,7 @@ def _build(
             "val_ratio": corpus.val_ratio,
             "test_ratio": corpus.test_ratio,
             "seed": config.seed,
-            **(
-                {"text_field": config.text_field, "doc_sep": corpus.doc_sep}
-                if corpus.name == "text"
-                else {}
-            ),
+            **corpus.reader_settings,
         },
         "tokenizer": {
             "file": "tokenizer.json",
@@ -496,6 +410,11 @@ def _build(
     }
     write_meta(tmp, meta)
     return meta
+
+
+def _or_list(items: list[str]) -> str:
+    """Items joined as in a sentence: a; a or b; a, b or c."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
 def _ratio(a: int, b: int) -> float | None:

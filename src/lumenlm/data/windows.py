@@ -1,30 +1,21 @@
-"""Training datasets over token streams, and a resumable, shardable epoch sampler.
+"""Training datasets over token streams, and the order an epoch walks them in.
 
 `WindowDataset` cuts fixed windows (stride = context length by default, i.e.
 non-overlapping; Lumiere uses stride 8). `PackedDataset` starts every row at the
 end-of-text token before a document (or the stream start), so rows begin at document
-boundaries and their first target is a document's first token. `EpochSampler`
-walks a fresh permutation each epoch, derived from (seed, epoch) only, and its
-`state_dict` records the position so a run resumes mid-epoch on the exact next
-batch. With `world_size > 1` each rank takes a disjoint strided slice of the same
-permutation (DDP).
+boundaries and their first target is a document's first token. `epoch_permutation`
+is the shuffle of one epoch, derived from (seed, epoch) only, so a resumed or sharded
+run walks the same order (the trainer's batch order, `lumenlm.train.data`, uses it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from lumenlm.errors import DataError
-
-
-class _Rows(Protocol):
-    def __len__(self) -> int: ...
-
-    def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def _check_tokens(tokens: np.ndarray, context_length: int) -> None:
@@ -154,95 +145,3 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     """The order of `n` windows in `epoch`: depends on (seed, epoch) only, so any run,
     resumed or not, on any number of processes, walks the same order."""
     return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-class EpochSampler:
-    """Indices 0..n-1 in a fresh permutation per epoch; resumable and shardable.
-
-    The permutation of epoch e is `numpy.random.default_rng((seed, e)).permutation(n)`
-    (identity when shuffle=False), so it depends on (seed, epoch) only. With
-    world_size > 1 the permutation is cut to a multiple of world_size and rank r
-    takes elements r, r + world_size, ...: disjoint slices of equal length, so every
-    rank runs the same number of steps. `position` counts the indices this rank has
-    already taken in the current epoch.
-    """
-
-    def __init__(
-        self, n: int, seed: int = 0, shuffle: bool = True, *, rank: int = 0, world_size: int = 1
-    ) -> None:
-        if n < 0:
-            raise DataError(f"sampler size must be >= 0, got {n}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise DataError(f"bad DDP shard: rank {rank} of world size {world_size}")
-        self.n = int(n)
-        self.seed = int(seed)
-        self.shuffle = shuffle
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self.position = 0
-
-    def indices(self, epoch: int | None = None) -> np.ndarray:
-        """This rank's indices for an epoch, in order."""
-        e = self.epoch if epoch is None else epoch
-        if self.shuffle:
-            perm = epoch_permutation(self.n, self.seed, e)
-        else:
-            perm = np.arange(self.n)
-        usable = (self.n // self.world_size) * self.world_size
-        return perm[:usable][self.rank :: self.world_size]
-
-    def __len__(self) -> int:
-        return self.n // self.world_size
-
-    def __iter__(self) -> Iterator[int]:
-        """The rest of the current epoch; when it is used up the epoch advances."""
-        order = self.indices()
-        while self.position < len(order):
-            i = int(order[self.position])
-            self.position += 1
-            yield i
-        self.epoch += 1
-        self.position = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self.position = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state.get("seed", self.seed)) != self.seed:
-            raise DataError(
-                f"sampler state was saved with seed {state['seed']}, this run uses {self.seed}; "
-                "resume with the same seed"
-            )
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
-
-
-def batches(
-    dataset: _Rows, sampler: EpochSampler, batch_size: int, drop_last: bool = True
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Stacked (x, y) batches for the rest of the sampler's current epoch.
-
-    The sampler's position advances by `batch_size` as each batch is yielded, so
-    saving `sampler.state_dict()` after a step and loading it later resumes with
-    the next batch. With drop_last, a short final batch is skipped.
-    """
-    if batch_size < 1:
-        raise DataError(f"batch size must be at least 1, got {batch_size}")
-    if len(dataset) != sampler.n:
-        raise DataError(f"sampler covers {sampler.n} rows but the dataset has {len(dataset)}")
-    order = sampler.indices()
-    epoch = sampler.epoch
-    while sampler.position < len(order):
-        chunk = order[sampler.position : sampler.position + batch_size]
-        if len(chunk) < batch_size and drop_last:
-            break
-        batch = dataset.get_batch(chunk)
-        sampler.position += len(chunk)
-        yield batch
-    if sampler.epoch == epoch:
-        sampler.set_epoch(epoch + 1)
