@@ -30,3 +30,16 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
     if name not in ("cpu", "mps"):
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return torch.device(name)
+
+
+def to_device(
+    x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a batch (inputs, targets) to `device`; on CUDA through pinned memory, so the
+    copy is asynchronous and overlaps the GPU work already queued."""
+    if device.type != "cuda":
+        return x.to(device), y.to(device)
+    return (
+        x.pin_memory().to(device, non_blocking=True),
+        y.pin_memory().to(device, non_blocking=True),
+    )

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
+from typing import get_args
+
+from lumenlm.config.choices import Precision, Strategy
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -11,11 +15,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "train",
         parents=[common],
         help="train a model (or resume a run)",
-        description=(
+        description=textwrap.fill(
             "Train a GPT-style model on a prepared dataset. Writes RUNS/<run-id>/ with the "
             "resolved config, metrics.jsonl, loss_curve.png, README.md and checkpoints/"
             "{last,best,step_N}. Works the same under `torchrun --nproc_per_node N`."
         ),
+        epilog=_set_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", help="preset name (see `lumenlm presets`)")
     p.add_argument(
@@ -37,10 +43,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--resume", metavar="RUN_DIR", help="continue a run from its last good checkpoint"
     )
     p.add_argument(
-        "--max-steps",
+        "--stop-at-step",
         type=int,
         metavar="N",
-        help="stop this invocation once the run reaches step N (the schedule is unchanged)",
+        help="stop this invocation once the run reaches step N (the schedule is unchanged; "
+        "its length is --set max_steps)",
+    )
+    p.add_argument(
+        "--max-steps",
+        dest="old_max_steps",
+        type=int,
+        metavar="N",
+        help="deprecated name of --stop-at-step",
     )
     p.add_argument(
         "--max-minutes", type=float, metavar="M", help="stop this invocation after M minutes"
@@ -50,12 +64,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
+        choices=get_args(Precision),
         help="numeric precision (default: the recipe's, usually auto)",
     )
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument(
-        "--strategy", choices=["ddp", "fsdp"], help="distributed strategy under torchrun"
+        "--strategy", choices=get_args(Strategy), help="distributed strategy under torchrun"
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -65,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from lumenlm.errors import ConfigError
     from lumenlm.train.api import train
     from lumenlm.train.resolve import parse_set_args
-    from lumenlm.train.trainer import TrainingInterrupted
+    from lumenlm.train.stop import TrainingInterrupted
 
     if args.resume is None and args.preset is None and args.config is None:
         raise ConfigError("give --preset NAME (or --config FILE), or --resume RUN_DIR")
@@ -73,8 +87,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--resume takes the preset, config and data from the run; drop --preset/--config/--data"
         )
-    if args.max_steps is not None and args.max_steps <= 0:
-        raise ConfigError(f"--max-steps must be positive, got {args.max_steps}")
+    if args.old_max_steps is not None:
+        if _is_rank0():
+            print(
+                "notice: --max-steps is deprecated; use --stop-at-step (it bounds this "
+                "invocation; the schedule's length is --set max_steps)",
+                file=sys.stderr,
+            )
+        if args.stop_at_step is None:
+            args.stop_at_step = args.old_max_steps
+    if args.stop_at_step is not None and args.stop_at_step <= 0:
+        raise ConfigError(f"--stop-at-step must be positive, got {args.stop_at_step}")
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise ConfigError(f"--max-minutes must be positive, got {args.max_minutes}")
     try:
@@ -84,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             out_dir=args.out,
             overrides=parse_set_args(args.overrides),
             config_file=args.config,
-            max_steps=args.max_steps,
+            stop_at_step=args.stop_at_step,
             max_minutes=args.max_minutes,
             resume=args.resume,
             device=args.device,
@@ -109,3 +132,9 @@ def _is_rank0() -> bool:
         return int(os.environ.get("RANK", "0") or 0) == 0
     except ValueError:
         return True
+
+
+def _set_keys() -> str:
+    from lumenlm.config.docs import describe_set_keys
+
+    return describe_set_keys()

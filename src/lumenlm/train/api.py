@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lumenlm.config import ModelConfig, TrainConfig, apply_overrides
 from lumenlm.data.tokens import read_meta
 from lumenlm.errors import ConfigError, DataError
-from lumenlm.modelio import atomic_write_text
 from lumenlm.train import distributed as D
 from lumenlm.train.checkpoint import find_resume_checkpoint
-from lumenlm.train.resolve import resolve_config, split_overrides
-from lumenlm.train.runs import CONFIG, create_run_dir
+from lumenlm.train.console import Console
+from lumenlm.train.resolve import resolve, split_overrides
+from lumenlm.train.runs import RunRecord, create_run_dir
 from lumenlm.train.trainer import Trainer
-
-
-def _notice(msg: str, env: D.DistEnv) -> None:
-    if env.is_main:
-        print(f"notice: {msg}", file=sys.stderr, flush=True)
-
 
 # Train keys a resumed run may change: they do not affect the weights' trajectory
 # (max_steps / max_epochs re-plan the schedule from the resume point, on purpose).
@@ -69,51 +63,59 @@ def _check_data(recorded: dict[str, str] | None, data_dir: Path) -> None:
 
 
 def _resume_overrides(
-    overrides: dict[str, Any], train_cfg: TrainConfig, saved_world: int, world: int
+    model_over: dict[str, Any],
+    train_over: dict[str, Any],
+    train_cfg: TrainConfig,
+    saved_world: int,
+    world: int,
+    given: dict[str, str],
 ) -> tuple[TrainConfig, dict[str, Any]]:
     """(train config, the overrides that change it); a one-line error for any other key.
 
     batch_size / grad_accum may change only together with the world size, keeping the
     global batch (batch_size * grad_accum * world_size) and so the exact batch order.
+    `given` maps a field name to the key as the user wrote it, for the messages.
     """
+
+    def refuse(name: str) -> ConfigError:
+        return ConfigError(
+            f"cannot change {given.get(name, name)} when resuming (it would break exact "
+            "resume); start a new run"
+        )
+
+    if model_over:
+        raise refuse(next(iter(model_over)))
     changed: dict[str, Any] = {}
-    _, t_all = split_overrides(overrides)
-    batch_keys = {k: v for k, v in t_all.items() if k in ("batch_size", "grad_accum")}
+    batch_keys = {k: v for k, v in train_over.items() if k in ("batch_size", "grad_accum")}
     if batch_keys:
         new = apply_overrides(train_cfg, batch_keys, prefix="train.")
         if new.batch_size * new.grad_accum * world == (
             train_cfg.batch_size * train_cfg.grad_accum * saved_world
         ):
             changed.update(batch_keys)
-    for key, value in overrides.items():
-        m_over, t_over = split_overrides({key: value})
-        name = next(iter(m_over or t_over))
-        if t_over and name in changed:
+    for name, value in train_over.items():
+        if name in changed:
             continue
-        if m_over or name not in RESUME_OVERRIDABLE:
-            if t_over:
-                try:  # restating the run's own value is harmless
-                    if apply_overrides(train_cfg, t_over) == train_cfg:
-                        continue
-                except ConfigError:
-                    pass
-            raise ConfigError(
-                f"cannot change {key} when resuming (it would break exact resume); start a new run"
-            )
+        if name not in RESUME_OVERRIDABLE:
+            try:  # restating the run's own value is harmless
+                if apply_overrides(train_cfg, {name: value}) == train_cfg:
+                    continue
+            except ConfigError:
+                pass
+            raise refuse(name)
         changed[name] = value
     if changed:
         train_cfg = apply_overrides(train_cfg, changed, prefix="train.")
     return train_cfg, changed
 
 
-def _fit_vocab(model_cfg: ModelConfig, meta: dict[str, Any], env: D.DistEnv) -> ModelConfig:
+def _fit_vocab(model_cfg: ModelConfig, meta: dict[str, Any], console: Console) -> ModelConfig:
     """Take the vocabulary size from the prepared data when it differs from the preset."""
     vocab = int(meta["vocab_size"])
     if vocab != model_cfg.vocab_size:
-        _notice(
+        console.notice(
             f"dataset vocab_size {vocab} differs from the model's {model_cfg.vocab_size}; "
-            f"using {vocab}",
-            env,
+            f"using {vocab}"
         )
         model_cfg = dataclasses.replace(model_cfg, vocab_size=vocab)
     return model_cfg
@@ -126,7 +128,7 @@ def train(
     overrides: dict[str, Any] | None = None,
     *,
     config_file: str | Path | None = None,
-    max_steps: int | None = None,
+    stop_at_step: int | None = None,
     max_minutes: float | None = None,
     resume: str | Path | None = None,
     device: str | None = "auto",
@@ -134,38 +136,47 @@ def train(
     compile: bool | None = None,
     strategy: str | None = None,
     progress_bar: bool = True,
+    on_step: Callable[[Trainer], None] | None = None,
+    max_steps: int | None = None,
 ) -> Path:
     """Train a new run under `out_dir` (or resume `resume`) and return the run directory.
 
-    `overrides` maps config keys (`lr`, `train.lr`, `model.d_model`, ...) to values.
-    `max_steps` stops this invocation once the run reaches that optimizer step and
+    `overrides` maps config keys (`lr`, `train.lr`, `model.d_model`, ...) to values;
+    `precision`, `compile` and `strategy` set those train fields the same way.
+    `stop_at_step` stops this invocation once the run reaches that optimizer step and
     `max_minutes` after that much wall time; neither changes the planned schedule
     (`train.max_steps` / `train.max_epochs`), so a resumed run continues it exactly.
-    Under torchrun, every rank calls this; only rank 0 writes files.
+    `max_steps=` is the deprecated name of `stop_at_step=`. Under torchrun, every rank
+    calls this; only rank 0 writes files.
     """
+    if max_steps is not None:
+        warnings.warn(
+            "train(max_steps=) is deprecated: use stop_at_step= (it bounds this call; the "
+            "schedule length is the train.max_steps config key)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        stop_at_step = max_steps if stop_at_step is None else stop_at_step
     overrides = dict(overrides or {})
-    if precision is not None:
-        overrides["train.precision"] = precision
-    if compile is not None:
-        overrides["train.compile"] = bool(compile)
-    if strategy is not None:
-        overrides["train.strategy"] = strategy
+    model_over, train_over = split_overrides(overrides)
+    given = {key.rpartition(".")[2]: key for key in overrides}  # as written, for messages
+    flags = {"precision": precision, "compile": compile, "strategy": strategy}
+    for name, value in flags.items():
+        if value is not None:
+            train_over[name] = value
+            given[name] = f"--{name}"
+    limits = {"stop_at_step": stop_at_step, "max_minutes": max_minutes, "on_step": on_step}
     env = D.setup(device)
+    console = Console(env.is_main, progress_bar)
     try:
         if resume is not None:
-            trainer = _resume(Path(resume), overrides, env, max_steps, max_minutes, progress_bar)
+            over = (model_over, train_over, given)
+            trainer = _resume(Path(resume), over, env, console, limits)
         else:
             trainer = _fresh(
-                preset,
-                data_dir,
-                out_dir,
-                config_file,
-                overrides,
-                env,
-                max_steps,
-                max_minutes,
-                progress_bar,
-            )
+                preset, data_dir, out_dir, config_file, model_over, train_over, env, console,
+                limits,
+            )  # fmt: skip
         return trainer.fit()
     finally:
         D.cleanup()
@@ -176,27 +187,25 @@ def _fresh(
     data_dir: str | Path | None,
     out_dir: str | Path,
     config_file: str | Path | None,
-    overrides: dict[str, Any],
+    model_over: dict[str, Any],
+    train_over: dict[str, Any],
     env: D.DistEnv,
-    max_steps: int | None,
-    max_minutes: float | None,
-    progress_bar: bool,
+    console: Console,
+    limits: dict[str, Any],
 ) -> Trainer:
-    preset_name, model_cfg, train_cfg = resolve_config(preset, config_file, overrides)
-    if data_dir is None and config_file is not None:
-        from lumenlm.config import read_mapping
-
-        doc = read_mapping(config_file)
-        data_dir = doc.get("data") or doc.get("data_dir")
+    resolved = resolve(preset, config_file, model_over, train_over)
+    model_cfg, train_cfg = resolved.model, resolved.train
+    data_dir = data_dir if data_dir is not None else resolved.data_dir
     if data_dir is None:
         raise DataError("no data directory given; pass --data DIR (a `lumenlm prepare` output)")
     data_dir = Path(data_dir).resolve()
     meta = read_meta(data_dir)
-    model_cfg = _fit_vocab(model_cfg, meta, env)
+    model_cfg = _fit_vocab(model_cfg, meta, console)
     run_dir = None
     if env.is_main:
         run_dir = create_run_dir(out_dir)
     run_dir = Path(D.broadcast_object(str(run_dir) if run_dir else None, env))
+    record = RunRecord(run_dir, {}, write=env.is_main)
     try:
         trainer = Trainer(
             model_cfg,
@@ -204,9 +213,9 @@ def _fresh(
             data_dir,
             run_dir,
             env=env,
-            max_steps=max_steps,
-            max_minutes=max_minutes,
-            progress_bar=progress_bar,
+            record=record,
+            progress_bar=console.show_bar,
+            **limits,
         )
     except BaseException:
         if env.is_main:  # nothing trained: do not leave an empty run behind
@@ -214,68 +223,66 @@ def _fresh(
 
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    if env.is_main:
-        doc = {
-            # `lumenlm.modelio.load(run_dir)` resolves checkpoints/best (else last).
-            "format": "lumenlm",
-            "format_version": 1,
-            "kind": "run",
-            "run_id": run_dir.name,
-            "preset": preset_name,
-            "data_dir": str(data_dir),
-            "data_sha256": data_fingerprint(meta),
-            "model": model_cfg.to_dict(),
-            "train": dataclasses.asdict(train_cfg),
-            "total_steps": trainer.p.total_steps,
-            "world_size": env.world_size,
-            "device": str(env.device),
-            "precision": trainer.precision,
-            "parameters": trainer.n_params,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "status": "running",
-        }
-        atomic_write_text(run_dir / CONFIG, json.dumps(doc, indent=2) + "\n")
+    record.update(
+        # `lumenlm.modelio.load(run_dir)` resolves checkpoints/best (else last).
+        format="lumenlm",
+        format_version=1,
+        kind="run",
+        run_id=run_dir.name,
+        preset=resolved.preset,
+        data_dir=str(data_dir),
+        data_sha256=data_fingerprint(meta),
+        model=model_cfg.to_dict(),
+        train=dataclasses.asdict(train_cfg),
+        total_steps=trainer.p.total_steps,
+        world_size=env.world_size,
+        device=str(env.device),
+        precision=trainer.precision,
+        parameters=trainer.n_params,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        status="running",
+    )
     return trainer
 
 
 def _resume(
     run_dir: Path,
-    overrides: dict[str, Any],
+    over: tuple[dict[str, Any], dict[str, Any], dict[str, str]],
     env: D.DistEnv,
-    max_steps: int | None,
-    max_minutes: float | None,
-    progress_bar: bool,
+    console: Console,
+    limits: dict[str, Any],
 ) -> Trainer:
-    path = run_dir / CONFIG
+    record = RunRecord.read(run_dir, write=env.is_main)
+    doc = record.doc
     try:
-        doc = json.loads(path.read_text())
         model_cfg = ModelConfig.from_dict(doc["model"])
         train_cfg = TrainConfig.from_saved(doc["train"])
         data_dir = Path(doc["data_dir"])
-    except FileNotFoundError:
-        raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG})") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path}: corrupt run config ({exc})") from None
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{record.path}: corrupt run config ({exc})") from None
     saved_world = int(doc.get("world_size") or 1)
-    train_cfg, changed = _resume_overrides(overrides, train_cfg, saved_world, env.world_size)
+    train_cfg, changed = _resume_overrides(
+        *over[:2], train_cfg, saved_world, env.world_size, over[2]
+    )
     _check_data(doc.get("data_sha256"), data_dir)
-    ckpt = find_resume_checkpoint(run_dir, log=lambda m: _notice(m.removeprefix("notice: "), env))
-    _notice(f"resuming {run_dir.name} from {ckpt.name}", env)
+    ckpt = find_resume_checkpoint(run_dir, log=lambda m: console.notice(m.removeprefix("notice: ")))
+    console.notice(f"resuming {run_dir.name} from {ckpt.name}")
     trainer = Trainer(
         model_cfg,
         train_cfg,
         data_dir,
         run_dir,
         env=env,
+        record=record,
         resume_from=ckpt,
-        max_steps=max_steps,
-        max_minutes=max_minutes,
-        progress_bar=progress_bar,
+        progress_bar=console.show_bar,
         replan=bool({"max_steps", "max_epochs"} & set(changed)),
+        **limits,
     )
-    if changed and env.is_main:  # a later resume must see them (Trainer() wrote nothing yet)
-        doc["train"] = dataclasses.asdict(train_cfg)
-        doc["total_steps"] = trainer.p.total_steps
-        doc["world_size"] = env.world_size  # the global batch is checked against it
-        atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    if changed:  # a later resume must see them (Trainer() wrote nothing yet)
+        record.update(
+            train=dataclasses.asdict(train_cfg),
+            total_steps=trainer.p.total_steps,
+            world_size=env.world_size,  # the global batch is checked against it
+        )
     return trainer

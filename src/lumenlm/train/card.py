@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from lumenlm.config import ModelConfig, TrainConfig
+from lumenlm.train.checkpoint import Progress
+from lumenlm.train.metrics import perplexity
+from lumenlm.train.runs import read_metrics
 
 
 def _fmt(value: Any) -> str:
@@ -125,3 +130,37 @@ def render_card(
         "",
     ]
     return "\n".join(parts)
+
+
+def run_card(
+    run_dir: Path,
+    *,
+    model: ModelConfig,
+    train: TrainConfig,
+    n_params: int,
+    progress: Progress,
+    epoch: int,
+    precision: str,
+    world_size: int,
+    data: dict[str, Any],
+    curve: str | None = "loss_curve.png",
+) -> str:
+    """The card of a run in training: `render_card` with its progress and last loss."""
+    losses = [r["loss"] for r in read_metrics(run_dir) if r.get("loss") is not None]
+    best = progress.best_val_loss
+    return render_card(
+        name=run_dir.name,
+        model=model,
+        train=train,
+        n_params=n_params,
+        data=data,
+        progress={
+            **asdict(progress),
+            "epoch": epoch,
+            "precision": precision,
+            "world_size": world_size,
+            "loss": losses[-1] if losses else None,
+            "best_val_ppl": perplexity(best) if best is not None else None,
+        },
+        curve=curve,
+    )

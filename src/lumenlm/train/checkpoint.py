@@ -10,6 +10,10 @@ config.json, model.safetensors, tokenizer.json, README.md) plus
   counter, optimizer hyper-parameters, scaler state, python/numpy RNG states;
 - `manifest.json` (written last): sha256 of every file, checked on load.
 
+`Progress` (the loop's counters) and `pack_state` / `read_state` turn the trainer's
+live objects into those two files and back, so the trainer itself never sees the
+on-disk layout.
+
 Nothing is pickled. Each checkpoint is written into a temporary sibling directory
 and renamed into place, so a crash leaves either the old or the new checkpoint.
 """
@@ -22,6 +26,7 @@ import random
 import re
 import shutil
 import sys
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +37,169 @@ from lumenlm.data.download import sha256_file
 from lumenlm.errors import CheckpointError, first_line
 from lumenlm.fsutil import replace_dir
 from lumenlm.modelio import make_temp_dir
+from lumenlm.train import distributed as D
+from lumenlm.train.early_stop import EarlyStopping
 
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
 MANIFEST = "manifest.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 LEFTOVER = re.compile(r"^\.(.+)\.(?:old|tmp)\.[^.]+$")
+
+
+# -- trainer state <-> files --------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Counters saved in every checkpoint (with the sampler position)."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    tokens_seen: int = 0
+    """Training tokens consumed, all ranks together."""
+    elapsed_s: float = 0.0
+    """Wall time spent training, summed over invocations."""
+    total_steps: int = 0
+    """Planned optimizer steps: the schedule's length."""
+    best_val_loss: float | None = None
+    """Best of all evaluations: picks checkpoints/best."""
+    best_step: int | None = None
+    """The step of `best_val_loss`."""
+    last_eval_step: int = -1
+    """The step of the latest evaluation (-1: none yet)."""
+    status: str = "running"
+    """running, finished, paused, interrupted, early_stopped, diverged."""
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint gives back to a resuming trainer (for one rank)."""
+
+    progress: Progress
+    es_best: float | None
+    es_bad: int
+    sampler: dict[str, Any]
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any] | None
+    rng: tuple[dict[str, Any], dict[str, torch.Tensor]] | None
+    """This rank's saved RNG states, or None when it was not saved (more ranks now)."""
+
+
+def pack_state(
+    progress: Progress,
+    *,
+    es_best: float | None,
+    es_bad: int,
+    sampler: dict[str, Any],
+    world_size: int,
+    optimizer: dict[str, Any],
+    scaler: dict[str, Any] | None,
+    rng: list[tuple[dict[str, Any], dict[str, torch.Tensor]]],
+    precision: str,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, JSON state) for `write_checkpoint`; `rng` holds every rank's states."""
+    tensors, optim_js = flatten_optimizer(optimizer)
+    for r, (_, rng_t) in enumerate(rng):
+        for key, t in rng_t.items():
+            tensors[f"rng/{key}/rank{r}"] = t
+    state = {
+        "format": "lumenlm-trainer",
+        "version": 1,
+        **asdict(progress),
+        "es_best": es_best,
+        "es_bad": es_bad,
+        "sampler": sampler,
+        "world_size": world_size,
+        "optimizer": optim_js,
+        "scaler": scaler,
+        "rng": [js for js, _ in rng],
+        "precision": precision,
+    }
+    return tensors, state
+
+
+def read_state(ckpt: Path, rank: int) -> TrainerState:
+    """Inverse of `pack_state`, for process `rank`, from a verified checkpoint."""
+    state, tensors = load_trainer_state(ckpt)
+    known = {f.name for f in fields(Progress)}
+    progress = Progress(**{k: v for k, v in state.items() if k in known})
+    rng_js = state.get("rng") or []
+    rng = None
+    if rank < len(rng_js) and f"rng/torch_cpu/rank{rank}" in tensors:
+        rank_t = {
+            k.split("/")[1]: v
+            for k, v in tensors.items()
+            if k.startswith("rng/") and k.endswith(f"/rank{rank}")
+        }
+        rng = (rng_js[rank], rank_t)
+    return TrainerState(
+        progress=progress,
+        es_best=state.get("es_best"),
+        es_bad=int(state.get("es_bad") or 0),
+        sampler=state["sampler"],
+        optimizer=unflatten_optimizer(tensors, state["optimizer"]),
+        scaler=state.get("scaler"),
+        rng=rng,
+    )
+
+
+def gather_state(
+    progress: Progress,
+    early: EarlyStopping,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    sampler: Any,
+    env: D.DistEnv,
+    precision: str,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The trainer state of all ranks, packed on the main one (None elsewhere).
+
+    Collective under torchrun: every rank must call it at the same step.
+    """
+    osd = D.full_optimizer_state(model, optimizer)
+    rng_all = D.all_gather_object(capture_rng(), env)
+    if not env.is_main:
+        return None
+    return pack_state(
+        progress,
+        es_best=early.best,
+        es_bad=early.bad,
+        sampler=sampler.state_dict(),
+        world_size=env.world_size,
+        optimizer=osd,
+        scaler=scaler.state_dict() if scaler else None,
+        rng=rng_all,
+        precision=precision,
+    )
+
+
+def restore_state(
+    ckpt: Path,
+    early: EarlyStopping,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    sampler: Any,
+    env: D.DistEnv,
+    seed: int,
+) -> Progress:
+    """Put a checkpoint's batch order, optimizer, scaler, early stopping and RNG back
+    into the live objects; return its counters."""
+    st = read_state(ckpt, env.rank)
+    early.best, early.bad = st.es_best, st.es_bad
+    sampler.load_state_dict(st.sampler)
+    D.load_optimizer_state(model, optimizer, st.optimizer)
+    if scaler is not None and st.scaler:
+        scaler.load_state_dict(st.scaler)
+    if st.rng is not None:
+        restore_rng(*st.rng)
+    else:  # resumed on more ranks than saved: fresh, deterministic stream for this rank
+        torch.manual_seed(seed + 1_000_003 * (env.rank + 1) + st.progress.step)
+    return st.progress
 
 
 # -- RNG ---------------------------------------------------------------------------
@@ -155,6 +317,24 @@ def write_checkpoint(
         raise
     prune_leftovers(target.parent, target.name)
     return target
+
+
+def write_checkpoints(
+    root: Path,
+    names: list[str],
+    save_model_fn: Any,
+    tensors: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    readme: str | None,
+    keep_periodic: int,
+) -> None:
+    """Write the same checkpoint under each of `names` (last, step_<N>, best), keep the
+    `keep_periodic` newest step_<N>, and clear what a crash mid-save left behind."""
+    for name in names:
+        write_checkpoint(root / name, save_model_fn, tensors, state, readme)
+        if STEP_DIR.match(name):
+            prune_periodic(root, keep_periodic)
+    prune_leftovers(root)  # stale .NAME.old.* / .NAME.tmp.* from a crash
 
 
 def _leftovers(root: Path, name: str | None = None) -> list[Path]:

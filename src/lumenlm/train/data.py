@@ -15,12 +15,17 @@ at any world size.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lumenlm.data.tokens import load_split, read_meta
 from lumenlm.data.windows import PackedDataset, WindowDataset, epoch_permutation
 from lumenlm.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from lumenlm.config import TrainConfig
+    from lumenlm.train.distributed import DistEnv
 
 
 def open_windows(
@@ -131,3 +136,63 @@ def eval_indices(n: int, n_batches: int | None, batch_size: int) -> np.ndarray:
     """Fixed validation windows: `n_batches * batch_size` evenly spaced windows (all if None)."""
     want = n if n_batches is None else min(n, n_batches * batch_size)
     return np.unique(np.linspace(0, n - 1, num=want).round().astype(np.int64))
+
+
+def rank_eval_indices(
+    n: int, n_batches: int | None, batch_size: int, rank: int, world: int
+) -> np.ndarray:
+    """This rank's share of the fixed validation windows: the same global windows at any
+    world size (`batch_size` is per rank), a whole number of them per rank."""
+    idx = eval_indices(n, n_batches, batch_size * world)
+    if world > 1:
+        idx = idx[: len(idx) - len(idx) % world]
+    if len(idx) == 0:
+        raise DataError(f"val split has fewer windows ({n}) than processes")
+    return idx[rank::world]
+
+
+class TrainData:
+    """What one rank trains and validates on: train and val windows, this rank's batch
+    order, and its share of the fixed validation windows."""
+
+    def __init__(self, data_dir: Path, context_length: int, cfg: TrainConfig, env: DistEnv) -> None:
+        self.train = open_windows(data_dir, "train", context_length, cfg.stride, cfg.doc_aligned)
+        self.val = open_windows(data_dir, "val", context_length, None)
+        self.data_dir = data_dir
+        self.coverage: float = getattr(self.train, "coverage", 1.0)
+        """Share of the train tokens the windows cover (below 1 for doc-aligned rows)."""
+        tok = data_dir / "tokenizer.json"
+        self.tokenizer_path = tok if tok.exists() else None
+        rank, world = env.rank, env.world_size
+        self.sampler = StepSampler(
+            len(self.train), cfg.seed, cfg.batch_size, cfg.grad_accum, rank, world
+        )
+        if self.sampler.steps_per_epoch == 0:
+            raise DataError(
+                f"train split has {len(self.train)} windows of {context_length} tokens; one "
+                f"optimizer step needs {self.sampler.windows_per_step} (batch_size "
+                f"{cfg.batch_size} x grad_accum {cfg.grad_accum} x {world} process(es)); "
+                "lower batch_size/grad_accum or add data"
+            )
+        self.val_idx = rank_eval_indices(
+            len(self.val), cfg.eval_batches, cfg.batch_size, rank, world
+        )
+
+    def notice(self) -> str | None:
+        """What the user should know about these windows before training, if anything."""
+        if self.coverage >= 0.9:
+            return None
+        return (
+            f"document-aligned windows cover {self.coverage:.0%} of the train tokens "
+            "(documents longer than the context are cut); drop train.doc_aligned to "
+            "train on every token"
+        )
+
+    def card(self) -> dict[str, object]:
+        """The data section of the model card."""
+        return {
+            "dir": str(self.data_dir),
+            "train_tokens": len(self.train.tokens),
+            "val_tokens": len(self.val.tokens),
+            "tokenizer": "tokenizer.json" if self.tokenizer_path else None,
+        }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,11 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), clamped so that a huge loss cannot overflow math.exp."""
+    return math.exp(min(loss, 700.0))
 
 
 class MetricsLog:
@@ -71,6 +77,72 @@ class MetricsLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def train_record(
+    progress: Any, epoch: float, loss: float, lr: float, grad_norm: float,
+    tokens_per_s: float, mfu: float | None, loss_scale: float | None,
+) -> dict[str, Any]:  # fmt: skip
+    """A training line of metrics.jsonl (`progress`: the trainer's `Progress`)."""
+    record = {
+        "step": progress.step,
+        "epoch": epoch,
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": grad_norm,  # null when fp16 overflowed (step skipped)
+        "tokens_per_s": round(tokens_per_s, 1),
+        "mfu": mfu,
+        "elapsed_s": round(progress.elapsed_s, 3),
+        "tokens_seen": progress.tokens_seen,
+    }
+    if loss_scale is not None:
+        record["loss_scale"] = loss_scale
+    return record
+
+
+def eval_record(
+    progress: Any, epoch: float, val_loss: float, patience_left: int | None, closing: bool
+) -> dict[str, Any]:
+    """A validation line of metrics.jsonl; `closing` marks a paused run's last evaluation,
+    which never picks best/ (`lumenlm runs` leaves it out too)."""
+    record = {
+        "step": progress.step,
+        "epoch": epoch,
+        "val_loss": val_loss,
+        "val_ppl": perplexity(val_loss),
+        "best_val_loss": progress.best_val_loss,
+        "patience_left": patience_left,
+        "elapsed_s": round(progress.elapsed_s, 3),
+        "tokens_seen": progress.tokens_seen,
+    }
+    if closing:
+        record["closing"] = True
+    return record
+
+
+class Throughput:
+    """Train loss and tokens/s since the last log line, evaluation and saving left out."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.since, self.steps, self.loss_sum = time.time(), 0, 0.0
+
+    def add(self, loss: float) -> None:
+        """Count one optimizer step and its loss."""
+        self.steps += 1
+        self.loss_sum += loss
+
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` (an evaluation, a checkpoint) out of the training time."""
+        self.since += seconds
+
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.steps, 1)
+
+    def tokens_per_s(self, tokens_per_step: int) -> float:
+        return self.steps * tokens_per_step / max(time.time() - self.since, 1e-9)
 
 
 def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") -> None:
@@ -179,3 +251,12 @@ def guess_peak_flops(
                 return peak / 2 if tf32 and has_tf32 else None
             return peak
     return None
+
+
+def peak_flops(
+    peak_tflops: float | None, device: Any, precision: str, tf32: bool = True
+) -> float | None:
+    """Peak FLOP/s for MFU: `train.peak_tflops` when given, else the data-sheet guess."""
+    if peak_tflops:
+        return peak_tflops * 1e12
+    return guess_peak_flops(device.type, precision, tf32)

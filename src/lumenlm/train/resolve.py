@@ -96,18 +96,31 @@ def _apply_model(cfg: ModelConfig, over: dict[str, Any]) -> ModelConfig:
     return apply_overrides(cfg, over, prefix="model.")
 
 
-def resolve_config(
-    preset: str | None = None,
-    config_file: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> tuple[str | None, ModelConfig, TrainConfig]:
-    """(preset name, ModelConfig, TrainConfig) from a preset, a YAML/JSON file and overrides.
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A run's configuration, with the data directory a config file may name."""
 
-    The file may hold `preset:`, `model:` and `train:` sections; its sections override
-    the preset, and `overrides` override both.
+    preset: str | None
+    model: ModelConfig
+    train: TrainConfig
+    data_dir: str | None = None
+
+
+def resolve(
+    preset: str | None,
+    config_file: str | Path | None,
+    model_over: dict[str, Any],
+    train_over: dict[str, Any],
+) -> Resolved:
+    """The configuration from a preset, a YAML/JSON file (read once) and overrides.
+
+    The file may hold `preset:`, `model:`, `train:` and `data:` sections; its sections
+    override the preset, and the overrides (bare field names, already split by
+    `split_overrides`, values typed) override both.
     """
     file_model: dict[str, Any] = {}
     file_train: dict[str, Any] = {}
+    data_dir = None
     if config_file is not None:
         doc = read_mapping(config_file)
         unknown = sorted(set(doc) - {"preset", "model", "train", "data", "data_dir"})
@@ -119,6 +132,7 @@ def resolve_config(
         preset = preset or doc.get("preset")
         file_model = dict(doc.get("model") or {})
         file_train = dict(doc.get("train") or {})
+        data_dir = doc.get("data") or doc.get("data_dir")
     if preset is None and not file_model:
         raise ConfigError("give --preset NAME or a --config file with a model: section")
     if preset is not None:
@@ -130,9 +144,19 @@ def resolve_config(
         model_cfg = _apply_model(model_cfg, file_model)
     if file_train:
         train_cfg = apply_overrides(train_cfg, file_train, prefix="train.")
-    m_over, t_over = split_overrides(overrides or {})
-    if m_over:
-        model_cfg = _apply_model(model_cfg, m_over)
-    if t_over:
-        train_cfg = apply_overrides(train_cfg, t_over, prefix="train.")
-    return preset, model_cfg, train_cfg
+    if model_over:
+        model_cfg = _apply_model(model_cfg, model_over)
+    if train_over:
+        train_cfg = apply_overrides(train_cfg, train_over, prefix="train.")
+    return Resolved(preset, model_cfg, train_cfg, None if data_dir is None else str(data_dir))
+
+
+def resolve_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[str | None, ModelConfig, TrainConfig]:
+    """(preset name, ModelConfig, TrainConfig) with `overrides` keyed as `--set` takes
+    them (`lr`, `train.lr`, `model.d_model`, `dropout`)."""
+    r = resolve(preset, config_file, *split_overrides(overrides or {}))
+    return r.preset, r.model, r.train

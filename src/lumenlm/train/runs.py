@@ -8,11 +8,17 @@
         checkpoints/{last,best,step_<N>}/   each a loadable model dir + trainer state
 
 Run ids look like `run_<8 chars>_<YYYYMMDD_HHMMSS>`.
+
+`RunRecord` is the only writer of a run's config.json: the run is created, resumed
+and trained through one in-memory document, written atomically after each change.
+`RunFiles` owns the rest of what a run writes besides checkpoints: metrics.jsonl (and
+TensorBoard), the loss curve and the model card.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import socket
 import string
@@ -20,7 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lumenlm.errors import ConfigError
 from lumenlm.fsutil import pid_alive
+from lumenlm.modelio import atomic_write_text
+from lumenlm.train.checkpoint import Progress
+from lumenlm.train.metrics import MetricsLog, plot_loss_curve
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -49,6 +59,130 @@ def create_run_dir(out_dir: str | Path, run_id: str | None = None) -> Path:
                 raise
     (path / CHECKPOINTS).mkdir()
     return path
+
+
+class RunRecord:
+    """A run's config.json: read once, kept in memory, written whole on every change.
+
+    `write=False` gives a record that never touches the file (the other ranks under
+    torchrun, which read the same run but must not write it).
+    """
+
+    def __init__(self, run_dir: str | Path, doc: dict[str, Any], *, write: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.doc = doc
+        self.writes = write
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / CONFIG
+
+    @classmethod
+    def read(cls, run_dir: str | Path, *, write: bool = True) -> RunRecord:
+        """The record of an existing run; a one-line ConfigError when there is none."""
+        path = Path(run_dir) / CONFIG
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: corrupt run config ({exc})") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: corrupt run config (not a JSON object)")
+        return cls(run_dir, doc, write=write)
+
+    def update(self, drop: tuple[str, ...] = (), **fields: Any) -> None:
+        """Set `fields`, remove the keys in `drop`, and write the file."""
+        self.doc.update(fields)
+        for key in drop:
+            self.doc.pop(key, None)
+        self.save()
+
+    def save(self) -> None:
+        """Write the document (atomically: a crash leaves the old or the new file)."""
+        if self.writes:
+            atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")
+
+
+class RunFiles:
+    """metrics.jsonl, loss_curve.png, README.md and config.json of a run in training.
+
+    Only the main process writes: on the other ranks (`enabled=False`) every method
+    does nothing.
+    """
+
+    PLOT_EVERY_S = 30.0  # plotting costs ~0.3 s: throttle it
+
+    def __init__(self, record: RunRecord, enabled: bool = True) -> None:
+        self.record, self.enabled = record, enabled
+        self.run_dir = record.run_dir
+        self.metrics: MetricsLog | None = None
+        self._last_plot = 0.0
+
+    def mark_running(self, total_steps: int) -> None:
+        """`status: running`, with this process's pid and host (for `lumenlm runs`)."""
+        if self.enabled:
+            self.record.update(
+                status="running",
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                total_steps=total_steps,
+                drop=("error",),
+            )
+
+    def mark_failed(self, exc: BaseException, diverged: bool) -> None:
+        """`status: crashed` (or `diverged`) with the error's first line; never raises,
+        so the original error is the one the user sees."""
+        if not self.enabled:
+            return
+        lines = str(exc).strip().splitlines()
+        try:
+            self.record.update(
+                status="diverged" if diverged else "crashed",
+                error=lines[0] if lines else type(exc).__name__,
+            )
+        except Exception:
+            pass
+
+    def open_metrics(self, step: int, tensorboard: bool) -> None:
+        """Append to metrics.jsonl from `step` on (a resumed run redoes later steps)."""
+        if not self.enabled:
+            return
+        tb = self.run_dir / "tensorboard" if tensorboard else None
+        self.metrics = MetricsLog(self.run_dir / METRICS, tb, resume_step=step)
+        self.metrics.truncate_after(step)
+
+    def log(self, record: dict[str, Any], plot: bool = False) -> None:
+        """One metrics record; `plot` also redraws the loss curve (at most every 30 s)."""
+        if self.metrics is None:
+            return
+        self.metrics.write(record)
+        if plot and time.time() - self._last_plot >= self.PLOT_EVERY_S:
+            self.plot()
+
+    def plot(self) -> None:
+        plot_loss_curve(read_metrics(self.run_dir), self.run_dir / CURVE, self.run_dir.name)
+        self._last_plot = time.time()
+
+    def close(self) -> None:
+        """Flush TensorBoard events (also when the run fails)."""
+        if self.metrics is not None:
+            self.metrics.close()
+
+    def write(self, p: Progress, card: str, final: bool) -> None:
+        """Record the progress in config.json, write the card, and plot when final."""
+        if not self.enabled:
+            return
+        self.record.update(
+            status=p.status,
+            step=p.step,
+            best_val_loss=p.best_val_loss,
+            best_step=p.best_step,
+            total_steps=p.total_steps,
+        )
+        atomic_write_text(self.run_dir / CARD, card)
+        if final or not (self.run_dir / CURVE).exists():
+            self.plot()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

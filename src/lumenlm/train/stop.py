@@ -1,0 +1,116 @@
+"""Why one `lumenlm train` invocation stops, as named values, and the two errors that
+end one early.
+
+Every rank must stop at the same step, so each rank computes its reason and the
+ranks agree on the largest (`distributed.any_rank`): the values order the reasons,
+and a name is always read back through the enum, never by position.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import IntEnum
+from pathlib import Path
+
+from lumenlm.errors import LumenError
+
+
+class TrainingError(LumenError):
+    """Training cannot go on (non-finite loss, data too small for a step)."""
+
+
+class TrainingInterrupted(LumenError):
+    """SIGINT/SIGTERM: a checkpoint was saved; the run can be resumed."""
+
+    def __init__(self, message: str, run_dir: Path, signum: int) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+        self.exit_code = 128 + signum
+
+
+class StopReason(IntEnum):
+    """A reason to stop before the next optimizer step (larger wins across ranks)."""
+
+    FINISHED = 1
+    """The planned steps (or epochs) are done."""
+    STEP_LIMIT = 2
+    """`--stop-at-step` reached: paused, resumable."""
+    TIME_LIMIT = 3
+    """`--max-minutes` reached: paused, resumable."""
+    SIGNAL = 4
+    """SIGINT/SIGTERM: a checkpoint is saved and the run can be resumed."""
+    EARLY_STOPPED = 5
+    """No validation improvement for `early_stopping_patience` evaluations."""
+
+    @property
+    def paused(self) -> bool:
+        """A limit of this invocation, not of the run: the schedule goes on when resumed."""
+        return self in (StopReason.STEP_LIMIT, StopReason.TIME_LIMIT)
+
+    @property
+    def status(self) -> str:
+        """The run status recorded in config.json and the checkpoints."""
+        if self.paused:
+            return "paused"
+        if self is StopReason.SIGNAL:
+            return "interrupted"
+        return self.name.lower()
+
+    @property
+    def description(self) -> str:
+        """How the final console line says it."""
+        return {
+            StopReason.FINISHED: "finished",
+            StopReason.STEP_LIMIT: "stopped at --stop-at-step",
+            StopReason.TIME_LIMIT: "stopped at --max-minutes",
+            StopReason.SIGNAL: "interrupted",
+            StopReason.EARLY_STOPPED: "early stopping (no val improvement)",
+        }[self]
+
+
+def stop_reason(
+    *,
+    early_stopped: bool,
+    done: bool,
+    signalled: bool,
+    step_limit: bool,
+    time_limit: bool,
+) -> StopReason | None:
+    """The reason to stop before the next step, in order of precedence (or None)."""
+    for hit, reason in (
+        (early_stopped, StopReason.EARLY_STOPPED),
+        (done, StopReason.FINISHED),
+        (signalled, StopReason.SIGNAL),
+        (step_limit, StopReason.STEP_LIMIT),
+        (time_limit, StopReason.TIME_LIMIT),
+    ):
+        if hit:
+            return reason
+    return None
+
+
+class TimeBudget:
+    """`--max-minutes` for the whole invocation, its closing evaluation included.
+
+    The closing evaluation's cost is estimated from the training steps timed so far (a
+    forward pass is about a third of a training micro-step).
+    """
+
+    def __init__(self, max_minutes: float | None) -> None:
+        self.limit_s = None if max_minutes is None else max_minutes * 60
+        self.start = time.time()
+        self.train_s, self.steps = 0.0, 0
+
+    def step_done(self, seconds: float) -> None:
+        self.train_s += seconds
+        self.steps += 1
+
+    def used_up(self, micro_batches_per_step: int, eval_batches: int) -> bool:
+        """True once the time spent plus the closing evaluation's reaches the limit
+        (`eval_batches` is 0 when the last step was already evaluated)."""
+        if self.limit_s is None:
+            return False
+        reserve = 0.0
+        if self.steps and eval_batches:
+            reserve = eval_batches * self.train_s / self.steps / micro_batches_per_step / 3
+        return time.time() - self.start + reserve >= self.limit_s
