@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
             "resolved config, metrics.jsonl, loss_curve.png, README.md and checkpoints/"
             "{last,best,step_N}. Works the same under `torchrun --nproc_per_node N`."
         ),
-        epilog=_set_keys(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_SET_KEYS,
+        formatter_class=_Help,
     )
     p.add_argument("--preset", help="preset name (see `lumenlm presets`)")
     p.add_argument(
@@ -134,7 +134,15 @@ def _is_rank0() -> bool:
         return True
 
 
-def _set_keys() -> str:
-    from lumenlm.config.docs import describe_set_keys
+_SET_KEYS = "(the --set keys)"  # replaced by their documentation when help is shown
 
-    return describe_set_keys()
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Renders the --set key list only when help is printed (it parses config sources)."""
+
+    def add_text(self, text: str | None) -> None:
+        if text == _SET_KEYS:
+            from lumenlm.config.docs import describe_set_keys
+
+            text = describe_set_keys()
+        super().add_text(text)

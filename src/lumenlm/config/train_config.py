@@ -55,7 +55,7 @@ class TrainConfig:
     max_epochs * steps-per-epoch steps. Ignored when max_steps is set."""
     max_steps: int | None = None
     """Schedule length: the optimizer steps the run plans and trains for, where the decay
-    reaches its floor. None = max_epochs * steps per epoch. (`lumenlm train --max-steps`
+    reaches its floor. None = max_epochs * steps per epoch. (`lumenlm train --stop-at-step`
     only pauses a run early and leaves the schedule as planned.)"""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value before each optimizer step; 0 disables

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +39,7 @@ from lumenlm.data.tokenizer import (
 from lumenlm.data.tokens import TokenWriter, check_dtype, dtype_for_vocab, write_meta
 from lumenlm.errors import DataError
 from lumenlm.fsutil import pid_alive, replace_dir
+from lumenlm.signals import sigterm_raises
 
 
 @dataclass
@@ -102,7 +101,7 @@ def prepare_dataset(config: PrepareConfig) -> dict[str, Any]:
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    with _sigterm_raises():
+    with sigterm_raises():  # SIGTERM runs the cleanup below (exit status 143)
         try:
             meta = _build(config, corpus, clean_cfg, tmp)
             replace_dir(tmp, out, out.parent / f".{out.name}.old-{os.getpid()}")
@@ -110,27 +109,6 @@ def prepare_dataset(config: PrepareConfig) -> dict[str, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return meta
-
-
-class _Terminated(SystemExit):
-    """Raised by the SIGTERM handler so that the cleanup of a half-built output runs."""
-
-
-class _sigterm_raises:
-    """While active (main thread only), SIGTERM raises `_Terminated` (exit status 143)."""
-
-    def __enter__(self) -> None:
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._raise)
-
-    @staticmethod
-    def _raise(signum: int, frame: object) -> None:
-        raise _Terminated(128 + signum)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
 
 
 def _remove_stale_tmp(out: Path) -> None:

@@ -2,7 +2,7 @@
 distributed (torchrun DDP / FSDP2).
 
     from lumenlm.train import train
-    run_dir = train(preset="tiny", data_dir="data/tinystories", out_dir="runs", max_steps=100)
+    run_dir = train(preset="tiny", data_dir="data/tinystories", out_dir="runs", stop_at_step=100)
 
 `Trainer` is the loop itself; `train()` resolves the config, creates or resumes the
 run directory and calls `Trainer.fit()`.
