@@ -165,9 +165,15 @@ def train(
         if value is not None:
             train_over[name] = value
             given[name] = f"--{name}"
-    limits = {"stop_at_step": stop_at_step, "max_minutes": max_minutes, "on_step": on_step}
     env = D.setup(device)
     console = Console(env.is_main, progress_bar)
+    limits = {  # what every Trainer of this call shares
+        "env": env,
+        "progress_bar": progress_bar,
+        "stop_at_step": stop_at_step,
+        "max_minutes": max_minutes,
+        "on_step": on_step,
+    }
     try:
         if resume is not None:
             over = (model_over, train_over, given)
@@ -207,16 +213,7 @@ def _fresh(
     run_dir = Path(D.broadcast_object(str(run_dir) if run_dir else None, env))
     record = RunRecord(run_dir, {}, write=env.is_main)
     try:
-        trainer = Trainer(
-            model_cfg,
-            train_cfg,
-            data_dir,
-            run_dir,
-            env=env,
-            record=record,
-            progress_bar=console.show_bar,
-            **limits,
-        )
+        trainer = Trainer(model_cfg, train_cfg, data_dir, run_dir, record=record, **limits)
     except BaseException:
         if env.is_main:  # nothing trained: do not leave an empty run behind
             import shutil
@@ -267,18 +264,11 @@ def _resume(
     _check_data(doc.get("data_sha256"), data_dir)
     ckpt = find_resume_checkpoint(run_dir, log=lambda m: console.notice(m.removeprefix("notice: ")))
     console.notice(f"resuming {run_dir.name} from {ckpt.name}")
+    replan = bool({"max_steps", "max_epochs"} & set(changed))
     trainer = Trainer(
-        model_cfg,
-        train_cfg,
-        data_dir,
-        run_dir,
-        env=env,
-        record=record,
-        resume_from=ckpt,
-        progress_bar=console.show_bar,
-        replan=bool({"max_steps", "max_epochs"} & set(changed)),
-        **limits,
-    )
+        model_cfg, train_cfg, data_dir, run_dir, record=record, resume_from=ckpt,
+        replan=replan, **limits,
+    )  # fmt: skip
     if changed:  # a later resume must see them (Trainer() wrote nothing yet)
         record.update(
             train=dataclasses.asdict(train_cfg),

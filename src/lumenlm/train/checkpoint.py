@@ -144,61 +144,55 @@ def read_state(ckpt: Path, rank: int) -> TrainerState:
     )
 
 
+@dataclass
+class Live:
+    """The trainer's live objects that a checkpoint's state is packed from and put back
+    into (`model` is the unwrapped GPT, sharded in place under FSDP)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    sampler: Any
+    env: D.DistEnv
+
+
 def gather_state(
-    progress: Progress,
-    early: EarlyStopping,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: Any,
-    sampler: Any,
-    env: D.DistEnv,
-    precision: str,
+    progress: Progress, early: EarlyStopping, live: Live, precision: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """The trainer state of all ranks, packed on the main one (None elsewhere).
 
     Collective under torchrun: every rank must call it at the same step.
     """
-    osd = D.full_optimizer_state(model, optimizer)
-    rng_all = D.all_gather_object(capture_rng(), env)
-    if not env.is_main:
+    osd = D.full_optimizer_state(live.model, live.optimizer)
+    rng_all = D.all_gather_object(capture_rng(), live.env)
+    if not live.env.is_main:
         return None
     return pack_state(
         progress,
         es_best=early.best,
         es_bad=early.bad,
-        sampler=sampler.state_dict(),
-        world_size=env.world_size,
+        sampler=live.sampler.state_dict(),
+        world_size=live.env.world_size,
         optimizer=osd,
-        scaler=scaler.state_dict() if scaler else None,
+        scaler=live.scaler.state_dict() if live.scaler else None,
         rng=rng_all,
         precision=precision,
     )
 
 
-def restore_state(
-    ckpt: Path,
-    early: EarlyStopping,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: Any,
-    sampler: Any,
-    env: D.DistEnv,
-    seed: int,
-) -> Progress:
+def restore_state(ckpt: Path, early: EarlyStopping, live: Live, seed: int) -> Progress:
     """Put a checkpoint's batch order, optimizer, scaler, early stopping and RNG back
     into the live objects; return its counters."""
-    st = read_state(ckpt, env.rank)
+    st = read_state(ckpt, live.env.rank)
     early.best, early.bad = st.es_best, st.es_bad
-    sampler.load_state_dict(st.sampler)
-    D.load_optimizer_state(model, optimizer, st.optimizer)
-    if scaler is not None and st.scaler:
-        scaler.load_state_dict(st.scaler)
+    live.sampler.load_state_dict(st.sampler)
+    D.load_optimizer_state(live.model, live.optimizer, st.optimizer)
+    if live.scaler is not None and st.scaler:
+        live.scaler.load_state_dict(st.scaler)
     if st.rng is not None:
         restore_rng(*st.rng)
     else:  # resumed on more ranks than saved: fresh, deterministic stream for this rank
-        torch.manual_seed(seed + 1_000_003 * (env.rank + 1) + st.progress.step)
+        torch.manual_seed(seed + 1_000_003 * (live.env.rank + 1) + st.progress.step)
     return st.progress
 
 

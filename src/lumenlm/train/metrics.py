@@ -253,6 +253,19 @@ def guess_peak_flops(
     return None
 
 
+def mfu_meter(
+    model: Any, config: Any, peak_tflops: float | None, device: Any, precision: str,
+    tf32: bool, world_size: int,
+) -> Any:  # fmt: skip
+    """`tokens_per_s -> MFU` for this model (`config`: its ModelConfig) on this device
+    (None where no peak is known). Count the weights before any sharding."""
+    fpt = flops_per_token(
+        matmul_params(model), config.n_layers, config.context_length, config.d_model
+    )
+    peak = peak_flops(peak_tflops, device, precision, tf32)
+    return lambda tps: model_flops_utilization(tps, fpt, peak, world_size)
+
+
 def peak_flops(
     peak_tflops: float | None, device: Any, precision: str, tf32: bool = True
 ) -> float | None:

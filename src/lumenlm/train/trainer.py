@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -32,20 +31,12 @@ from lumenlm.modelio import load_state_into, save_model
 from lumenlm.signals import StopRequest
 from lumenlm.train import checkpoint as ckpt
 from lumenlm.train import distributed as D
+from lumenlm.train import metrics
 from lumenlm.train.card import run_card
 from lumenlm.train.checkpoint import Progress
 from lumenlm.train.console import Console, final_message
 from lumenlm.train.data import TrainData
 from lumenlm.train.early_stop import EarlyStopping
-from lumenlm.train.metrics import (
-    Throughput,
-    eval_record,
-    flops_per_token,
-    matmul_params,
-    model_flops_utilization,
-    peak_flops,
-    train_record,
-)
 from lumenlm.train.optim import build_optimizer
 from lumenlm.train.precision import autocast, configure_matmul, make_scaler, resolve_precision
 from lumenlm.train.runs import CHECKPOINTS, CURVE, RunFiles, RunRecord
@@ -106,7 +97,10 @@ class Trainer:
             load_state_into(model, resume_from / "model.safetensors")
         model.to(self.device)
         self.n_params = model.num_parameters()
-        n_matmul = matmul_params(model)  # for the FLOP count behind MFU (before any sharding)
+        self.mfu = metrics.mfu_meter(
+            model, model_cfg, cfg.peak_tflops, self.device, self.precision, cfg.tf32,
+            self.env.world_size,
+        )  # fmt: skip
         self.raw = model  # the GPT itself (sharded in place under FSDP): named state lives here
         # Wrap first, then compile: torch.compile(DDP(m)) lets Dynamo split graphs at
         # bucket boundaries, and FSDP2's fully_shard must see the plain modules. Weights
@@ -116,9 +110,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.raw, cfg, self.device)
         self.scaler = make_scaler(self.precision, self.device)
         torch.manual_seed(cfg.seed + self.env.rank)  # per-rank dropout streams
-        m = model_cfg
-        self.flops_per_token = flops_per_token(n_matmul, m.n_layers, m.context_length, m.d_model)
-        self.peak_flops = peak_flops(cfg.peak_tflops, self.device, self.precision, cfg.tf32)
+        self.live = ckpt.Live(self.raw, self.optimizer, self.scaler, self.sampler, self.env)
 
         # -- counters, or the saved state when resuming --------------------------
         self.early = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta)
@@ -126,9 +118,7 @@ class Trainer:
         self.p = Progress(total_steps=planned)
         self._saved_status: str | None = None
         if resume_from is not None:
-            self.p = ckpt.restore_state(
-                resume_from, self.early, **self._state_parts(), seed=cfg.seed
-            )
+            self.p = ckpt.restore_state(resume_from, self.early, self.live, cfg.seed)
             self._saved_status, self.p.status = self.p.status, "running"
             if replan and planned != self.p.total_steps:
                 self.console.notice(
@@ -167,7 +157,7 @@ class Trainer:
         setup += f"{self.env.world_size} process(es), {where}"
         self.console.announce(self.run_dir, self.n_params, self.device, setup, sampler, p)
         bar = self.console.progress_bar(p)
-        self.budget, self.since_log = TimeBudget(self.max_minutes), Throughput()
+        self.budget, self.since_log = TimeBudget(self.max_minutes), metrics.Throughput()
         elapsed0 = p.elapsed_s
         self.model.train()
         with self.stop:
@@ -250,12 +240,10 @@ class Trainer:
             return
         tps = since.tokens_per_s(self.sampler.windows_per_step * self.mcfg.context_length)
         if self.main:
-            mfu = model_flops_utilization(
-                tps, self.flops_per_token, self.peak_flops, self.env.world_size
-            )
+            mfu = self.mfu(tps)
             scale = self.scaler.get_scale() if self.scaler is not None else None
             epoch, loss = self._epoch_float(), since.mean_loss()
-            self.files.log(train_record(p, epoch, loss, lr, grad_norm, tps, mfu, scale))
+            self.files.log(metrics.train_record(p, epoch, loss, lr, grad_norm, tps, mfu, scale))
         since.reset()
 
     def _at_boundary(self, epoch_end: bool) -> bool:
@@ -361,15 +349,13 @@ class Trainer:
                 p.best_val_loss, p.best_step = val, p.step
             early_stop = counted and self.early.update(val)
         epoch, left = self._epoch_float(), self.early.patience_left
-        self.files.log(eval_record(p, epoch, val, left, closing), plot=True)
+        self.files.log(metrics.eval_record(p, epoch, val, left, closing), plot=True)
         return improved, early_stop
 
     # -- checkpoints ------------------------------------------------------------------
     def _save(self, periodic: bool, best: bool) -> None:
         """Write checkpoints/last (and step_<N>, best) at this optimizer-step boundary."""
-        packed = ckpt.gather_state(
-            self.p, self.early, **self._state_parts(), precision=self.precision
-        )
+        packed = ckpt.gather_state(self.p, self.early, self.live, self.precision)
         fsdp = self.cfg.strategy == "fsdp" and self.env.enabled
         model_sd = D.full_model_state(self.raw) if fsdp else None  # collective too
         if packed is not None:
@@ -390,16 +376,6 @@ class Trainer:
             )
             self._write_run_files(final=False)
         D.barrier(self.env)
-
-    def _state_parts(self) -> dict[str, Any]:
-        """The live objects a checkpoint's trainer state is packed from and restored to."""
-        return {
-            "model": self.raw,
-            "optimizer": self.optimizer,
-            "scaler": self.scaler,
-            "sampler": self.sampler,
-            "env": self.env,
-        }
 
     # -- run files ----------------------------------------------------------------------
     def _card(self, curve: str | None = CURVE) -> str:
