@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from lumenlm.train.stop import StopReason, TimeBudget, stop_reason
+from lumenlm.train.stop import StopReason, TimeBudget
 
 
 def _reason(**hits: bool) -> StopReason | None:
     flags = dict.fromkeys(("early_stopped", "done", "signalled", "step_limit", "time_limit"), False)
-    return stop_reason(**{**flags, **hits})
+    return StopReason.first(**{**flags, **hits})
 
 
 def test_no_reason_means_train_on() -> None:

@@ -28,8 +28,10 @@ class Console:
             print(msg, file=sys.stderr, flush=True)
 
     def notice(self, msg: str) -> None:
-        """`notice: ...`: something the user should know that does not stop the run."""
-        self.say(f"notice: {msg}")
+        """`notice: ...`: something the user should know that does not stop the run
+        (nothing when `msg` is empty)."""
+        if msg:
+            self.say(f"notice: {msg}")
 
     def announce(self, run_dir: Path, n_params: int, device: Any, setup: str, sampler: Any,
                  progress: Progress) -> None:  # fmt: skip

@@ -253,16 +253,12 @@ def guess_peak_flops(
     return None
 
 
-def mfu_meter(
-    model: Any, config: Any, peak_tflops: float | None, device: Any, precision: str,
-    tf32: bool, world_size: int,
-) -> Any:  # fmt: skip
-    """`tokens_per_s -> MFU` for this model (`config`: its ModelConfig) on this device
-    (None where no peak is known). Count the weights before any sharding."""
-    fpt = flops_per_token(
-        matmul_params(model), config.n_layers, config.context_length, config.d_model
-    )
-    peak = peak_flops(peak_tflops, device, precision, tf32)
+def mfu_meter(model: Any, train: Any, device: Any, precision: str, world_size: int) -> Any:
+    """`tokens_per_s -> MFU` for `model` (a GPT, before any sharding) trained with `train`
+    (a TrainConfig: peak_tflops, tf32) on `device`; the MFU is None where no peak is known."""
+    m = model.config
+    fpt = flops_per_token(matmul_params(model), m.n_layers, m.context_length, m.d_model)
+    peak = peak_flops(train.peak_tflops, device, precision, train.tf32)
     return lambda tps: model_flops_utilization(tps, fpt, peak, world_size)
 
 

@@ -91,6 +91,13 @@ class RunRecord:
             raise ConfigError(f"{path}: corrupt run config (not a JSON object)")
         return cls(run_dir, doc, write=write)
 
+    @classmethod
+    def open(cls, run_dir: str | Path, *, write: bool = True) -> RunRecord:
+        """The run's record if it has one, else a new, empty one."""
+        if (Path(run_dir) / CONFIG).exists():
+            return cls.read(run_dir, write=write)
+        return cls(run_dir, {}, write=write)
+
     def update(self, drop: tuple[str, ...] = (), **fields: Any) -> None:
         """Set `fields`, remove the keys in `drop`, and write the file."""
         self.doc.update(fields)

@@ -42,6 +42,22 @@ class StopReason(IntEnum):
     EARLY_STOPPED = 5
     """No validation improvement for `early_stopping_patience` evaluations."""
 
+    @staticmethod
+    def first(
+        *, early_stopped: bool, done: bool, signalled: bool, step_limit: bool, time_limit: bool
+    ) -> StopReason | None:
+        """The reason to stop before the next step, in order of precedence (or None)."""
+        for hit, reason in (
+            (early_stopped, StopReason.EARLY_STOPPED),
+            (done, StopReason.FINISHED),
+            (signalled, StopReason.SIGNAL),
+            (step_limit, StopReason.STEP_LIMIT),
+            (time_limit, StopReason.TIME_LIMIT),
+        ):
+            if hit:
+                return reason
+        return None
+
     @property
     def paused(self) -> bool:
         """A limit of this invocation, not of the run: the schedule goes on when resumed."""
@@ -66,27 +82,6 @@ class StopReason(IntEnum):
             StopReason.SIGNAL: "interrupted",
             StopReason.EARLY_STOPPED: "early stopping (no val improvement)",
         }[self]
-
-
-def stop_reason(
-    *,
-    early_stopped: bool,
-    done: bool,
-    signalled: bool,
-    step_limit: bool,
-    time_limit: bool,
-) -> StopReason | None:
-    """The reason to stop before the next step, in order of precedence (or None)."""
-    for hit, reason in (
-        (early_stopped, StopReason.EARLY_STOPPED),
-        (done, StopReason.FINISHED),
-        (signalled, StopReason.SIGNAL),
-        (step_limit, StopReason.STEP_LIMIT),
-        (time_limit, StopReason.TIME_LIMIT),
-    ):
-        if hit:
-            return reason
-    return None
 
 
 class TimeBudget:

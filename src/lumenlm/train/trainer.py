@@ -41,13 +41,7 @@ from lumenlm.train.optim import build_optimizer
 from lumenlm.train.precision import autocast, configure_matmul, make_scaler, resolve_precision
 from lumenlm.train.runs import CHECKPOINTS, CURVE, RunFiles, RunRecord
 from lumenlm.train.schedule import lr_at
-from lumenlm.train.stop import (
-    StopReason,
-    TimeBudget,
-    TrainingError,
-    TrainingInterrupted,
-    stop_reason,
-)
+from lumenlm.train.stop import StopReason, TimeBudget, TrainingError, TrainingInterrupted
 from lumenlm.train.validate import validation_loss
 
 
@@ -56,8 +50,8 @@ class Trainer:
 
     `stop_at_step` and `max_minutes` bound this invocation only (the schedule is
     `train_cfg.max_steps` / `max_epochs`). `on_step(trainer)` runs after every
-    optimizer step (tests use it to act mid-run). `record` is the run's config.json;
-    without one, a record is read from `run_dir`.
+    optimizer step (tests use it to act mid-run). `record` is the run's config.json
+    (by default the one in `run_dir`, or a new one).
     """
 
     def __init__(
@@ -81,7 +75,7 @@ class Trainer:
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
         self.env = env or D.DistEnv()
         self.device, self.main = self.env.device, self.env.is_main
-        self.files = RunFiles(record or RunRecord(self.run_dir, {}, write=False), self.main)
+        self.files = RunFiles(record or RunRecord.open(self.run_dir, write=self.main), self.main)
         self.stop_at_step, self.max_minutes, self.on_step = stop_at_step, max_minutes, on_step
         self.console = Console(self.main, progress_bar)
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -97,10 +91,7 @@ class Trainer:
             load_state_into(model, resume_from / "model.safetensors")
         model.to(self.device)
         self.n_params = model.num_parameters()
-        self.mfu = metrics.mfu_meter(
-            model, model_cfg, cfg.peak_tflops, self.device, self.precision, cfg.tf32,
-            self.env.world_size,
-        )  # fmt: skip
+        self.mfu = metrics.mfu_meter(model, cfg, self.device, self.precision, self.env.world_size)
         self.raw = model  # the GPT itself (sharded in place under FSDP): named state lives here
         # Wrap first, then compile: torch.compile(DDP(m)) lets Dynamo split graphs at
         # bucket boundaries, and FSDP2's fully_shard must see the plain modules. Weights
@@ -306,7 +297,7 @@ class Trainer:
             early_stopped = self.early.stopped
         closing_eval = p.last_eval_step != p.step
         eval_batches = -(-len(self.data.val_idx) // cfg.batch_size) if closing_eval else 0
-        reason = stop_reason(
+        reason = StopReason.first(
             early_stopped=early_stopped,
             done=p.step >= p.total_steps
             or (cfg.max_steps is None and self.sampler.epoch >= cfg.max_epochs),
