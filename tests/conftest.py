@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from data_helpers import shared_data_dir
 
 # Tests share 2 loaded cores, and tiny models are overhead-bound: one intra-op thread
 # is fastest and steady. Set at import, so module-scoped fixtures run with it too.
 torch.set_num_threads(1)
-
-
-def shared_data_dir() -> Path | None:
-    """The local dataset copies: $LUMENLM_DATA, else ../shared/data beside the repo."""
-    env = os.environ.get("LUMENLM_DATA")
-    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if cand.is_dir():
-            return cand
-    return None
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """`lumenlm train`'s invocation bound (--stop-at-step, the deprecated --max-steps),
-the step callback, and the run record as the single writer of config.json."""
+the step callback, what it prints, and the run record as the single writer of config.json."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from lumenlm.cli import main
 from lumenlm.errors import ConfigError
 from lumenlm.train.runs import RunRecord
-from train_helpers import SHORT_PLAN, make_dataset, run_config, set_args
+from train_helpers import SHORT_PLAN, make_dataset, run_config, train_argv
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _argv(data: Path, out: Path, *flags: str) -> list[str]:
-    base = ["train", "--preset", "tiny", "--data", str(data), "--out", str(out)]
-    return [*base, "--device", "cpu", "--no-progress", *set_args(**SHORT_PLAN), *flags]
+    # the flags under test are spelled out, so not train_argv's stop_at
+    return train_argv(data, out, sets=SHORT_PLAN, extra=flags)
 
 
 def test_stop_at_step_pauses_without_changing_the_plan(
@@ -121,3 +121,15 @@ def test_config_json_has_one_writer() -> None:
         text = path.read_text()
         if path.name != "runs.py":
             assert "/ CONFIG" not in text and 'run_dir / "config.json"' not in text, path.name
+
+
+@pytest.mark.parametrize(("rank", "printed"), [("0", True), ("1", False)])
+def test_only_rank0_prints_run_dir(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], rank: str, printed: bool
+) -> None:
+    import lumenlm.train.api as api
+
+    monkeypatch.setattr(api, "train", lambda **kw: Path("runs/run_x"))
+    monkeypatch.setenv("RANK", rank)
+    assert main(["train", "--preset", "tiny"]) == 0
+    assert ("run_x" in capsys.readouterr().out) is printed

@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_helpers import LUMENLM, PYTHON, REPO, make_dataset, only_run, set_args
+from train_helpers import (
+    LUMENLM,
+    PYTHON,
+    REPO,
+    make_dataset,
+    only_run,
+    resume_argv,
+    train_argv,
+)
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 
@@ -53,20 +61,11 @@ def _losses(run: Path, key: str = "loss") -> list[float]:
     return [r[key] for r in recs if r.get(key) is not None]
 
 
-def _train_args(data: Path, out: Path, batch: int, **extra: object) -> list[str]:
-    return [
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-        "--no-progress",
-        *set_args(**RECIPE, batch_size=batch, **extra),
-    ]
+def _train_args(
+    data: Path, out: Path, batch: int, *extra: str, stop_at: int | None = None
+) -> list[str]:
+    sets = {**RECIPE, "batch_size": batch}
+    return train_argv(data, out, stop_at=stop_at, sets=sets, extra=extra)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +76,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def single(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("single")
-    r = _single(_train_args(data, out, batch=4))
+    r = _single(_train_args(data, out, 4))
     assert r.returncode == 0, r.stderr
     return only_run(out)
 
@@ -90,7 +89,7 @@ def _close(a: list[float], b: list[float]) -> None:
 def test_ddp_two_ranks_match_single_process_double_batch(
     data: Path, single: Path, tmp_path: Path
 ) -> None:
-    r = _torchrun(_train_args(data, tmp_path, batch=2))
+    r = _torchrun(_train_args(data, tmp_path, 2))
     assert r.returncode == 0, r.stderr[-3000:]
     run = only_run(tmp_path)
     assert len(_losses(run)) == STEPS
@@ -100,7 +99,7 @@ def test_ddp_two_ranks_match_single_process_double_batch(
 
 
 def test_fsdp2_two_ranks_match_single_process(data: Path, single: Path, tmp_path: Path) -> None:
-    r = _torchrun([*_train_args(data, tmp_path, batch=2), "--strategy", "fsdp"])
+    r = _torchrun(_train_args(data, tmp_path, 2, "--strategy", "fsdp"))
     assert r.returncode == 0, r.stderr[-3000:]
     run = only_run(tmp_path)
     _close(_losses(run), _losses(single))
@@ -111,10 +110,10 @@ def test_fsdp2_two_ranks_match_single_process(data: Path, single: Path, tmp_path
 def test_fsdp2_two_ranks_match_and_resume_on_two_ranks(
     data: Path, single: Path, tmp_path: Path
 ) -> None:
-    r = _torchrun([*_train_args(data, tmp_path, batch=2), "--strategy", "fsdp", "--max-steps", "3"])
+    r = _torchrun(_train_args(data, tmp_path, 2, "--strategy", "fsdp", stop_at=3))
     assert r.returncode == 0, r.stderr[-3000:]
     run = only_run(tmp_path)
-    r = _torchrun(["train", "--resume", str(run), "--device", "cpu", "--no-progress"])
+    r = _torchrun(resume_argv(run))
     assert r.returncode == 0, r.stderr[-3000:]
     _close(_losses(run), _losses(single))
     # the FSDP checkpoint is a plain, complete model dir
@@ -127,13 +126,11 @@ def test_fsdp2_two_ranks_match_and_resume_on_two_ranks(
 def test_two_rank_checkpoint_resumes_in_one_process(
     data: Path, single: Path, tmp_path: Path
 ) -> None:
-    r = _torchrun([*_train_args(data, tmp_path, batch=2), "--max-steps", "3"])
+    r = _torchrun(_train_args(data, tmp_path, 2, stop_at=3))
     assert r.returncode == 0, r.stderr[-3000:]
     run = only_run(tmp_path)
     # one process with twice the per-rank batch continues the same global batch order
-    r = _single(
-        ["train", "--resume", str(run), "--device", "cpu", "--no-progress", "--set", "batch_size=4"]
-    )
+    r = _single(resume_argv(run, extra=["--set", "batch_size=4"]))
     assert r.returncode == 0, r.stderr
     _close(_losses(run), _losses(single))
     from safetensors.torch import load_file
@@ -150,7 +147,7 @@ def test_compiled_two_ranks_match_single_eager_process(
     data: Path, single: Path, tmp_path: Path, strategy: str
 ) -> None:
     """--compile wraps after DDP/FSDP2 (as on a GPU); compiled and eager agree to rounding."""
-    r = _torchrun([*_train_args(data, tmp_path, batch=2), "--strategy", strategy, "--compile"])
+    r = _torchrun(_train_args(data, tmp_path, 2, "--strategy", strategy, "--compile"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"(fp32, compiled, 2 process(es), {strategy})" in r.stderr
     run = only_run(tmp_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lumenlm.cli import main
-from test_train_helpers import make_dataset, set_args
+from train_helpers import make_dataset, resume_argv, train_argv
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +51,7 @@ def _one_line_error(err: str, *needles: str) -> None:
 def test_bad_config(
     data: Path, tmp_path: Path, capsys, extra: list[str], needles: list[str]
 ) -> None:
-    args = [
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "runs"),
-        "--device",
-        "cpu",
-        "--no-progress",
-        *set_args(max_steps=2),
-    ]
+    args = train_argv(data, tmp_path / "runs", preset=None, sets={"max_steps": 2})
     code, err = _run([*args, *extra], capsys)
     assert code != 0
     _one_line_error(err, *needles)
@@ -70,21 +60,7 @@ def test_bad_config(
 
 def test_val_split_too_short(tmp_path: Path, capsys) -> None:
     d = make_dataset(tmp_path / "d", n_train=1500, n_val=10)
-    code, err = _run(
-        [
-            "train",
-            "--preset",
-            "tiny",
-            "--data",
-            str(d),
-            "--out",
-            str(tmp_path / "r"),
-            "--device",
-            "cpu",
-            *set_args(max_steps=2),
-        ],
-        capsys,
-    )
+    code, err = _run(train_argv(d, tmp_path / "r", sets={"max_steps": 2}), capsys)
     assert code != 0
     _one_line_error(err, "val split", "10 tokens")
 
@@ -95,26 +71,13 @@ def test_bad_data_dir(tmp_path: Path, capsys, kind: str) -> None:
     if kind == "foreign":
         d.mkdir()
         (d / "notes.txt").write_text("hello")
-    code, err = _run(
-        [
-            "train",
-            "--preset",
-            "tiny",
-            "--data",
-            str(d),
-            "--out",
-            str(tmp_path / "r"),
-            "--device",
-            "cpu",
-        ],
-        capsys,
-    )
+    code, err = _run(train_argv(d, tmp_path / "r"), capsys)
     assert code != 0
     _one_line_error(err, str(d))
 
 
 def test_resume_needs_a_run_dir(tmp_path: Path, capsys) -> None:
-    code, err = _run(["train", "--resume", str(tmp_path), "--device", "cpu"], capsys)
+    code, err = _run(resume_argv(tmp_path), capsys)
     assert code != 0
     _one_line_error(err, "not a run directory")
 
@@ -126,23 +89,8 @@ def _corrupt(path: Path) -> None:
 
 
 def test_corrupt_checkpoint_falls_back_then_says_so(data: Path, tmp_path: Path, capsys) -> None:
-    base = ["--device", "cpu", "--no-progress"]
-    code, _ = _run(
-        [
-            "train",
-            "--preset",
-            "tiny",
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path),
-            *base,
-            "--max-steps",
-            "4",
-            *set_args(max_steps=6, checkpoint_interval=2, eval_interval=100, keep_checkpoints=5),
-        ],
-        capsys,
-    )
+    plan = {"max_steps": 6, "checkpoint_interval": 2, "eval_interval": 100, "keep_checkpoints": 5}
+    code, _ = _run(train_argv(data, tmp_path, stop_at=4, sets=plan), capsys)
     assert code == 0
     run = next(tmp_path.glob("run_*"))
     ckpts = run / "checkpoints"
@@ -150,7 +98,7 @@ def test_corrupt_checkpoint_falls_back_then_says_so(data: Path, tmp_path: Path, 
     _corrupt(ckpts / "step_4" / "trainer_state.safetensors")
     if (ckpts / "best").exists():  # best (step 4, from the closing evaluation) is good too
         _corrupt(ckpts / "best" / "config.json")
-    code, err = _run(["train", "--resume", str(run), *base], capsys)
+    code, err = _run(resume_argv(run), capsys)
     assert code == 0, err
     assert "skipping checkpoint last" in err and "resuming from step_2" in err
     assert json.loads((ckpts / "last" / "trainer_state.json").read_text())["step"] == 6
@@ -158,30 +106,20 @@ def test_corrupt_checkpoint_falls_back_then_says_so(data: Path, tmp_path: Path, 
     for name in ("last", "best", "step_2", "step_4", "step_6"):
         if (ckpts / name).exists():
             (ckpts / name / "manifest.json").write_text("{")
-    code, err = _run(["train", "--resume", str(run), *base], capsys)
+    code, err = _run(resume_argv(run), capsys)
     assert code != 0
     _one_line_error(err, "no intact checkpoint")
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data: Path, tmp_path: Path, capsys) -> None:
-    code, err = _run(
-        [
-            "train",
-            "--preset",
-            "tiny",
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path),
-            "--device",
-            "cpu",
-            "--no-progress",
-            *set_args(
-                max_steps=20, lr=1e30, warmup_steps=0, checkpoint_interval=1, eval_interval=100
-            ),
-        ],
-        capsys,
-    )
+    plan = {
+        "max_steps": 20,
+        "lr": 1e30,
+        "warmup_steps": 0,
+        "checkpoint_interval": 1,
+        "eval_interval": 100,
+    }
+    code, err = _run(train_argv(data, tmp_path, sets=plan), capsys)
     assert code != 0
     line = next(x for x in err.splitlines() if x.startswith("lumenlm train: error"))
     _one_line_error(err, "at step", "last good checkpoint kept")

@@ -11,7 +11,7 @@ import pytest
 from lumenlm.cli import main
 from lumenlm.data.windows import PackedDataset
 from lumenlm.train import train
-from test_train_helpers import assert_same_state, make_dataset, overrides
+from train_helpers import assert_same_state, make_dataset, overrides, train_argv
 
 
 @pytest.fixture(scope="module")
@@ -61,21 +61,7 @@ def test_doc_aligned_and_stride_exclude_each_other(
     dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(
-        [
-            "train",
-            "--preset",
-            "tiny",
-            "--data",
-            str(dataset),
-            "--out",
-            str(tmp_path),
-            "--device",
-            "cpu",
-            "--set",
-            "doc_aligned=true",
-            "--set",
-            "stride=4",
-        ]
+        train_argv(dataset, tmp_path, extra=["--set", "doc_aligned=true", "--set", "stride=4"])
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1

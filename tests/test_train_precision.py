@@ -17,7 +17,7 @@ import torch
 from lumenlm.errors import ConfigError
 from lumenlm.train import precision as P
 from lumenlm.train import train
-from test_train_helpers import assert_same_state, make_dataset, overrides, weights
+from train_helpers import assert_same_state, make_dataset, overrides, weights
 
 
 @pytest.fixture(scope="module")

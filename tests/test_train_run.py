@@ -1,8 +1,10 @@
-"""One short run end to end: the run directory, metrics, checkpoints, card, `lumenlm runs`."""
+"""One short run end to end: the run directory, metrics, checkpoints, card, `lumenlm runs`;
+and the parts it is made of: schedule, optimizer groups, config resolution, the card."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ from lumenlm.modelio import load
 from lumenlm.train import list_runs, train
 from lumenlm.train.resolve import resolve_config, split_overrides
 from lumenlm.train.schedule import lr_at
-from test_train_helpers import make_dataset, overrides, set_args
+from lumenlm.train.trainer import Trainer
+from train_helpers import SHORT_PLAN, make_dataset, overrides, train_argv
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +96,34 @@ def test_model_card(run: Path) -> None:
     assert f"**{n:,}**" in card and "loss_curve.png" in card and "Best val loss" in card
 
 
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"), n_train=1000, n_val=300)
+
+
+def test_card_survives_a_huge_val_loss(dataset: Path, tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    t = Trainer(
+        *_configs(),
+        dataset,
+        tmp_path / "run",
+        progress_bar=False,
+    )
+    t.p.best_val_loss = 5000.0
+    assert "Best val perplexity" in t._card(curve=None)
+
+
+def _configs():  # type: ignore[no-untyped-def]
+    _, m, t = resolve_config("tiny", None, overrides(**SHORT_PLAN))
+    return m.replace(vocab_size=300), t
+
+
+def test_perplexity_is_clamped() -> None:
+    from lumenlm.train.metrics import perplexity
+
+    assert perplexity(1e6) == math.exp(700.0)
+
+
 def test_runs_command(run: Path, capsys) -> None:
     rows = list_runs(run.parent)
     assert rows[0]["run"] == run.name and rows[0]["best_val_loss"] is not None
@@ -129,6 +160,15 @@ def test_overrides_resolution(tmp_path: Path) -> None:
     assert train_cfg.lr == 0.01 and train_cfg.seed == 5
 
 
+def test_explicit_d_head_is_kept(tmp_path: Path) -> None:
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"preset": "tiny", "model": {"d_head": 8}}))
+    _, m, _ = resolve_config(None, f, {"d_model": 128})
+    assert m.d_model == 128 and m.d_head == 8
+    _, m, _ = resolve_config("tiny", None, {"d_model": 128})
+    assert m.d_head == 32  # derived: follows the new width
+
+
 def test_presets_carry_card_recipes() -> None:
     _, _, lib = resolve_config("librarian-1.3m")
     assert (lib.batch_size, lib.lr, lib.weight_decay, lib.early_stopping_patience) == (
@@ -154,21 +194,13 @@ def test_config_file_and_cli_set(tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text("preset: tiny\ntrain:\n  beta2: 0.99\n  warmup_steps: 1\n")
     code = main(
-        [
-            "train",
-            "--config",
-            str(cfg),
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "r"),
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--precision",
-            "bf16",
-            *set_args(max_steps=3, seed=11),
-        ]
+        train_argv(
+            data,
+            tmp_path / "r",
+            preset=None,
+            sets={"max_steps": 3, "seed": 11},
+            extra=["--config", str(cfg), "--precision", "bf16"],
+        )
     )
     assert code == 0, capsys.readouterr().err
     run = next((tmp_path / "r").iterdir())

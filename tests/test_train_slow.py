@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train_helpers import LUMENLM, REPO, only_run
+from train_helpers import LUMENLM, REPO, only_run, train_argv
 
 
 @pytest.mark.slow
@@ -39,21 +39,12 @@ def test_librarian_three_minutes_on_tinystories(shared_data: Path, tmp_path: Pat
     r = subprocess.run(
         [
             *LUMENLM,
-            "train",
-            "--preset",
-            "librarian-1.3m",
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "runs"),
-            "--max-minutes",
-            "3",
-            "--device",
-            "cpu",
-            "--set",
-            "eval_batches=4",
-            "--set",
-            "log_interval=1",
+            *train_argv(
+                data,
+                tmp_path / "runs",
+                preset="librarian-1.3m",
+                extra=["--max-minutes", "3", "--set", "eval_batches=4", "--set", "log_interval=1"],
+            ),
         ],
         capture_output=True,
         text=True,

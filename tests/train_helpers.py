@@ -1,7 +1,5 @@
-"""Shared helpers for the training tests: tiny synthetic prepared datasets and runners.
-
-(No tests here; the file is named test_train_* so it ships with the training tests.)
-"""
+"""Shared helpers for the training tests: tiny synthetic prepared datasets, the tiny
+recipe, `lumenlm train` argument lists and runners. (No tests here.)"""
 
 from __future__ import annotations
 
@@ -9,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +95,79 @@ def set_args(**extra: object) -> list[str]:
     for k, v in overrides(**extra).items():
         args += ["--set", f"{k}={json.dumps(v) if v is None or isinstance(v, bool) else v}"]
     return args
+
+
+# The flag that bounds one `lumenlm train` invocation (a run may take several); the run's
+# plan is `--set max_steps=N`. Written here only, so a rename is one line.
+STOP_FLAG = "--stop-at-step"
+
+
+def stop_args(step: int) -> list[str]:
+    """The arguments that stop this invocation at `step`."""
+    return [STOP_FLAG, str(step)]
+
+
+def train_argv(
+    data: Path | str,
+    out: Path | str,
+    *,
+    preset: str | None = "tiny",
+    stop_at: int | None = None,
+    sets: Mapping[str, object] | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """`train --preset P --data D --out O --device cpu --no-progress ...` for
+    `lumenlm.cli.main`, `run_cli` or a subprocess after `LUMENLM`.
+
+    preset: None leaves `--preset` out (for `--config`, or a preset given in `extra`).
+    stop_at: stop this invocation at that step (`stop_args`).
+    sets: `--set` overrides on top of TINY, as `set_args`; None gives no `--set` at all.
+    extra: more arguments, appended last."""
+    argv = ["train"]
+    if preset is not None:
+        argv += ["--preset", preset]
+    argv += ["--data", str(data), "--out", str(out), "--device", "cpu", "--no-progress"]
+    if stop_at is not None:
+        argv += stop_args(stop_at)
+    if sets is not None:
+        argv += set_args(**sets)
+    return [*argv, *extra]
+
+
+def resume_argv(
+    run: Path | str, *, stop_at: int | None = None, extra: Sequence[str] = ()
+) -> list[str]:
+    """`train --resume RUN --device cpu --no-progress ...`."""
+    argv = ["train", "--resume", str(run), "--device", "cpu", "--no-progress"]
+    if stop_at is not None:
+        argv += stop_args(stop_at)
+    return [*argv, *extra]
+
+
+# A short plan for runs that tests pause, crash or resume: 12 steps, a checkpoint every
+# 2, no periodic evaluation.
+SHORT_PLAN = {"max_steps": 12, "checkpoint_interval": 2, "eval_interval": 1000}
+
+
+def train_tiny(data: Path, out: Path, *, stop: int | None = None, **kw: object) -> Path:
+    """`lumenlm.train.train("tiny", ...)` on CPU with TINY + SHORT_PLAN + `kw` overrides;
+    `stop` bounds this invocation (`stop_at_step=`)."""
+    from lumenlm.train import train
+
+    return train(
+        "tiny",
+        data,
+        out,
+        overrides(**{**SHORT_PLAN, **kw}),
+        stop_at_step=stop,
+        device="cpu",
+        progress_bar=False,
+    )
+
+
+def run_config(run: Path) -> dict:
+    """A run's config.json."""
+    return json.loads((run / "config.json").read_text())
 
 
 def weights(run_or_ckpt: Path) -> dict[str, torch.Tensor]:
