@@ -49,7 +49,7 @@ def test_doc_aligned_resume_is_bit_identical(dataset: Path, tmp_path: Path) -> N
         dataset,
         tmp_path / "run",
         overrides(**RECIPE),
-        max_steps=3,
+        stop_at_step=3,
         device="cpu",
         progress_bar=False,
     )

@@ -72,7 +72,7 @@ def test_fp16_skips_overflowing_steps_and_resumes_bit_identically(
     monkeypatch.setattr("lumenlm.train.trainer.make_scaler", scaler)
     recipe = {"max_steps": 12, "grad_accum": 2, "dropout": 0.1, "checkpoint_interval": 1}
     ref = _train(dataset, tmp_path / "ref", recipe, precision="fp16")
-    run = _train(dataset, tmp_path / "run", recipe, precision="fp16", max_steps=7)
+    run = _train(dataset, tmp_path / "run", recipe, precision="fp16", stop_at_step=7)
     train(resume=run, device="cpu", progress_bar=False)
     assert_same_state(run, ref)
 
@@ -91,7 +91,7 @@ def test_fp16_skips_overflowing_steps_and_resumes_bit_identically(
 def test_bf16_resume_is_bit_identical(dataset: Path, tmp_path: Path) -> None:
     recipe = {"max_steps": 8, "grad_accum": 2, "dropout": 0.1, "checkpoint_interval": 1}
     ref = _train(dataset, tmp_path / "ref", recipe, precision="bf16")
-    run = _train(dataset, tmp_path / "run", recipe, precision="bf16", max_steps=3)
+    run = _train(dataset, tmp_path / "run", recipe, precision="bf16", stop_at_step=3)
     train(resume=run, device="cpu", progress_bar=False)
     assert_same_state(run, ref)
     state = json.loads((ref / "checkpoints/last/trainer_state.json").read_text())
@@ -108,7 +108,7 @@ def test_compiled_run_saves_plain_names_and_resumes_bit_identically(
     counters.clear()
     ref = _train(dataset, tmp_path / "ref", {**recipe, "compile": True})
     assert counters["stats"]["calls_captured"] > 0  # Dynamo really traced the model
-    run = _train(dataset, tmp_path / "run", {**recipe, "compile": True}, max_steps=3)
+    run = _train(dataset, tmp_path / "run", {**recipe, "compile": True}, stop_at_step=3)
     train(resume=run, device="cpu", progress_bar=False)
     assert_same_state(run, ref)
     assert not any("_orig_mod" in k or "module." in k for k in weights(ref))

@@ -65,7 +65,7 @@ def test_resume_after_max_steps_is_bit_identical(
         dataset,
         tmp_path,
         overrides(**RECIPE),
-        max_steps=k,
+        stop_at_step=k,
         device="cpu",
         progress_bar=False,
     )
