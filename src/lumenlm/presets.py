@@ -3,63 +3,91 @@
 Each preset carries its card's architecture *and* its training recipe, so
 `lumenlm train --preset librarian-1.3m` reproduces the card without extra flags.
 Parameter counts are exact and checked by the tests against the built model.
+
+The architectures start from the two families every preset belongs to (GPT-2 style
+and Llama style, the two that export maps to transformers classes) and the recipes
+from what the seed cards share, so each preset states only what sets it apart; every
+value a card depends on is still written here, never left to a `ModelConfig` or
+`TrainConfig` default that could change under it.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 from lumenlm.config import ModelConfig, Preset, TrainConfig
 from lumenlm.errors import ConfigError
 
 CHAT_SPECIALS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>"]
 
+# GPT-2: LayerNorm with bias, GELU MLP, learned positions, biases on every linear, tied.
+_GPT2_STYLE = ModelConfig(
+    norm="layernorm",
+    norm_bias=True,
+    activation="gelu",
+    positions="learned",
+    attn_bias=True,
+    mlp_bias=True,
+    tie_embeddings=True,
+)
+# Llama: RMSNorm, SwiGLU MLP, RoPE, no biases; tied here, as all our presets are.
+_LLAMA_STYLE = ModelConfig(
+    norm="rmsnorm",
+    norm_bias=False,
+    activation="swiglu",
+    positions="rope",
+    attn_bias=False,
+    mlp_bias=False,
+    tie_embeddings=True,
+)
+
+# What all three seed cards' recipes state: cosine decay to 10% of the peak, beta1 0.9,
+# gradient clipping at 1.0, automatic precision, an evaluation at every epoch's end.
+_CARD_TRAIN = TrainConfig(
+    batch_size=32,
+    grad_accum=1,
+    min_lr_ratio=0.1,
+    beta1=0.9,
+    grad_clip=1.0,
+    precision="auto",
+    eval_each_epoch=True,
+)
+# Librarian's and Lumiere's original training code on top of that: Adam's default
+# beta2, light weight decay, and early stopping after 5 epochs without improvement.
+_SMALL_CARD_TRAIN = dataclasses.replace(
+    _CARD_TRAIN,
+    weight_decay=0.01,
+    beta2=0.999,
+    early_stopping_patience=5,
+    early_stopping_min_delta=1e-4,
+    early_stopping_on="epoch",
+)
+
+# The tiny test models: a few hundred thousand parameters, seconds to train on a CPU.
+_TINY_SIZE = {"vocab_size": 512, "context_length": 64, "d_model": 64, "n_layers": 2, "n_heads": 4}
+_TINY_TRAIN = TrainConfig(batch_size=8, lr=1e-3, warmup_steps=10, max_epochs=1, eval_interval=50)
+_TINY_TOKENIZER = {"vocab_size": 512, "special_tokens": CHAT_SPECIALS}
+
 
 def _librarian() -> Preset:
     # Librarian-Base-v0: GPT-2 style, 1,305,600 parameters exactly.
-    model = ModelConfig(
-        vocab_size=8000,
-        context_length=128,
-        d_model=128,
-        n_layers=2,
-        n_heads=4,
-        d_ff=256,
-        norm="layernorm",
-        norm_bias=True,
-        norm_eps=1e-5,
-        activation="gelu",
-        positions="learned",
-        attn_bias=True,
-        mlp_bias=True,
-        tie_embeddings=True,
-        embd_dropout=0.2,
-        attn_dropout=0.2,
-        resid_dropout=0.2,
-        init="gpt2",
-    )
-    train = TrainConfig(
-        batch_size=32,
-        grad_accum=1,
-        lr=1e-4,
-        min_lr_ratio=0.1,
-        weight_decay=0.01,
-        beta1=0.9,
-        beta2=0.999,
-        warmup_steps=100,
-        max_epochs=20,
-        grad_clip=1.0,
-        precision="auto",
-        eval_interval=500,
-        eval_each_epoch=True,
-        early_stopping_patience=5,
-        early_stopping_min_delta=1e-4,
-        early_stopping_on="epoch",
-    )
     return Preset(
         name="librarian-1.3m",
         description="Librarian-Base-v0: GPT-2 style (learned positions, LayerNorm, GELU), TinyStories 2%",
-        model=model,
-        train=train,
+        model=_GPT2_STYLE.replace(
+            vocab_size=8000,
+            context_length=128,
+            d_model=128,
+            n_layers=2,
+            n_heads=4,
+            d_ff=256,
+            norm_eps=1e-5,
+            init="gpt2",
+        ).with_dropout(0.2),
+        train=dataclasses.replace(
+            _SMALL_CARD_TRAIN, lr=1e-4, warmup_steps=100, max_epochs=20, eval_interval=500
+        ),
         dataset="tinystories",
         tokenizer={"vocab_size": 8000, "special_tokens": CHAT_SPECIALS, "fraction": 0.02},
         card={
@@ -77,53 +105,32 @@ def _librarian() -> Preset:
 def _lumiere() -> Preset:
     # Lumiere: RMSNorm + SwiGLU + learned positions, d_key = d_value = 32, tied output
     # projection, biased attention projections and bias-free SwiGLU (as in the original code).
-    model = ModelConfig(
-        vocab_size=4096,
-        context_length=64,
-        d_model=128,
-        n_layers=4,
-        n_heads=4,
-        d_head=32,
-        d_value=32,
-        d_ff=256,
-        norm="rmsnorm",
-        norm_bias=False,
-        norm_eps=1e-6,
-        activation="swiglu",
-        positions="learned",
-        attn_bias=True,
-        mlp_bias=False,
-        tie_embeddings=True,
-        embd_dropout=0.1,
-        attn_dropout=0.1,
-        resid_dropout=0.1,
-        init="gpt2",
-    )
-    train = TrainConfig(
-        batch_size=32,
-        grad_accum=1,
-        lr=3e-4,
-        min_lr_ratio=0.1,
-        weight_decay=0.01,
-        beta1=0.9,
-        beta2=0.999,
-        warmup_steps=500,
-        max_epochs=250,
-        grad_clip=1.0,
-        stride=8,
-        precision="auto",
-        eval_interval=1000,
-        eval_each_epoch=True,
-        eval_batches=178,
-        early_stopping_patience=5,
-        early_stopping_min_delta=1e-4,
-        early_stopping_on="epoch",
-    )
     return Preset(
         name="lumiere-1m",
         description="Lumiere: RMSNorm/SwiGLU, learned positions, d_key=d_value=32, WikiText-2, stride-8 windows",
-        model=model,
-        train=train,
+        model=_LLAMA_STYLE.replace(
+            positions="learned",
+            attn_bias=True,
+            vocab_size=4096,
+            context_length=64,
+            d_model=128,
+            n_layers=4,
+            n_heads=4,
+            d_head=32,
+            d_value=32,
+            d_ff=256,
+            norm_eps=1e-6,
+            init="gpt2",
+        ).with_dropout(0.1),
+        train=dataclasses.replace(
+            _SMALL_CARD_TRAIN,
+            lr=3e-4,
+            warmup_steps=500,
+            max_epochs=250,
+            stride=8,
+            eval_interval=1000,
+            eval_batches=178,
+        ),
         dataset="wikitext-2",
         tokenizer={"vocab_size": 4096, "special_tokens": ["<|endoftext|>", "<|pad|>"]},
         card={"metrics": {"loss": 4.4180, "perplexity": 85.01}},
@@ -132,49 +139,34 @@ def _lumiere() -> Preset:
 
 def _lumenbase() -> Preset:
     # LumenBase: Llama-style (RMSNorm, SwiGLU, RoPE, GQA 12q/4kv), tied, no biases.
-    model = ModelConfig(
-        vocab_size=32000,
-        context_length=2048,
-        d_model=768,
-        n_layers=12,
-        n_heads=12,
-        n_kv_heads=4,
-        d_head=64,
-        d_ff=3072,
-        norm="rmsnorm",
-        norm_bias=False,
-        norm_eps=1e-5,
-        activation="swiglu",
-        positions="rope",
-        rope_theta=10000.0,
-        attn_bias=False,
-        mlp_bias=False,
-        tie_embeddings=True,
-        embd_dropout=0.1,
-        attn_dropout=0.1,
-        resid_dropout=0.1,
-        init="gpt2",
-    )
-    train = TrainConfig(
-        batch_size=12,
-        grad_accum=4,
-        lr=3e-4,
-        min_lr_ratio=0.1,
-        weight_decay=0.1,
-        beta1=0.9,
-        beta2=0.95,
-        warmup_steps=2000,
-        max_epochs=1,
-        grad_clip=1.0,
-        precision="auto",
-        eval_interval=500,
-        eval_each_epoch=True,
-    )
     return Preset(
         name="lumenbase-128m",
         description="LumenBase: Llama-style RMSNorm/SwiGLU/RoPE, GQA 12q/4kv, ctx 2048, vocab 32K",
-        model=model,
-        train=train,
+        model=_LLAMA_STYLE.replace(
+            vocab_size=32000,
+            context_length=2048,
+            d_model=768,
+            n_layers=12,
+            n_heads=12,
+            n_kv_heads=4,
+            d_head=64,
+            d_ff=3072,
+            norm_eps=1e-5,
+            rope_theta=10000.0,
+            init="gpt2",
+        ).with_dropout(0.1),
+        # A GPT-3 style recipe: 48 sequences a step, AdamW (0.9, 0.95), decay 0.1.
+        train=dataclasses.replace(
+            _CARD_TRAIN,
+            batch_size=12,
+            grad_accum=4,
+            lr=3e-4,
+            weight_decay=0.1,
+            beta2=0.95,
+            warmup_steps=2000,
+            max_epochs=1,
+            eval_interval=500,
+        ),
         dataset="text",
         tokenizer={"vocab_size": 32000, "special_tokens": CHAT_SPECIALS},
         card={"tasks": {"arc-easy": 0.3948, "arc-challenge": 0.2355, "hellaswag": 0.3262}},
@@ -183,52 +175,22 @@ def _lumenbase() -> Preset:
 
 def _tiny() -> Preset:
     # A few-hundred-thousand-parameter Llama-style model for tests and CPU demos.
-    model = ModelConfig(
-        vocab_size=512,
-        context_length=64,
-        d_model=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        d_ff=128,
-        norm="rmsnorm",
-        norm_bias=False,
-        activation="swiglu",
-        positions="rope",
-        attn_bias=False,
-        mlp_bias=False,
-        tie_embeddings=True,
-    )
-    train = TrainConfig(batch_size=8, lr=1e-3, warmup_steps=10, max_epochs=1, eval_interval=50)
     return Preset(
         name="tiny",
         description="tiny Llama-style model for tests and smoke runs",
-        model=model,
-        train=train,
-        tokenizer={"vocab_size": 512, "special_tokens": CHAT_SPECIALS},
+        model=_LLAMA_STYLE.replace(**_TINY_SIZE, n_kv_heads=2, d_ff=128),
+        train=_TINY_TRAIN,
+        tokenizer=_TINY_TOKENIZER,
     )
 
 
 def _tiny_gpt2() -> Preset:
-    model = ModelConfig(
-        vocab_size=512,
-        context_length=64,
-        d_model=64,
-        n_layers=2,
-        n_heads=4,
-        d_ff=256,
-        norm="layernorm",
-        activation="gelu",
-        positions="learned",
-        tie_embeddings=True,
-    )
-    train = TrainConfig(batch_size=8, lr=1e-3, warmup_steps=10, max_epochs=1, eval_interval=50)
     return Preset(
         name="tiny-gpt2",
         description="tiny GPT-2 style model for tests and smoke runs",
-        model=model,
-        train=train,
-        tokenizer={"vocab_size": 512, "special_tokens": CHAT_SPECIALS},
+        model=_GPT2_STYLE.replace(**_TINY_SIZE, d_ff=256),
+        train=_TINY_TRAIN,
+        tokenizer=_TINY_TOKENIZER,
     )
 
 

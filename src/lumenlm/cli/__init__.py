@@ -1,7 +1,8 @@
 """The `lumenlm` command line: one entry point, one module per subcommand.
 
 Each `lumenlm.cli.<name>` module exposes `register(subparsers, common)` which adds
-its parser and sets `func`. Modules import heavy libraries (torch, tokenizers)
+its parser and sets `func` (through `cli.common.add_command`, with the arguments the
+subcommands share in `cli.common`). Modules import heavy libraries (torch, tokenizers)
 inside their `run` function so `lumenlm --help` stays fast. The CLI holds no
 logic of its own: it parses arguments and calls the library.
 

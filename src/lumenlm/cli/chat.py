@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from lumenlm.cli.common import add_command
 from lumenlm.cli.generate import add_model_args, add_sampling_args
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "chat",
-        parents=[common],
+        run,
         help="interactive chat with a model",
         description="Chat with a model in the terminal using its chat template (default: the "
         "Librarian card's 'User: ...\\nAssistant:'). Replies stream; the history is trimmed to "
@@ -19,7 +22,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_model_args(p)
     p.add_argument("--system", default=None, help="system prompt placed before the conversation")
     add_sampling_args(p, max_new_tokens=128)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lumenlm.cli.common import add_command, add_model_argument
 from lumenlm.cli.generate import add_dtype_arg
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "eval",
-        parents=[common],
+        run,
         help="loss, perplexity, bits-per-byte, top-k accuracy; ARC/HellaSwag",
         description=(
             "Evaluate MODEL (a model dir or a run dir). With --data: mean token cross-entropy, "
@@ -20,7 +23,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
             "log-likelihood exactly as lm-evaluation-harness does."
         ),
     )
-    p.add_argument("model", metavar="MODEL", help="model directory or run directory")
+    add_model_argument(p)
     p.add_argument("--data", metavar="DIR", help="prepared dataset dir (meta.json + <split>.bin)")
     p.add_argument("--split", default="val", help="split to score (default: val)")
     p.add_argument("--window", type=int, help="tokens per window (default: model context length)")
@@ -59,7 +62,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         metavar="FILE.jsonl",
         help="write one line per task question (log-likelihoods, prediction, gold)",
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import argparse
 
+from lumenlm.cli.common import add_command, add_model_argument
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "export",
-        parents=[common],
+        run,
         help="export a model to Hugging Face transformers format",
         description="Export MODEL (a model dir or run dir) to a directory that "
         "transformers' AutoModelForCausalLM.from_pretrained loads: GPT-2 style models "
         "become GPT2LMHeadModel, Llama style models LlamaForCausalLM.",
     )
-    p.add_argument("model", metavar="MODEL", help="model directory or run directory")
+    add_model_argument(p)
     p.add_argument("--format", choices=["hf"], default="hf", help="output format (default: hf)")
     p.add_argument("--out", required=True, help="output directory (replaced atomically)")
     p.add_argument("--tokenizer", help="tokenizer.json to include (default: the model's own)")
     p.add_argument(
         "--force", action="store_true", help="replace --out even if it is not an earlier export"
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

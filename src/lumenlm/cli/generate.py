@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Any, get_args
 
+from lumenlm.cli.common import add_command, add_model_argument
 from lumenlm.config import Dtype
 
 
@@ -90,7 +91,7 @@ def torch_dtype(name: str) -> Any:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="model directory or run directory")
+    add_model_argument(p)
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_dtype_arg(p)
 
@@ -137,9 +138,11 @@ def load_model(path: str, device: str = "cpu", dtype: str = "fp32") -> Any:
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "generate",
-        parents=[common],
+        run,
         help="sample text from a model",
         description="Sample text from a model: temperature, top-k, top-p, min-p, repetition "
         "penalty, stop strings, batching, streaming. Prints prompt + completion.",
@@ -164,7 +167,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="recompute the whole window every token (slow; for checking)",
     )
     add_sampling_args(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

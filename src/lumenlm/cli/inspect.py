@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import argparse
 
+from lumenlm.cli.common import add_command, add_model_argument
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "inspect",
-        parents=[common],
+        run,
         help="attention maps, per-layer states and logit lens",
         description="Run MODEL on TEXT and write attention.png (layers x heads), "
         "logit_lens.png and inspect.json (tokens, attention patterns, residual norms, "
         "attention entropy, logit-lens top-k per layer).",
     )
-    p.add_argument("model", metavar="MODEL", help="model directory or run directory")
+    add_model_argument(p)
     p.add_argument("--text", required=True, help="text to run through the model")
     p.add_argument("--out", default="inspect_out", help="output directory (default: inspect_out)")
     p.add_argument(
         "--top-k", type=int, default=5, help="logit-lens tokens per position (default 5)"
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

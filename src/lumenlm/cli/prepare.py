@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lumenlm.cli.common import add_command
 from lumenlm.data.clean import NORMALIZATIONS, WHITESPACE_MODES
 from lumenlm.data.datasets import DATASETS, SPECS
 from lumenlm.data.datasets.text import DOC_SEPS
@@ -24,9 +25,11 @@ def _whitespace_help() -> str:
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "prepare",
-        parents=[common],
+        run,
         help="get, clean, split and tokenize a dataset",
         description=(
             "Get a dataset's text (--source PATH, $LUMENLM_DATA/<name>/, the download cache, or a "
@@ -117,7 +120,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--offline", action="store_true", help="never download (also: LUMENLM_OFFLINE=1)"
     )
     run_g.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

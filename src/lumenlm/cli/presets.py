@@ -12,14 +12,18 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
+from lumenlm.cli.common import add_command
+
 if TYPE_CHECKING:
     from lumenlm.config import Preset
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "presets",
-        parents=[common],
+        run,
         help="list presets with exact parameter counts",
         description="List the built-in presets (architecture + training recipe) with exact parameter counts.",
     )
@@ -34,7 +38,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="print one preset's full model and train config, each key with its meaning "
         "(the keys `lumenlm train --set` accepts)",
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from lumenlm.cli.common import add_command
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "runs",
-        parents=[common],
+        run,
         help="list training runs and their best metrics",
         description="List the runs under RUNS_DIR with status, steps and best val loss.",
     )
@@ -21,7 +25,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="directory holding run directories (default: runs)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

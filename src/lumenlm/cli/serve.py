@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 
+from lumenlm.cli.common import add_command
 from lumenlm.cli.generate import add_model_args
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "serve",
-        parents=[common],
+        run,
         help="OpenAI-compatible HTTP API",
         description="Serve /v1/models, /v1/completions and /v1/chat/completions (with "
         "stream: true as server-sent events) plus /health. Binds 127.0.0.1 unless --host says "
@@ -43,7 +46,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="reject larger request bodies with 413 (default 1000000)",
     )
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,6 +31,12 @@ from lumenlm.modelio import make_temp_dir, model_state_dict, unwrap_model
 GPT2 = "GPT2LMHeadModel"
 LLAMA = "LlamaForCausalLM"
 
+_MODEL_TYPES = {GPT2: "gpt2", LLAMA: "llama"}
+
+StateDict = dict[str, torch.Tensor]
+Converted = tuple[dict[str, Any], StateDict]
+"""An architecture's config.json and its weights under transformers' names."""
+
 
 def hf_architecture(cfg: ModelConfig) -> str:
     """The transformers class that can hold `cfg` exactly, or raise LumenError saying why not."""
@@ -75,10 +81,22 @@ def _llama_problems(cfg: ModelConfig) -> list[str]:
     return [need for ok, need in checks if not ok]
 
 
-def _gpt2_weights(
-    cfg: ModelConfig, sd: dict[str, torch.Tensor]
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    out: dict[str, torch.Tensor] = {
+def _hf_config(arch: str, cfg: ModelConfig, fields: dict[str, Any]) -> dict[str, Any]:
+    """config.json for `arch`: the architecture's own `fields` inside what both share."""
+    return {
+        "architectures": [arch],
+        "model_type": _MODEL_TYPES[arch],
+        "vocab_size": cfg.vocab_size,
+        **fields,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": None,  # the tokenizer's ids are added when it is exported too
+        "eos_token_id": None,
+        "use_cache": True,
+    }
+
+
+def _gpt2_weights(cfg: ModelConfig, sd: StateDict) -> Converted:
+    out: StateDict = {
         "transformer.wte.weight": sd["tok_emb.weight"],
         "transformer.wpe.weight": sd["pos_emb.weight"],
         "transformer.ln_f.weight": sd["final_norm.weight"],
@@ -101,37 +119,32 @@ def _gpt2_weights(
         out[h + "mlp.c_fc.bias"] = sd[p + "mlp.up_proj.bias"]
         out[h + "mlp.c_proj.weight"] = sd[p + "mlp.down_proj.weight"].t()
         out[h + "mlp.c_proj.bias"] = sd[p + "mlp.down_proj.bias"]
-    config = {
-        "architectures": [GPT2],
-        "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size,
-        "n_positions": cfg.context_length,
-        "n_ctx": cfg.context_length,
-        "n_embd": cfg.d_model,
-        "n_layer": cfg.n_layers,
-        "n_head": cfg.n_heads,
-        "n_inner": cfg.d_ff,
-        "activation_function": "gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
-        "resid_pdrop": cfg.resid_dropout,
-        "embd_pdrop": cfg.embd_dropout,
-        "attn_pdrop": cfg.attn_dropout,
-        "layer_norm_epsilon": cfg.norm_eps,
-        "initializer_range": cfg.init_std,
-        "scale_attn_weights": True,
-        "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True,
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "use_cache": True,
-    }
+    config = _hf_config(
+        GPT2,
+        cfg,
+        {
+            "n_positions": cfg.context_length,
+            "n_ctx": cfg.context_length,
+            "n_embd": cfg.d_model,
+            "n_layer": cfg.n_layers,
+            "n_head": cfg.n_heads,
+            "n_inner": cfg.d_ff,
+            "activation_function": "gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
+            "resid_pdrop": cfg.resid_dropout,
+            "embd_pdrop": cfg.embd_dropout,
+            "attn_pdrop": cfg.attn_dropout,
+            "layer_norm_epsilon": cfg.norm_eps,
+            "initializer_range": cfg.init_std,
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False,
+        },
+    )
     return config, out
 
 
-def _llama_weights(
-    cfg: ModelConfig, sd: dict[str, torch.Tensor]
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    out: dict[str, torch.Tensor] = {
+def _llama_weights(cfg: ModelConfig, sd: StateDict) -> Converted:
+    out: StateDict = {
         "model.embed_tokens.weight": sd["tok_emb.weight"],
         "model.norm.weight": sd["final_norm.weight"],
     }
@@ -149,30 +162,27 @@ def _llama_weights(
             out[h + f"mlp.{n}_proj.weight"] = sd[p + f"mlp.{n}_proj.weight"]
             if cfg.mlp_bias:
                 out[h + f"mlp.{n}_proj.bias"] = sd[p + f"mlp.{n}_proj.bias"]
-    config = {
-        "architectures": [LLAMA],
-        "model_type": "llama",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.d_ff,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.d_head,
-        "max_position_embeddings": cfg.context_length,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "hidden_act": "silu",
-        "attention_bias": cfg.attn_bias,
-        "attention_dropout": cfg.attn_dropout,
-        "mlp_bias": cfg.mlp_bias,
-        "initializer_range": cfg.init_std,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "use_cache": True,
-    }
+    config = _hf_config(
+        LLAMA,
+        cfg,
+        {
+            "hidden_size": cfg.d_model,
+            "intermediate_size": cfg.d_ff,
+            "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.n_kv_heads,
+            "head_dim": cfg.d_head,
+            "max_position_embeddings": cfg.context_length,
+            "rms_norm_eps": cfg.norm_eps,
+            "rope_theta": cfg.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+            "hidden_act": "silu",
+            "attention_bias": cfg.attn_bias,
+            "attention_dropout": cfg.attn_dropout,
+            "mlp_bias": cfg.mlp_bias,
+            "initializer_range": cfg.init_std,
+        },
+    )
     return config, out
 
 

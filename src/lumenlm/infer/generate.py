@@ -238,32 +238,21 @@ def generate(
     params: SamplingParams | None = None,
     *,
     tokenizer: Any = None,
-    use_cache: bool = True,
-    window_keep: int | None = None,
-    generator: torch.Generator | None = None,
     should_stop: Callable[[], bool] | None = None,
-    **overrides: Any,
+    **options: Any,
 ) -> list[GenerationResult]:
     """Generate for one or more prompts; one `GenerationResult` per prompt, in order.
 
-    Same arguments as `stream_generate` (which this collects), plus `should_stop`: a
-    callable checked after every token; when it returns True generation ends early
-    (the server uses it to drop work for clients that went away).
+    Same arguments as `stream_generate`, which this collects: `options` (`use_cache`,
+    `window_keep`, `generator` and the sampling keywords) go to it as they are. Plus
+    `should_stop`: a callable checked after every token; when it returns True
+    generation ends early (the server uses it to drop work for clients that went away).
     """
     tok = tokenizer if tokenizer is not None else model.tokenizer
     ids = encode_prompts(prompts, tok)
     results = [GenerationResult(i, row) for i, row in enumerate(ids)]
     texts: list[list[str]] = [[] for _ in ids]
-    for ev in stream_generate(
-        model,
-        ids,
-        params,
-        tokenizer=tok,
-        use_cache=use_cache,
-        window_keep=window_keep,
-        generator=generator,
-        **overrides,
-    ):
+    for ev in stream_generate(model, ids, params, tokenizer=tok, **options):
         if should_stop is not None and should_stop():
             break
         r = results[ev.index]

@@ -22,7 +22,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -245,19 +245,48 @@ def create_app(
     def include_usage(req: SamplingRequest) -> bool:
         return bool((req.stream_options or {}).get("include_usage"))
 
-    def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    def usage(rows: list[list[int]], completion_tokens: int) -> dict[str, int]:
+        prompt_tokens = sum(len(r) for r in rows)
         return {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
 
+    def response_base(prefix: str, obj: str, **extra: Any) -> Callable[[list[dict]], dict]:
+        """`base(choices)`: one response's body (or chunk) around `choices`, with the
+        fields every body and chunk of that response shares, in OpenAI's order."""
+        head = {
+            "id": f"{prefix}-{uuid.uuid4().hex}",
+            "object": obj,
+            "created": int(time.time()),
+            "model": model_name,
+            **extra,
+        }
+        return lambda choices: {**head, "choices": choices}
+
+    def stream_response(
+        req: SamplingRequest,
+        rows: list[list[int]],
+        params: SamplingParams,
+        base: Callable[[list[dict]], dict],
+        make_chunk: Callable[..., dict],
+        first: Sequence[dict] = (),
+    ) -> StreamingResponse:
+        """The server-sent events of one streamed request: `first`, then `make_chunk`'s
+        chunks, a usage chunk if asked, and `[DONE]`."""
+        return StreamingResponse(
+            stream_body(rows, params, base, make_chunk, first, include_usage(req)),
+            media_type="text/event-stream",
+        )
+
     async def stream_body(
         rows: list[list[int]],
         params: SamplingParams,
+        base: Callable[[list[dict]], dict],
         make_chunk: Callable[..., dict],
-        first: list[dict],
-        usage_chunk: Callable[[dict], dict] | None,
+        first: Sequence[dict],
+        with_usage: bool,
     ) -> AsyncIterator[str]:
         for c in first:
             yield sse(c)
@@ -282,86 +311,54 @@ def create_app(
                 }
             )
         else:
-            if usage_chunk is not None:
-                yield sse(usage_chunk(usage(sum(len(r) for r in rows), sum(counts))))
+            if with_usage:
+                yield sse({**base([]), "usage": usage(rows, sum(counts))})
         finally:
             await agen.aclose()  # a disconnected client cancels its generation right away
         yield "data: [DONE]\n\n"
 
     # -- routes ----------------------------------------------------------------------------
+    def model_card() -> dict[str, Any]:
+        return {"id": model_name, "object": "model", "created": created, "owned_by": "lumenlm"}
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok", "model": model_name}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {"id": model_name, "object": "model", "created": created, "owned_by": "lumenlm"}
-            ],
-        }
+        return {"object": "list", "data": [model_card()]}
 
     @app.get("/v1/models/{name}")
     async def model_info(name: str) -> dict[str, Any]:
         if name != model_name:
             raise APIError(404, f"model {name!r} not found", code="model_not_found")
-        return {"id": model_name, "object": "model", "created": created, "owned_by": "lumenlm"}
+        return model_card()
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Any:
         rows, params = await run_in_threadpool(prepare_completion, req)
-        cid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        base = response_base("cmpl", "text_completion")
 
-        def base(choices: list[dict]) -> dict:
-            return {
-                "id": cid,
-                "object": "text_completion",
-                "created": now,
-                "model": model_name,
-                "choices": choices,
-            }
-
-        def chunk(i: int, text: str | None, reason: str | None) -> dict:
-            return base(
-                [{"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}]
-            )
+        def choice(i: int, text: str | None, reason: str | None) -> dict:
+            return {"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}
 
         if req.stream:
-            u = (lambda us: {**base([]), "usage": us}) if include_usage(req) else None
-            return StreamingResponse(
-                stream_body(rows, params, chunk, [], u), media_type="text/event-stream"
-            )
+
+            def chunk(i: int, text: str | None, reason: str | None) -> dict:
+                return base([choice(i, text, reason)])
+
+            return stream_response(req, rows, params, base, chunk)
         results = await generate_unless_gone(request, rows, params)
         return {
-            **base(
-                [
-                    {
-                        "index": r.index,
-                        "text": r.text,
-                        "logprobs": None,
-                        "finish_reason": r.finish_reason,
-                    }
-                    for r in results
-                ]
-            ),
-            "usage": usage(sum(len(x) for x in rows), sum(r.completion_tokens for r in results)),
+            **base([choice(r.index, r.text, r.finish_reason) for r in results]),
+            "usage": usage(rows, sum(r.completion_tokens for r in results)),
         }
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         rows, params = await run_in_threadpool(prepare_chat, req)
-        cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
-        def base(choices: list[dict]) -> dict:
-            return {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": now,
-                "model": model_name,
-                "system_fingerprint": None,
-                "choices": choices,
-            }
+        base = response_base("chatcmpl", "chat.completion.chunk", system_fingerprint=None)
 
         if req.stream:
             started = [False] * len(rows)
@@ -390,27 +387,22 @@ def create_app(
                 )
                 for i in range(len(rows))
             ]
-            u = (lambda us: {**base([]), "usage": us}) if include_usage(req) else None
-            return StreamingResponse(
-                stream_body(rows, params, chunk, first, u), media_type="text/event-stream"
-            )
+            return stream_response(req, rows, params, base, chunk, first)
         results = await generate_unless_gone(request, rows, params)
         return {
-            "id": cid,
-            "object": "chat.completion",
-            "created": now,
-            "model": model_name,
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": r.index,
-                    "logprobs": None,
-                    "finish_reason": r.finish_reason,
-                    "message": {"role": "assistant", "content": r.text.lstrip(" ")},
-                }
-                for r in results
-            ],
-            "usage": usage(sum(len(x) for x in rows), sum(r.completion_tokens for r in results)),
+            **base(
+                [
+                    {
+                        "index": r.index,
+                        "logprobs": None,
+                        "finish_reason": r.finish_reason,
+                        "message": {"role": "assistant", "content": r.text.lstrip(" ")},
+                    }
+                    for r in results
+                ]
+            ),
+            "object": "chat.completion",  # the chunks' object is chat.completion.chunk
+            "usage": usage(rows, sum(r.completion_tokens for r in results)),
         }
 
     return app
