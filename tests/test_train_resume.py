@@ -21,7 +21,6 @@ from lumenlm.train import data as data_mod
 from lumenlm.train import train
 from lumenlm.train.runs import summarize_run
 from train_helpers import (
-    LUMENLM,
     REPO,
     assert_same_state,
     make_dataset,
@@ -30,6 +29,7 @@ from train_helpers import (
     resume_argv,
     run_cli,
     run_config,
+    slow_lumenlm,
     train_argv,
     train_tiny,
     weights,
@@ -126,14 +126,9 @@ def cli_reference(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def _start(dataset: Path, out: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-        "LUMENLM_TEST_STEP_DELAY": "0.3",
-    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [*LUMENLM, *train_argv(dataset, out, sets=SUB_RECIPE)],
+        [*slow_lumenlm(0.3), *train_argv(dataset, out, sets=SUB_RECIPE)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

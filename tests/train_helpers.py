@@ -21,6 +21,18 @@ PYTHON = sys.executable
 # The `lumenlm` entry point, run by this interpreter.
 LUMENLM = [PYTHON, "-c", "import sys; from lumenlm.cli import main; sys.exit(main())"]
 
+
+def slow_lumenlm(step_delay: float) -> list[str]:
+    """`LUMENLM` whose training sleeps `step_delay` s after each optimizer step (through
+    the trainer's `on_step` callback), so a test can signal or kill it mid-run."""
+    code = (
+        "import functools, sys, time; import lumenlm.train.api as api; "
+        f"api.train = functools.partial(api.train, on_step=lambda t: time.sleep({step_delay}))"
+        "; from lumenlm.cli import main; sys.exit(main())"
+    )
+    return [PYTHON, "-c", code]
+
+
 # A tiny, fast model and recipe: no dropout (so DDP == single process exactly) unless asked.
 TINY = {
     "d_model": 32,

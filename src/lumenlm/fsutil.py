@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 
@@ -32,3 +33,51 @@ def pid_alive(pid: int) -> bool:
     except (OverflowError, OSError):  # PermissionError included
         return True  # exists but belongs to someone else, or cannot tell
     return True
+
+
+class DirLock:
+    """An exclusive lock on a folder (`fcntl.flock` on `<dir>/.lock`, which records the
+    holder's pid and host), so that two processes never write one run at once.
+
+    The kernel drops a flock when its process dies, however it dies, so a lock left by
+    a killed process is no lock at all: the next taker gets it, and `stale_pid` says whose
+    it was. `acquire` returns the pid of a live holder instead of waiting.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / self.NAME
+        self._fd: int | None = None
+        self.stale_pid: int | None = None
+
+    def acquire(self) -> int | None:
+        """Take the lock; None on success, else the holder's pid (-1 when unrecorded)."""
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _recorded_pid(fd)
+            os.close(fd)
+            return -1 if holder is None else holder
+        self.stale_pid = _recorded_pid(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return None
+
+    def release(self) -> None:
+        """Drop the lock (the file stays; an unlocked file means nobody holds it)."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # a clean release leaves no pid to call stale
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def _recorded_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 64, 0).split()[0])
+    except (IndexError, ValueError, OSError):
+        return None

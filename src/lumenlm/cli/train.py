@@ -71,6 +71,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "--strategy", choices=get_args(Strategy), help="distributed strategy under torchrun"
     )
+    p.add_argument(
+        "--reset-lr-schedule",
+        action="store_true",
+        help="with --resume: let --set change lr, min_lr_ratio, warmup_steps or schedule "
+        "(the schedule is recomputed from the current step; the run is then no longer "
+        "bit-identical to an uninterrupted one)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -98,8 +105,10 @@ def run(args: argparse.Namespace) -> int:
             args.stop_at_step = args.old_max_steps
     if args.stop_at_step is not None and args.stop_at_step <= 0:
         raise ConfigError(f"--stop-at-step must be positive, got {args.stop_at_step}")
-    if args.max_minutes is not None and args.max_minutes <= 0:
-        raise ConfigError(f"--max-minutes must be positive, got {args.max_minutes}")
+    if args.max_minutes is not None and not (0 < args.max_minutes < float("inf")):
+        raise ConfigError(f"--max-minutes must be a positive number, got {args.max_minutes}")
+    if args.reset_lr_schedule and args.resume is None:
+        raise ConfigError("--reset-lr-schedule only applies with --resume RUN_DIR; drop it")
     try:
         run_dir = train(
             preset=args.preset,
@@ -115,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
             compile=args.compile,
             strategy=args.strategy,
             progress_bar=not args.no_progress,
+            reset_lr_schedule=args.reset_lr_schedule,
         )
     except TrainingInterrupted as exc:
         if _is_rank0():

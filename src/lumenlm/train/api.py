@@ -2,111 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lumenlm.config import ModelConfig, TrainConfig, apply_overrides
+from lumenlm.config import ModelConfig, TrainConfig
 from lumenlm.data.tokens import read_meta
 from lumenlm.errors import ConfigError, DataError
+from lumenlm.fsutil import DirLock
 from lumenlm.train import distributed as D
 from lumenlm.train.checkpoint import find_resume_checkpoint
 from lumenlm.train.console import Console
 from lumenlm.train.resolve import resolve, split_overrides
-from lumenlm.train.runs import RunRecord, create_run_dir
-from lumenlm.train.trainer import Trainer
-
-# Train keys a resumed run may change: they do not affect the weights' trajectory
-# (max_steps / max_epochs re-plan the schedule from the resume point, on purpose).
-RESUME_OVERRIDABLE = frozenset(
-    {
-        "eval_interval",
-        "log_interval",
-        "checkpoint_interval",
-        "keep_checkpoints",
-        "early_stopping_patience",
-        "max_steps",
-        "max_epochs",
-        "tensorboard",
-        "peak_tflops",
-    }
+from lumenlm.train.resume import (
+    LR_KEYS,
+    check_data,
+    check_matches_checkpoint,
+    data_fingerprint,
+    resume_overrides,
 )
-
-
-def data_fingerprint(meta: dict[str, Any]) -> dict[str, str]:
-    """{"train.bin": sha256, ..., "tokenizer.json": sha256} from a dataset's meta.json."""
-    out: dict[str, str] = {}
-    for name, info in sorted((meta.get("splits") or {}).items()):
-        if isinstance(info, dict) and info.get("sha256"):
-            out[f"{name}.bin"] = str(info["sha256"])
-    tok = meta.get("tokenizer")
-    if isinstance(tok, dict) and tok.get("sha256"):
-        out["tokenizer.json"] = str(tok["sha256"])
-    return out
-
-
-def _check_data(recorded: dict[str, str] | None, data_dir: Path) -> None:
-    """Refuse to resume on prepared data other than the run's (one-line DataError)."""
-    if not recorded:
-        return  # a run from before data fingerprints were recorded
-    current = data_fingerprint(read_meta(data_dir))
-    for name, digest in sorted(recorded.items()):
-        if current.get(name) != digest:
-            what = "sha256 differs" if name in current else "sha256 is no longer recorded"
-            raise DataError(
-                f"data in {data_dir} changed since this run started ({name} {what}); "
-                "resume needs the same prepared data"
-            )
-
-
-def _resume_overrides(
-    model_over: dict[str, Any],
-    train_over: dict[str, Any],
-    train_cfg: TrainConfig,
-    saved_world: int,
-    world: int,
-    given: dict[str, str],
-) -> tuple[TrainConfig, dict[str, Any]]:
-    """(train config, the overrides that change it); a one-line error for any other key.
-
-    batch_size / grad_accum may change only together with the world size, keeping the
-    global batch (batch_size * grad_accum * world_size) and so the exact batch order.
-    `given` maps a field name to the key as the user wrote it, for the messages.
-    """
-
-    def refuse(name: str) -> ConfigError:
-        return ConfigError(
-            f"cannot change {given.get(name, name)} when resuming (it would break exact "
-            "resume); start a new run"
-        )
-
-    if model_over:
-        raise refuse(next(iter(model_over)))
-    changed: dict[str, Any] = {}
-    batch_keys = {k: v for k, v in train_over.items() if k in ("batch_size", "grad_accum")}
-    if batch_keys:
-        new = apply_overrides(train_cfg, batch_keys, prefix="train.")
-        if new.batch_size * new.grad_accum * world == (
-            train_cfg.batch_size * train_cfg.grad_accum * saved_world
-        ):
-            changed.update(batch_keys)
-    for name, value in train_over.items():
-        if name in changed:
-            continue
-        if name not in RESUME_OVERRIDABLE:
-            try:  # restating the run's own value is harmless
-                if apply_overrides(train_cfg, {name: value}) == train_cfg:
-                    continue
-            except ConfigError:
-                pass
-            raise refuse(name)
-        changed[name] = value
-    if changed:
-        train_cfg = apply_overrides(train_cfg, changed, prefix="train.")
-    return train_cfg, changed
+from lumenlm.train.runs import RunRecord, create_run_dir
+from lumenlm.train.stop import TrainingError
+from lumenlm.train.trainer import Trainer
 
 
 def _fit_vocab(model_cfg: ModelConfig, meta: dict[str, Any], console: Console) -> ModelConfig:
@@ -137,6 +59,7 @@ def train(
     strategy: str | None = None,
     progress_bar: bool = True,
     on_step: Callable[[Trainer], None] | None = None,
+    reset_lr_schedule: bool = False,
     max_steps: int | None = None,
 ) -> Path:
     """Train a new run under `out_dir` (or resume `resume`) and return the run directory.
@@ -146,6 +69,8 @@ def train(
     `stop_at_step` stops this invocation once the run reaches that optimizer step and
     `max_minutes` after that much wall time; neither changes the planned schedule
     (`train.max_steps` / `train.max_epochs`), so a resumed run continues it exactly.
+    `reset_lr_schedule` lets a resume change the learning-rate keys (`lr`, ...). The
+    run folder is locked while it trains: a second process gets a one-line refusal.
     `max_steps=` is the deprecated name of `stop_at_step=`. Under torchrun, every rank
     calls this; only rank 0 writes files.
     """
@@ -174,18 +99,37 @@ def train(
         "max_minutes": max_minutes,
         "on_step": on_step,
     }
-    try:
-        if resume is not None:
-            over = (model_over, train_over, given)
-            trainer = _resume(Path(resume), over, env, console, limits)
-        else:
-            trainer = _fresh(
-                preset, data_dir, out_dir, config_file, model_over, train_over, env, console,
-                limits,
-            )  # fmt: skip
-        return trainer.fit()
-    finally:
-        D.cleanup()
+    with contextlib.ExitStack() as held:  # the run's lock, released however this ends
+        try:
+            if resume is not None:
+                over = (model_over, train_over, given)
+                trainer = _resume(Path(resume), over, env, console, limits, held, reset_lr_schedule)
+            else:
+                trainer = _fresh(
+                    preset, data_dir, out_dir, config_file, model_over, train_over, env,
+                    console, limits, held,
+                )  # fmt: skip
+            return trainer.fit()
+        finally:
+            D.cleanup()
+
+
+def _lock(run_dir: Path, env: D.DistEnv, console: Console, held: contextlib.ExitStack) -> None:
+    """Make this process the run's only writer (rank 0 writes for all ranks)."""
+    if not env.is_main or not run_dir.is_dir():
+        return
+    lock = DirLock(run_dir)
+    holder = lock.acquire()
+    if holder is not None:
+        who = f"process {holder}" if holder > 0 else "another process"
+        raise TrainingError(
+            f"{run_dir} is being trained by {who}; wait for it to finish (or stop it), then resume"
+        )
+    held.callback(lock.release)
+    if lock.stale_pid is not None and lock.stale_pid != os.getpid():
+        console.notice(
+            f"took over the lock of process {lock.stale_pid}, which stopped without releasing it"
+        )
 
 
 def _fresh(
@@ -198,6 +142,7 @@ def _fresh(
     env: D.DistEnv,
     console: Console,
     limits: dict[str, Any],
+    held: contextlib.ExitStack,
 ) -> Trainer:
     resolved = resolve(preset, config_file, model_over, train_over)
     model_cfg, train_cfg = resolved.model, resolved.train
@@ -211,6 +156,7 @@ def _fresh(
     if env.is_main:
         run_dir = create_run_dir(out_dir)
     run_dir = Path(D.broadcast_object(str(run_dir) if run_dir else None, env))
+    _lock(run_dir, env, console, held)
     record = RunRecord(run_dir, {}, write=env.is_main)
     try:
         trainer = Trainer(model_cfg, train_cfg, data_dir, run_dir, record=record, **limits)
@@ -248,7 +194,10 @@ def _resume(
     env: D.DistEnv,
     console: Console,
     limits: dict[str, Any],
+    held: contextlib.ExitStack,
+    reset_lr_schedule: bool,
 ) -> Trainer:
+    _lock(run_dir, env, console, held)
     record = RunRecord.read(run_dir, write=env.is_main)
     doc = record.doc
     try:
@@ -258,11 +207,15 @@ def _resume(
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"{record.path}: corrupt run config ({exc})") from None
     saved_world = int(doc.get("world_size") or 1)
-    train_cfg, changed = _resume_overrides(
-        *over[:2], train_cfg, saved_world, env.world_size, over[2]
-    )
-    _check_data(doc.get("data_sha256"), data_dir)
+    model_over, train_over, given = over
+    train_cfg, changed = resume_overrides(
+        model_over, train_over, train_cfg, saved_world, env.world_size, given,
+        reset_lr_schedule=reset_lr_schedule, notice=console.notice,
+    )  # fmt: skip
+    check_data(doc.get("data_sha256"), data_dir)
     ckpt = find_resume_checkpoint(run_dir, log=lambda m: console.notice(m.removeprefix("notice: ")))
+    skip = set(changed) | (set(LR_KEYS) if reset_lr_schedule else set())
+    check_matches_checkpoint(train_cfg, env.world_size, ckpt, skip=skip)
     console.notice(f"resuming {run_dir.name} from {ckpt.name}")
     replan = bool({"max_steps", "max_epochs"} & set(changed))
     trainer = Trainer(

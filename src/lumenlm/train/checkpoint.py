@@ -144,6 +144,30 @@ def read_state(ckpt: Path, rank: int) -> TrainerState:
     )
 
 
+EXPLODED = 1e4
+"""A weight this large (in absolute value) means the run diverged: the trained models
+here keep |w| near 1, so such weights are never saved as a checkpoint."""
+
+
+def largest_weight(model: torch.nn.Module) -> float:
+    """max |w| over this process's parameters (its shards under FSDP); nan/inf if any is."""
+    with torch.no_grad():
+        local = [
+            (p.to_local() if hasattr(p, "to_local") else p).detach() for p in model.parameters()
+        ]
+        if not local:
+            return 0.0
+        return float(torch.stack([t.abs().amax().float() for t in local if t.numel()]).max())
+
+
+def largest_weight_of(ckpt: Path) -> float:
+    """max |w| over a checkpoint's saved weights (nan/inf if any is)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    return max((float(t.abs().max()) for t in tensors.values() if t.numel()), default=0.0)
+
+
 @dataclass
 class Live:
     """The trainer's live objects that a checkpoint's state is packed from and put back
@@ -426,7 +450,8 @@ def find_resume_checkpoint(run_dir: Path, log: Any = None) -> Path:
     found = candidates(run_dir)
     if not found:
         raise CheckpointError(
-            f"{run_dir}: no checkpoints to resume from (checkpoints/last missing)"
+            f"{run_dir}: no checkpoint to resume from (the run stopped before its first "
+            "checkpoint was written); start a new run"
         )
     # Hash only what is needed: try the candidates from the highest recorded step down
     # (candidates() order breaks ties) and stop at the first that verifies.

@@ -23,6 +23,37 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))
 
 
+def _before(record: dict[str, Any], step: int) -> bool:
+    try:
+        return int(record.get("step", 0)) <= step
+    except (TypeError, ValueError):
+        return False
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """(the JSON-object lines of a metrics.jsonl, how many lines were unreadable).
+
+    A torn last line (a crash mid-write), bytes that are not UTF-8 or not JSON, and
+    JSON that is not an object are all skipped, so one damaged file never stops
+    `lumenlm runs`, a card or a resume.
+    """
+    if not path.exists():
+        return [], 0
+    records, bad = [], 0
+    for raw in path.read_bytes().splitlines():
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad += 1
+    return records, bad
+
+
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl and mirrors to TensorBoard."""
 
@@ -63,13 +94,14 @@ class MetricsLog:
         """Drop records past `step` (a resumed run re-logs the steps it redoes)."""
         if not self.path.exists():
             return
-        keep = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                continue
+        records, bad = read_records(self.path)
+        if bad:
+            print(
+                f"notice: {self.path}: dropped {bad} unreadable line(s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        keep = [json.dumps(r) for r in records if _before(r, step)]
         atomic_write_bytes(self.path, ("\n".join(keep) + "\n" if keep else "").encode())
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ import os
 import secrets
 import socket
 import string
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from lumenlm.errors import ConfigError
 from lumenlm.fsutil import pid_alive
 from lumenlm.modelio import atomic_write_text
 from lumenlm.train.checkpoint import Progress
-from lumenlm.train.metrics import MetricsLog, plot_loss_curve
+from lumenlm.train.metrics import MetricsLog, plot_loss_curve, read_records
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -192,17 +193,14 @@ class RunFiles:
             self.plot()
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All records of a run's metrics.jsonl (a torn last line is skipped)."""
+def read_metrics(run_dir: str | Path, report: bool = False) -> list[dict[str, Any]]:
+    """All records of a run's metrics.jsonl; unreadable lines (a torn last line, stray
+    bytes) are skipped, and with `report` counted in a notice on stderr."""
     path = Path(run_dir) / METRICS
-    out = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
+    records, bad = read_records(path)
+    if bad and report:
+        print(f"notice: {path}: skipped {bad} unreadable line(s)", file=sys.stderr, flush=True)
+    return records
 
 
 def _status(cfg: dict[str, Any]) -> str:
@@ -225,7 +223,7 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
         cfg = json.loads((run_dir / CONFIG).read_text())
     except (OSError, json.JSONDecodeError):
         cfg = {}
-    records = read_metrics(run_dir)
+    records = read_metrics(run_dir, report=True)
     # closing evaluations of a paused invocation never pick best/: leave them out here too
     vals = [r for r in records if r.get("val_loss") is not None and not r.get("closing")]
     best = min(vals, key=lambda r: r["val_loss"]) if vals else None
@@ -234,7 +232,7 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
         "run": run_dir.name,
         "preset": cfg.get("preset"),
         "status": _status(cfg),
-        "steps": records[-1]["step"] if records else 0,
+        "steps": records[-1].get("step", 0) if records else 0,
         # the trainer's own choice (it honours early_stopping_min_delta), else the metrics'
         "best_val_loss": cfg["best_val_loss"]
         if cfg.get("best_step") is not None

@@ -26,6 +26,7 @@ import torch
 
 from lumenlm.config import ModelConfig, TrainConfig
 from lumenlm.devices import to_device
+from lumenlm.errors import first_line
 from lumenlm.model import GPT
 from lumenlm.modelio import load_state_into, save_model
 from lumenlm.signals import StopRequest
@@ -135,6 +136,11 @@ class Trainer:
             raise
         except Exception as exc:
             self.files.mark_failed(exc, diverged=self.p.status == "diverged")
+            if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":
+                raise TrainingError(  # disk full, read-only: the last checkpoint is intact
+                    f"cannot write the run's files ({first_line(exc)}); free space or fix "
+                    f"permissions, then resume with: lumenlm train --resume {self.run_dir}"
+                ) from exc
             raise
         finally:
             self.files.close()  # flush TensorBoard events also when the run fails
@@ -345,7 +351,11 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------
     def _save(self, periodic: bool, best: bool) -> None:
-        """Write checkpoints/last (and step_<N>, best) at this optimizer-step boundary."""
+        """Write checkpoints/last (and step_<N>, best) at this optimizer-step boundary;
+        never weights that are non-finite or exploded (the last good checkpoint stays)."""
+        worst = ckpt.largest_weight(self.raw)
+        if D.any_rank(int(not worst < ckpt.EXPLODED), self.env):
+            self._diverged(f"weights exploded (max |w| = {worst:.3g}) at step {self.p.step}")
         packed = ckpt.gather_state(self.p, self.early, self.live, self.precision)
         fsdp = self.cfg.strategy == "fsdp" and self.env.enabled
         model_sd = D.full_model_state(self.raw) if fsdp else None  # collective too
@@ -397,12 +407,13 @@ class Trainer:
                 self._write_run_files(final=True)
             except Exception:
                 pass
-        last = self.run_dir / CHECKPOINTS / "last"
-        kept = (
-            f"last good checkpoint kept at {last}"
-            if last.exists()
-            else "no checkpoint was written yet"
-        )
-        raise TrainingError(
-            f"{what}; stopped without saving ({kept}); try a lower lr or --precision fp32"
-        )
+        if (self.run_dir / CHECKPOINTS / "last").exists():
+            advice = (
+                "the last good checkpoint is kept; resume it with a lower lr: lumenlm train "
+                f"--resume {self.run_dir} --reset-lr-schedule --set lr={self.cfg.lr / 10:g}"
+            )
+        else:
+            advice = (
+                f"no checkpoint was written yet; start a new run with --set lr={self.cfg.lr / 10:g}"
+            )
+        raise TrainingError(f"{what}; stopped without saving ({advice}, or --precision fp32)")
