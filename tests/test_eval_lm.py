@@ -1,10 +1,13 @@
-"""LM metrics: hand-computed perplexity / top-k / bits-per-byte, window and stride rules."""
+"""LM metrics: hand-computed perplexity / top-k / bits-per-byte, window and stride rules;
+the guards around them: the split's tokenizer must be the model's, a non-finite loss is an
+error, and a report path or size that cannot work is refused before the evaluation."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,12 +17,19 @@ import torch
 from torch import nn
 
 from lumenlm.cli import main
-from lumenlm.errors import ConfigError
+from lumenlm.errors import ConfigError, DataError, LumenError
 from lumenlm.evaluate import evaluate_lm, evaluate_tokens, window_spans
 from lumenlm.evaluate.lm import split_bytes_per_token
 from lumenlm.model import GPT
-from lumenlm.modelio import save_model
+from lumenlm.modelio import load, save_model
 from lumenlm.presets import get_preset
+from model_helpers import (
+    make_tokenizer,
+    model_dir,
+    one_line_error,
+    other_tokenizer,
+    write_dataset,
+)
 
 
 class Bigram(nn.Module):
@@ -129,32 +139,6 @@ def test_sliding_window_on_gpt() -> None:
     assert sliding.windows == len(window_spans(400, 64, 16))
 
 
-def write_dataset(
-    path: Path, tokens: np.ndarray, split: str = "val", eot: int = 0, n_bytes: int = 1000
-) -> Path:
-    """A minimal prepared-dataset folder following `lumenlm.data.tokens`' contract."""
-    path.mkdir(parents=True, exist_ok=True)
-    tokens.astype(np.uint16).tofile(path / f"{split}.bin")
-    content = int((tokens != eot).sum())
-    meta = {
-        "vocab_size": 512,
-        "dtype": "uint16",
-        "eot_id": eot,
-        "splits": {
-            split: {
-                "tokens": int(tokens.size),
-                "documents": 3,
-                "content_tokens": content,
-                "bytes": n_bytes,
-                "sha256": "x",
-            }
-        },
-        "bytes_per_token": {split: n_bytes / content, "all": n_bytes / content},
-    }
-    (path / "meta.json").write_text(json.dumps(meta))
-    return path
-
-
 def test_evaluate_lm_on_prepared_split_and_cli(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -220,3 +204,148 @@ def test_cli_needs_something_to_do(tmp_path: Path, capsys: pytest.CaptureFixture
     save_model(GPT(get_preset("tiny").model), tmp_path / "m")
     assert main(["eval", str(tmp_path / "m")]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
+
+
+# -- tokenizer fingerprint: the split must be encoded with the model's tokenizer ------------
+
+
+@pytest.fixture
+def tok(tmp_path: Path) -> Path:
+    return make_tokenizer(tmp_path / "tok" / "tokenizer.json")
+
+
+def _eval(model: Path, data: Path, *extra: str) -> int:
+    return main(["eval", str(model), "--data", str(data), "--device", "cpu", *extra])
+
+
+TOKENS = np.random.default_rng(0).integers(1, 300, size=150)
+
+
+def test_split_of_another_tokenizer_is_refused(tmp_path: Path, tok: Path, capsys) -> None:
+    mdir = model_dir(tmp_path / "m", tokenizer=tok)
+    same = write_dataset(tmp_path / "same", TOKENS, vocab=300, tokenizer=tok)
+    assert _eval(mdir, same) == 0
+    capsys.readouterr()
+    # same vocabulary size, other ids: the numbers would look fine and mean nothing
+    other = other_tokenizer(tok, tmp_path / "other.json")
+    wrong = write_dataset(tmp_path / "wrong", TOKENS, vocab=300, tokenizer=other)
+    assert _eval(mdir, wrong) == 2
+    one_line_error(capsys.readouterr().err, "another tokenizer", "--allow-tokenizer-mismatch")
+    assert _eval(mdir, wrong, "--allow-tokenizer-mismatch") == 0
+    with pytest.raises(DataError, match="another tokenizer"):
+        evaluate_lm(load(mdir), wrong)
+    assert evaluate_lm(load(mdir), wrong, allow_tokenizer_mismatch=True).tokens == 149
+
+
+def test_old_dirs_compare_tokenizer_files_or_skip(tmp_path: Path, tok: Path, capsys) -> None:
+    mdir = model_dir(tmp_path / "m", tokenizer=tok)
+    doc = json.loads((mdir / "config.json").read_text())
+    del doc["tokenizer_sha256"]  # a model dir from before the fingerprint
+    (mdir / "config.json").write_text(json.dumps(doc))
+    other = other_tokenizer(tok, tmp_path / "other.json")
+    # a dataset without meta.json's record: its tokenizer.json's digest is compared
+    wrong = write_dataset(
+        tmp_path / "w", TOKENS, vocab=300, tokenizer=other, record_tokenizer=False
+    )
+    assert _eval(mdir, wrong) == 2
+    one_line_error(capsys.readouterr().err, "another tokenizer")
+    # the same tokenizer written with other formatting is the same tokenizer
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps(json.loads(tok.read_text()), indent=2))
+    assert pretty.read_bytes() != tok.read_bytes()
+    same = write_dataset(tmp_path / "s", TOKENS, vocab=300, tokenizer=pretty)
+    assert _eval(mdir, same) == 0
+    # nothing to compare with on one side: no error
+    (mdir / "tokenizer.json").unlink()
+    assert _eval(mdir, wrong) == 0
+    bare = write_dataset(tmp_path / "bare", TOKENS, vocab=300)
+    assert _eval(model_dir(tmp_path / "m2", tokenizer=tok), bare) == 0
+
+
+# -- a non-finite loss is an error ----------------------------------------------------------
+
+
+def test_non_finite_loss_is_an_error(tmp_path: Path, capsys) -> None:
+    model = GPT(get_preset("tiny").model).eval()
+    with torch.no_grad():
+        model.tok_emb.weight[7] = float("nan")  # tied: every logit row has a nan
+    tokens = np.full(300, 5)
+    # it stops at the first batch, not after the whole split
+    with pytest.raises(LumenError, match=r"loss is nan on tokens 0\.\.64 of val"):
+        evaluate_tokens(model, tokens, window=64, batch_size=1, split="val")
+    save_model(model, tmp_path / "m")
+    data = write_dataset(tmp_path / "data", tokens)
+    assert _eval(tmp_path / "m", data, "--out", str(tmp_path / "r.json")) == 2
+    one_line_error(capsys.readouterr().err, "loss is nan", "non-finite")
+    assert not (tmp_path / "r.json").exists()
+
+
+# -- what cannot work is refused before the evaluation ----------------------------------------
+
+
+def _no_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr("lumenlm.modelio.load", boom)
+
+
+def _read_only_dir(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in (root ignores permission bits)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    for cand in (ro, Path("/proc")):
+        try:
+            tempfile.NamedTemporaryFile(dir=cand).close()
+        except OSError:
+            return cand
+    pytest.skip("no unwritable folder here (root, and /proc is writable?)")
+
+
+@pytest.mark.parametrize("flag", ["--out", "--per-example"])
+@pytest.mark.parametrize("where", ["directory", "under_a_file", "read_only", "read_only_deep"])
+def test_unwritable_report_refused_first(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, flag: str, where: str
+) -> None:
+    save_model(GPT(get_preset("tiny").model), tmp_path / "m")
+    (tmp_path / "afile").write_text("x")
+    if where == "directory":
+        target = tmp_path
+    elif where == "under_a_file":
+        target = tmp_path / "afile" / "r.json"
+    else:  # a report in a read-only folder, or in a folder still to create under one
+        ro = _read_only_dir(tmp_path)
+        target = ro / "r.json" if where == "read_only" else ro / "new" / "r.json"
+    _no_load(monkeypatch)
+    argv = ["eval", str(tmp_path / "m"), "--data", str(tmp_path), "--tasks", "arc-easy"]
+    assert main([*argv, flag, str(target)]) == 2
+    err = one_line_error(capsys.readouterr().err, f"{flag} {target}")
+    assert ("is a directory" in err) if where == "directory" else ("choose" in err)
+
+
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--batch-size", "0"),
+        ("--max-tokens", "-5"),
+        ("--window", "0"),
+        ("--stride", "-1"),
+        ("--limit", "0"),
+    ],
+)
+def test_zero_or_negative_sizes_refused_first(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, flag: str, value: str
+) -> None:
+    _no_load(monkeypatch)
+    assert main(["eval", str(tmp_path), "--data", str(tmp_path), flag, value]) == 2
+    one_line_error(capsys.readouterr().err, f"{flag} must be >= 1, got {value}")
+
+
+def test_library_refuses_zero_or_negative_sizes(tmp_path: Path) -> None:
+    model = GPT(get_preset("tiny").model).eval()
+    data = write_dataset(tmp_path / "data", np.arange(1, 100))
+    with pytest.raises(ConfigError, match="max_tokens must be >= 1, got -5"):
+        evaluate_lm(model, data, max_tokens=-5)  # a slice [:-5] would drop the tail
+    with pytest.raises(ConfigError, match="batch size must be >= 1, got 0"):
+        evaluate_tokens(model, np.arange(1, 100), batch_size=0)

@@ -11,6 +11,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lumenlm.cli import main
+from lumenlm.errors import ConfigError, LumenError
 from lumenlm.evaluate import MCItem, encode_pair, evaluate_tasks, load_task, score_items
 from lumenlm.evaluate.multiple_choice import (
     encode_item,
@@ -214,3 +215,18 @@ def test_choice_longer_than_context_is_scored_on_its_tail(tokenizer: Tokenizer) 
         lp = torch.log_softmax(model(torch.tensor([row])).logits[0].float(), -1)
     ref = sum(float(lp[i, t]) for i, t in enumerate(cont[-64:]))
     assert res.loglikelihoods[1] == pytest.approx(ref, abs=1e-4)
+
+
+def test_non_finite_loglikelihood_is_an_error() -> None:
+    item = MCItem("q7", "Question: what?", ("a", "b"), 0)
+    assert item_result(item, [(-1.0, True), (-2.0, False)]).pred == 0
+    for bad in (float("nan"), float("-inf")):
+        with pytest.raises(LumenError, match=r"question q7: .* non-finite"):
+            item_result(item, [(-1.0, True), (bad, False)])
+
+
+def test_evaluate_tasks_refuses_zero_sizes(tokenizer: Tokenizer) -> None:
+    model = GPT(get_preset("tiny").model)
+    for kwargs in ({"limit": 0}, {"limit": -2}, {"batch_size": 0}):
+        with pytest.raises(ConfigError, match="must be >= 1"):
+            evaluate_tasks(model, ["arc-easy"], tokenizer, **kwargs)

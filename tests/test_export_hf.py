@@ -1,14 +1,18 @@
-"""Export parity: our logits equal transformers' GPT2LMHeadModel / LlamaForCausalLM."""
+"""Export parity: our logits equal transformers' GPT2LMHeadModel / LlamaForCausalLM; a
+tokenizer that does not fit the model, or an unwritable --out, is one line."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from lumenlm.cli import main
 from lumenlm.errors import LumenError
 from lumenlm.export.hf import export_hf
 from lumenlm.model import GPT
+from lumenlm.modelio import load
 from lumenlm.presets import get_preset
+from model_helpers import make_tokenizer, model_dir, one_line_error
 
 transformers = pytest.importorskip("transformers")
 
@@ -89,3 +93,28 @@ def test_export_never_deletes_foreign_or_source_dirs(tmp_path) -> None:
     export_hf(model, tmp_path / "hf")  # an earlier export is replaced
     export_hf(model, victim, force=True)
     assert not (victim / "notes").exists()
+
+
+def test_tokenizer_of_another_size_or_unwritable_out_is_one_line(tmp_path, capsys) -> None:
+    mdir = model_dir(tmp_path / "m", tokenizer=make_tokenizer(tmp_path / "t.json"))
+    small = make_tokenizer(tmp_path / "t280.json", 280)
+    with pytest.raises(LumenError, match="280 tokens, but the model's vocab_size is 300"):
+        export_hf(GPT(get_preset("tiny").model.replace(vocab_size=300)), tmp_path / "x", small)
+    argv = ["export", str(mdir), "--out", str(tmp_path / "hf")]
+    assert main([*argv, "--tokenizer", str(small)]) == 2
+    one_line_error(capsys.readouterr().err, "280 tokens")
+    assert main([*argv, "--tokenizer", str(tmp_path / "none.json")]) == 2
+    one_line_error(capsys.readouterr().err, "no such file")
+    (tmp_path / "afile").write_text("x")
+    assert main(["export", str(mdir), "--out", str(tmp_path / "afile" / "hf")]) == 2
+    one_line_error(capsys.readouterr().err, "is not a directory")
+    assert not (tmp_path / "hf").exists() and main(argv) == 0
+
+
+def test_padded_model_exports_with_its_own_smaller_tokenizer(tmp_path) -> None:
+    tok = make_tokenizer(tmp_path / "t.json", 280)
+    mdir = model_dir(tmp_path / "m", tokenizer=tok, vocab=320)  # saved together: padding
+    out = export_hf(load(mdir), tmp_path / "hf")
+    assert (out / "tokenizer.json").read_bytes() == tok.read_bytes()
+    with pytest.raises(LumenError, match="280 tokens, but the model's vocab_size is 320"):
+        export_hf(GPT(get_preset("tiny").model.replace(vocab_size=320)), tmp_path / "x", tok)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lumenlm.errors import LumenError
+from lumenlm.errors import ConfigError, LumenError
 from lumenlm.model import GPT
 from lumenlm.modelio import atomic_write_text, save_figure
 
@@ -65,6 +65,7 @@ def inspect_text(model: GPT, text: str, tokenizer: Any = None) -> Inspection:
 
 def summary(ins: Inspection, tokenizer: Any, top_k: int = 5) -> dict[str, Any]:
     """JSON-able summary: per-layer residual norms, attention entropy, logit-lens top-k."""
+    check_top_k(top_k, ins.lens_logprobs[0].shape[-1])
     layers = []
     for i, att in enumerate(ins.attentions):
         ent = -(att.clamp_min(1e-12).log() * att).sum(-1).mean(-1)  # (n_heads,)
@@ -96,6 +97,14 @@ def summary(ins: Inspection, tokenizer: Any, top_k: int = 5) -> dict[str, Any]:
             }
         )
     return {"tokens": ins.tokens, "ids": ins.ids, "layers": layers, "logit_lens": lens}
+
+
+def check_top_k(top_k: int, vocab_size: int) -> None:
+    """The logit lens lists 1..vocab_size tokens per position (one-line ConfigError)."""
+    if not 1 <= top_k <= vocab_size:
+        raise ConfigError(
+            f"--top-k must be between 1 and the vocabulary size {vocab_size}, got {top_k}"
+        )
 
 
 def plot_attention(ins: Inspection, path: Path) -> None:
@@ -164,6 +173,7 @@ def plot_logit_lens(ins: Inspection, tokenizer: Any, path: Path) -> None:
 
 def write_inspection(model: GPT, text: str, out_dir: str | Path, top_k: int = 5) -> dict[str, Path]:
     """Write attention.png, logit_lens.png and inspect.json into `out_dir`."""
+    check_top_k(top_k, model.config.vocab_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = model.tokenizer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lumenlm.cli.common import add_command, add_model_argument
+from lumenlm.cli.common import add_command, add_model_argument, add_verify_argument, check_positive
 from lumenlm.cli.generate import add_dtype_arg
 
 
@@ -24,7 +24,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         ),
     )
     add_model_argument(p)
+    add_verify_argument(p)
     p.add_argument("--data", metavar="DIR", help="prepared dataset dir (meta.json + <split>.bin)")
+    p.add_argument(
+        "--allow-tokenizer-mismatch",
+        action="store_true",
+        help="score --data even when it was encoded with another tokenizer than the model's",
+    )
     p.add_argument("--split", default="val", help="split to score (default: val)")
     p.add_argument("--window", type=int, help="tokens per window (default: model context length)")
     p.add_argument(
@@ -74,19 +80,21 @@ def run(args: argparse.Namespace) -> int:
     from lumenlm.evaluate import evaluate_lm, evaluate_tasks
     from lumenlm.evaluate.report import build_report, format_table, write_examples, write_json
     from lumenlm.evaluate.tasks import parse_task_list
-    from lumenlm.modelio import load
+    from lumenlm.modelio import check_output_file, load
 
     if not args.data and not args.tasks:
         raise ConfigError("nothing to evaluate: give --data DIR and/or --tasks LIST")
-    for flag in ("limit", "batch_size", "window", "stride", "max_tokens"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    check_positive(args, "limit", "batch_size", "window", "stride", "max_tokens")
     if args.per_example and not args.tasks:
         raise ConfigError("--per-example needs --tasks")
+    # before any work: a report that cannot be written must not cost a whole evaluation
+    if args.out:
+        check_output_file(args.out, "--out")
+    if args.per_example:
+        check_output_file(args.per_example, "--per-example")
     task_names = parse_task_list(args.tasks) if args.tasks else []
     device = str(resolve_device(args.device))
-    model = load(args.model, device=device, dtype=torch_dtype(args.dtype))
+    model = load(args.model, device=device, dtype=torch_dtype(args.dtype), verify=args.verify)
     info = {
         "model": str(model.model_dir),
         "device": device,
@@ -96,7 +104,14 @@ def run(args: argparse.Namespace) -> int:
     lm = None
     if args.data:
         lm = evaluate_lm(
-            model, args.data, args.split, args.window, args.stride, args.batch_size, args.max_tokens
+            model,
+            args.data,
+            args.split,
+            args.window,
+            args.stride,
+            args.batch_size,
+            args.max_tokens,
+            allow_tokenizer_mismatch=args.allow_tokenizer_mismatch,
         )
         info["data"] = str(args.data)
     tasks = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lumenlm.cli.common import add_command, add_model_argument
+from lumenlm.cli.common import add_command, add_model_argument, add_verify_argument
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "become GPT2LMHeadModel, Llama style models LlamaForCausalLM.",
     )
     add_model_argument(p)
+    add_verify_argument(p)
     p.add_argument("--format", choices=["hf"], default="hf", help="output format (default: hf)")
     p.add_argument("--out", required=True, help="output directory (replaced atomically)")
     p.add_argument("--tokenizer", help="tokenizer.json to include (default: the model's own)")
@@ -29,9 +30,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     from lumenlm.export.hf import export_hf, hf_architecture
-    from lumenlm.modelio import load
+    from lumenlm.modelio import check_output_dir, load
 
-    model = load(args.model)
+    check_output_dir(args.out, "--out")
+    model = load(args.model, verify=args.verify)
     arch = hf_architecture(model.config)
     out = export_hf(model, args.out, tokenizer_path=args.tokenizer, force=args.force)
     print(f"exported {arch} to {out}")

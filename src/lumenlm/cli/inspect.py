@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lumenlm.cli.common import add_command, add_model_argument
+from lumenlm.cli.common import add_command, add_model_argument, add_verify_argument, check_positive
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "attention entropy, logit-lens top-k per layer).",
     )
     add_model_argument(p)
+    add_verify_argument(p)
     p.add_argument("--text", required=True, help="text to run through the model")
     p.add_argument("--out", default="inspect_out", help="output directory (default: inspect_out)")
     p.add_argument(
@@ -28,9 +29,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     from lumenlm.inspect import write_inspection
-    from lumenlm.modelio import load
+    from lumenlm.modelio import check_output_dir, load
 
-    paths = write_inspection(load(args.model), args.text, args.out, top_k=args.top_k)
+    check_positive(args, "top_k")
+    check_output_dir(args.out, "--out")
+    model = load(args.model, verify=args.verify)
+    paths = write_inspection(model, args.text, args.out, top_k=args.top_k)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

@@ -13,6 +13,11 @@ perplexity = exp(mean token NLL); bits_per_byte = total NLL / (ln 2 * bytes), wh
 bytes = scored content tokens * the split's UTF-8 bytes per token from `meta.json`
 (nanochat's vocabulary-independent measure; `<|endoftext|>` targets carry no bytes and
 are left out of both sums).
+
+Two guards keep the numbers honest: a split prepared with a tokenizer other than the
+model's (same size, other ids: the metrics would be plausible and meaningless) is
+refused by fingerprint, the sha256 of tokenizer.json on both sides; and a non-finite
+loss (nan/inf logits: corrupt weights, an overflowing dtype) is an error, never a number.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lumenlm.data.download import sha256_file
 from lumenlm.data.tokens import load_split, read_meta
-from lumenlm.errors import ConfigError, DataError
+from lumenlm.errors import ConfigError, DataError, LumenError
 from lumenlm.model import GPT
+from lumenlm.modelio import TOKENIZER_NAME, tokenizer_fingerprint
 
 TOPK = (1, 5, 10)
 CONVENTION = (
@@ -102,6 +109,8 @@ def evaluate_tokens(
 
     window = window or model.config.context_length
     stride = stride or window
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     if window > model.config.context_length:
         raise ConfigError(
             f"window {window} > the model's context length {model.config.context_length}"
@@ -157,6 +166,12 @@ def evaluate_tokens(
                 torch.stack(rows).sum(0).tolist()
             )
             batch_n = sum(y.shape[1] - first for _, _, first in group)  # known on the host
+            if not math.isfinite(batch_nll):
+                raise LumenError(
+                    f"the loss is {batch_nll} on tokens {group[0][0]}..{group[-1][1]}"
+                    f"{f' of {split}' if split else ''}: the model gives non-finite logits; "
+                    "check the checkpoint (corrupt weights?) or evaluate with --dtype fp32"
+                )
             nll_sum += batch_nll
             content_nll += batch_content_nll
             n_content += int(batch_content)
@@ -209,6 +224,52 @@ def split_bytes_per_token(meta: dict, split: str) -> float | None:
     return None
 
 
+def dataset_tokenizer_fingerprint(meta: dict, data_dir: Path) -> str | None:
+    """sha256 of the tokenizer a prepared dataset was encoded with: meta.json's record,
+    else its tokenizer.json's digest, else None."""
+    tok = meta.get("tokenizer")
+    if isinstance(tok, dict) and isinstance(tok.get("sha256"), str):
+        return tok["sha256"]
+    path = data_dir / TOKENIZER_NAME
+    return sha256_file(path) if path.is_file() else None
+
+
+def check_same_tokenizer(model: GPT, meta: dict, data_dir: Path) -> None:
+    """Refuse a split encoded with another tokenizer than the model's (one-line DataError).
+
+    Compared by fingerprint; with either side unknown (a model or dataset from before
+    fingerprints, no tokenizer.json) there is nothing to compare. Two files that differ
+    only in formatting (same tokenizer, serialized differently) are the same tokenizer.
+    """
+    ours = tokenizer_fingerprint(model)
+    theirs = dataset_tokenizer_fingerprint(meta, data_dir)
+    if ours is None or theirs is None or ours == theirs:
+        return
+    if _same_content(model.model_dir, data_dir):
+        return
+    raise DataError(
+        f"{data_dir}: encoded with another tokenizer than the model's (tokenizer sha256 "
+        f"{theirs[:12]}... vs the model's {ours[:12]}...), so its numbers would mean nothing; "
+        "evaluate on data prepared with the model's tokenizer (lumenlm prepare --tokenizer "
+        "MODEL_DIR) or pass --allow-tokenizer-mismatch"
+    )
+
+
+def _same_content(model_dir: Path | None, data_dir: Path) -> bool:
+    """Whether both tokenizer.json files exist and hold the same tokenizer."""
+    if model_dir is None:
+        return False
+    a, b = model_dir / TOKENIZER_NAME, data_dir / TOKENIZER_NAME
+    if not (a.is_file() and b.is_file()):
+        return False
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(a)).to_str() == Tokenizer.from_file(str(b)).to_str()
+    except Exception:  # tokenizers raises plain Exception on a bad file
+        return False
+
+
 def evaluate_lm(
     model: GPT,
     data_dir: str | Path,
@@ -218,12 +279,18 @@ def evaluate_lm(
     batch_size: int = 8,
     max_tokens: int | None = None,
     progress: bool | None = None,
+    allow_tokenizer_mismatch: bool = False,
 ) -> LMResult:
     """Loss, perplexity, bits-per-byte and top-k accuracy on a prepared split.
 
-    `max_tokens` scores only the first tokens of the split (quick looks).
+    `max_tokens` scores only the first tokens of the split (quick looks). A split whose
+    tokenizer is not the model's is refused unless `allow_tokenizer_mismatch`.
     """
+    if max_tokens is not None and max_tokens < 1:
+        raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
     meta = read_meta(data_dir)
+    if not allow_tokenizer_mismatch:
+        check_same_tokenizer(model, meta, Path(data_dir))
     vocab = meta.get("vocab_size")
     if vocab and int(vocab) > model.config.vocab_size:
         raise DataError(

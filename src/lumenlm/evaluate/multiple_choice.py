@@ -12,7 +12,8 @@ ties go to the first choice (numpy argmax).
 Speed: the choices of one question share the same context tokens, so the context runs
 once (batched over questions, left-padded) into a KV cache, and only the continuations
 run per choice. Items whose request would be truncated fall back to lm-eval's layout,
-one full row per choice.
+one full row per choice. A non-finite log-likelihood (nan/inf logits) is an error: an
+argmax over nan would still pick a "prediction" and report a plausible accuracy.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lumenlm.errors import LumenError
 from lumenlm.evaluate.tasks import MCItem
 from lumenlm.infer.engine import left_pad
 from lumenlm.model import GPT
@@ -245,6 +247,12 @@ def mean_stderr(values: Sequence[float]) -> float:
 
 def item_result(item: MCItem, scores: list[tuple[float, bool]]) -> ItemResult:
     lls = np.array([s for s, _ in scores])
+    if not np.isfinite(lls).all():
+        raise LumenError(
+            f"question {item.id}: a choice's log-likelihood is {lls[~np.isfinite(lls)][0]}: "
+            "the model gives non-finite logits; check the checkpoint (corrupt weights?) or "
+            "evaluate with --dtype fp32"
+        )
     chars = [len(c) for c in item.choices]
     return ItemResult(
         item.id,

@@ -23,10 +23,17 @@ from typing import Any
 import torch
 
 from lumenlm.config import ModelConfig
-from lumenlm.errors import LumenError
+from lumenlm.data.download import sha256_file
+from lumenlm.errors import LumenError, first_line
 from lumenlm.fsutil import replace_dir
 from lumenlm.model import GPT
-from lumenlm.modelio import make_temp_dir, model_state_dict, unwrap_model
+from lumenlm.modelio import (
+    check_tokenizer_fits,
+    make_temp_dir,
+    model_state_dict,
+    tokenizer_fingerprint,
+    unwrap_model,
+)
 
 GPT2 = "GPT2LMHeadModel"
 LLAMA = "LlamaForCausalLM"
@@ -210,6 +217,23 @@ def _tokenizer_files(tokenizer_path: Path, dst: Path, context_length: int) -> di
     return ids
 
 
+def _check_tokenizer(path: Path, model: GPT) -> None:
+    """The exported tokenizer must be readable and fit the model's vocabulary, as
+    `modelio.load` requires of a model directory's own (`check_tokenizer_fits`)."""
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise LumenError(f"--tokenizer {path}: no such file; give a tokenizer.json")
+    try:
+        size = Tokenizer.from_file(str(path)).get_vocab_size()
+    except Exception as exc:  # tokenizers raises plain Exception on a bad file
+        raise LumenError(
+            f"--tokenizer {path}: not a valid tokenizer.json ({first_line(exc)})"
+        ) from None
+    saved_with = tokenizer_fingerprint(model) == sha256_file(path)
+    check_tokenizer_fits(size, model.config.vocab_size, path, saved_with)
+
+
 def _check_out_dir(out: Path, model_dir: Path | None, force: bool) -> None:
     """Never delete what is not ours: the source model, or a directory that is not an
     earlier Hugging Face export, is only replaced with `force`."""
@@ -257,6 +281,8 @@ def export_hf(
         cand = inner.model_dir / "tokenizer.json"
         tokenizer_path = cand if cand.exists() else None
 
+    if tokenizer_path is not None:
+        _check_tokenizer(Path(tokenizer_path), inner)
     out = Path(out_dir)
     _check_out_dir(out, inner.model_dir, force)
     out.parent.mkdir(parents=True, exist_ok=True)
