@@ -70,9 +70,12 @@ def test_cli_choices_and_help_come_from_the_registry(capsys) -> None:
     parser = build_parser()
     for name in datasets.DATASETS:
         assert parser.parse_args(["prepare", name, "--out", "o"]).dataset == name
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         parser.parse_args(["prepare", "wikitext-3", "--out", "o"])
-    assert "invalid choice" in capsys.readouterr().err
+    assert exc.value.code == 2
+    err = capsys.readouterr().err  # one line listing the registry, not the usage block
+    assert err.count("\n") == 1 and "unknown dataset 'wikitext-3'" in err
+    assert "one of " + ", ".join(datasets.DATASETS) in err
     with pytest.raises(SystemExit):
         parser.parse_args(["prepare", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines

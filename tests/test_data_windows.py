@@ -32,6 +32,7 @@ def test_read_meta_and_load_split(tmp_path: Path) -> None:
     ids = np.arange(10, dtype=np.uint16)
     ids.tofile(tmp_path / "train.bin")
     meta = {
+        "vocab_size": 10,
         "dtype": "uint16",
         "splits": {"train": {"tokens": 10}, "val": {"tokens": 0}, "test": {"tokens": 3}},
     }

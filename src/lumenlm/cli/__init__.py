@@ -6,17 +6,24 @@ subcommands share in `cli.common`). Modules import heavy libraries (torch, token
 inside their `run` function so `lumenlm --help` stays fast. The CLI holds no
 logic of its own: it parses arguments and calls the library.
 
-User errors (`LumenError`) print one line and exit non-zero; any other exception
-prints one line too, and the full traceback only with `--debug`.
+Every failure is one line on stderr, `lumenlm <command>: error: <what>; <what to do>`,
+and a non-zero exit; the traceback only with `--debug`. User errors (`LumenError`) carry
+their own advice. Argument errors (a bad flag value, a missing argument) are one line
+too, pointing at `--help`, instead of argparse's usage block (exit 2). Any other
+exception is a bug or an environment problem the code did not foresee: its line says
+so and says what to do (re-run with --debug and report it), and `OSError`/`MemoryError`
+get advice of their own. The real fix for such a message is a `LumenError` at its source.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from lumenlm.errors import LumenError, first_line
 
@@ -34,11 +41,19 @@ COMMANDS = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors are one line that says where to look, not a usage
+    block; subcommand parsers inherit the class (argparse creates them with it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every available subcommand registered."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="lumenlm",
         description="Build small GPT-style language models from scratch, end to end.",
         parents=[common],
@@ -68,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LumenError as exc:
         if debug:
             raise
-        print(f"lumenlm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"lumenlm {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"lumenlm {args.command}: interrupted", file=sys.stderr)
@@ -78,13 +93,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        first = first_line(exc, "")
-        print(
-            f"lumenlm {args.command}: error: {type(exc).__name__}: {first} "
-            "(rerun with --debug for the traceback)",
-            file=sys.stderr,
-        )
+        print(f"lumenlm {args.command}: error: {unexpected_error_line(exc)}", file=sys.stderr)
         return 1
+
+
+def one_line(message: str) -> str:
+    """`message` on one line (a stray newline in a message would break the contract)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+# OS errors that are the environment's, not a bug: what to do about each.
+_OS_ADVICE = {
+    errno.ENOSPC: "free some disk space or choose another output folder",
+    errno.EDQUOT: "free some disk space or choose another output folder",
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+    errno.EROFS: "choose a writable path",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "check the path",
+    errno.EISDIR: "check the path (a folder was given where a file is needed)",
+    errno.EMFILE: "raise the open-files limit (ulimit -n) or use fewer workers",
+}
+
+
+def unexpected_error_line(exc: BaseException) -> str:
+    """The one line for an exception that is not a `LumenError`: what happened and what
+    to do. Out of memory and OS errors (disk full, permissions) are the environment's,
+    with advice to match; anything else is unexpected: re-run with --debug and report it."""
+    what = first_line(exc, "")
+    if isinstance(exc, MemoryError):
+        return (
+            "out of memory; lower the sizes involved (--vocab-size, batch_size, "
+            "context_length, --max-tokens) or use a machine with more memory"
+        )
+    if isinstance(exc, OSError) and exc.errno in _OS_ADVICE:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or type(exc).__name__}{where}; {_OS_ADVICE[exc.errno]}"
+    name = type(exc).__name__
+    head = f"{name}: {what}" if what and what != name else name
+    return f"{head} (unexpected; re-run with --debug for the traceback and report it)"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,8 +6,19 @@ import argparse
 
 from lumenlm.cli.common import add_command
 from lumenlm.data.clean import NORMALIZATIONS, WHITESPACE_MODES
-from lumenlm.data.datasets import DATASETS, SPECS
+from lumenlm.data.datasets import DATASETS, SPECS, get_spec
 from lumenlm.data.datasets.text import DOC_SEPS
+from lumenlm.errors import DataError
+
+
+def _dataset(name: str) -> str:
+    """DATASET, checked against the registry: an unknown name is argparse's one-line
+    error listing the datasets (not the usage block a `choices=` list would print)."""
+    try:
+        get_spec(name)
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
 
 
 def _dataset_help() -> str:
@@ -40,7 +51,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument(
         "dataset",
-        choices=DATASETS,
+        type=_dataset,
         metavar="DATASET",
         help=_dataset_help(),
     )
@@ -129,10 +140,9 @@ def run(args: argparse.Namespace) -> int:
 
     from lumenlm.data.encode import set_threads
 
-    set_threads(args.workers)  # before tokenizers starts its thread pool
+    set_threads(args.workers)  # before tokenizers starts its thread pool (checks the count)
     from lumenlm.data.prepare import PrepareConfig, prepare_dataset
     from lumenlm.data.tokenizer import DEFAULT_SPECIALS
-    from lumenlm.errors import DataError
 
     vocab_size, specials, fraction = 8000, list(DEFAULT_SPECIALS), 1.0
     if args.preset:
@@ -148,8 +158,6 @@ def run(args: argparse.Namespace) -> int:
         specials = [t.strip() for t in args.special_tokens.split(",") if t.strip()]
     if args.fraction is not None:
         fraction = args.fraction
-    if args.workers is not None and args.workers < 1:
-        raise DataError(f"--workers must be at least 1, got {args.workers}")
 
     config = PrepareConfig(
         dataset=args.dataset,

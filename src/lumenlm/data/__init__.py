@@ -11,7 +11,7 @@ Modules, one job each:
   documents the cleaned, subsampled, de-duplicated document stream `prepare` encodes
   tokenizer byte-level BPE: train, load, save, encode, decode, special ids
   encode    batched parallel encoding into flat token arrays
-  tokens    .bin token files and meta.json (`load_split`, `read_meta`)
+  tokens    .bin token files and meta.json (`load_split`, `read_meta`, `check_ids`)
   windows   fixed-window and document-packed datasets, the per-epoch shuffle
   prepare   `prepare_dataset`, which runs all of the above
 

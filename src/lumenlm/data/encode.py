@@ -29,9 +29,14 @@ from itertools import chain
 import numpy as np
 from tokenizers import Tokenizer
 
+from lumenlm.errors import DataError
+
 CHUNK_DOCS = 2048
 CHUNK_CHARS = 4 << 20
 PIECE_CHARS = 1 << 20
+# Encoding threads at most: more than any machine's cores, and a bound on what a typo
+# (--workers 100000) asks the thread pool to spawn.
+MAX_WORKERS = 1024
 # a "\n" between two non-whitespace characters (Python's \s covers every character
 # the tokenizer's regex treats as whitespace, so this is conservative)
 _CUT = re.compile(r"(?<=\S)\n(?=\S)")
@@ -47,9 +52,22 @@ class EncodedChunk:
     content_tokens: int  # ids.size - documents
 
 
+def check_workers(workers: int | None) -> None:
+    """None (all cores) or 1..MAX_WORKERS threads; more would only exhaust the machine."""
+    if workers is None:
+        return
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise DataError(
+            f"--workers must be a whole number from 1 to {MAX_WORKERS}, got {workers!r}; "
+            "leave it out to use all cores"
+        )
+
+
 def set_threads(workers: int | None) -> None:
-    """Use `workers` threads for Rust-side encoding (must run before the first parallel call)."""
-    if workers is None or workers <= 0:
+    """Use `workers` threads for Rust-side encoding (must run before the first parallel call);
+    None leaves the default (all cores). A bad count is a `DataError` (`check_workers`)."""
+    check_workers(workers)
+    if workers is None:
         return
     os.environ["RAYON_NUM_THREADS"] = str(workers)
     os.environ["RAYON_RS_NUM_THREADS"] = str(workers)

@@ -22,11 +22,13 @@ from lumenlm.data.clean import CleanConfig
 from lumenlm.data.corpus import Corpus, OpenOptions
 from lumenlm.data.datasets import get_spec
 from lumenlm.data.documents import DocumentFilter, heldout_digests
+from lumenlm.data.encode import check_workers
 from lumenlm.data.locate import locate, open_corpus
 from lumenlm.data.log import info, warn
-from lumenlm.data.split import SPLITS, check_fraction, check_ratios
+from lumenlm.data.split import SPLITS, check_fraction, check_ratios, check_seed
 from lumenlm.data.tokenizer import (
     DEFAULT_SPECIALS,
+    check_min_frequency,
     check_special_tokens,
     check_vocab_size,
     eot_id,
@@ -36,7 +38,7 @@ from lumenlm.data.tokenizer import (
     special_token_ids,
     train_tokenizer,
 )
-from lumenlm.data.tokens import TokenWriter, check_dtype, dtype_for_vocab, write_meta
+from lumenlm.data.tokens import DTYPES, TokenWriter, check_dtype, dtype_for_vocab, write_meta
 from lumenlm.errors import DataError
 from lumenlm.fsutil import pid_alive, replace_dir
 from lumenlm.signals import sigterm_raises
@@ -84,11 +86,16 @@ def prepare_dataset(config: PrepareConfig) -> dict[str, Any]:
     """Prepare a dataset into `config.out`; returns the meta.json contents."""
     from lumenlm.data.encode import set_threads
 
+    check_settings(config)
     out = Path(config.out)
     for flag, path in (("--source", config.source), ("--tokenizer", config.tokenizer)):
         if path is not None:
             _check_not_inside(out, Path(path), flag)
     _check_out(out, config.force)
+    if config.tokenizer is not None:
+        load_tokenizer(
+            config.tokenizer
+        )  # a missing or bad --tokenizer fails before the text is read
     set_threads(config.workers)
     corpus, clean_cfg = open_configured_corpus(config)
     _check_not_inside(out, corpus.root, "the dataset folder")
@@ -129,18 +136,38 @@ def _check_not_inside(out: Path, path: Path, what: str) -> None:
         )
 
 
-def open_configured_corpus(config: PrepareConfig) -> tuple[Corpus, CleanConfig]:
-    """Check the settings, locate (or download) the text and open it as a `Corpus`."""
+def check_settings(config: PrepareConfig) -> None:
+    """Every numeric and choice setting, before any file is read: one-line `DataError`s
+    that name the flag, its allowed range and a value to use."""
     spec = get_spec(config.dataset)
     val_ratio = spec.val_ratio if config.val_ratio is None else config.val_ratio
     test_ratio = spec.test_ratio if config.test_ratio is None else config.test_ratio
     check_ratios(val_ratio, test_ratio)
     check_fraction(config.fraction)
+    check_seed(config.seed)
+    check_workers(config.workers)
     if config.errors not in ("strict", "replace"):
-        raise DataError(f"--errors must be strict or replace, got {config.errors!r}")
+        raise DataError(
+            f"--errors must be strict or replace, got {config.errors!r}; use one of those"
+        )
+    if config.dtype != "auto" and config.dtype not in DTYPES:
+        raise DataError(
+            f"--dtype must be auto, uint16 or uint32, got {config.dtype!r}; use one of those"
+        )
     if config.tokenizer is None:
         check_special_tokens(config.special_tokens)
         check_vocab_size(config.vocab_size, config.special_tokens)
+        check_min_frequency(config.min_frequency)
+        if config.dtype != "auto":  # the trained vocab is at most the requested one
+            check_dtype(config.dtype, config.vocab_size)
+
+
+def open_configured_corpus(config: PrepareConfig) -> tuple[Corpus, CleanConfig]:
+    """Check the settings, locate (or download) the text and open it as a `Corpus`."""
+    check_settings(config)
+    spec = get_spec(config.dataset)
+    val_ratio = spec.val_ratio if config.val_ratio is None else config.val_ratio
+    test_ratio = spec.test_ratio if config.test_ratio is None else config.test_ratio
     clean_cfg = CleanConfig(
         config.normalization, config.whitespace or spec.whitespace, config.dedup
     )

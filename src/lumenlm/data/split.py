@@ -24,8 +24,8 @@ def unit_hash(text: str, purpose: str, seed: int = 0) -> float:
 def check_ratios(val_ratio: float, test_ratio: float) -> None:
     """Ratios must leave something for training."""
     for name, r in (("--val-ratio", val_ratio), ("--test-ratio", test_ratio)):
-        if not 0.0 <= r < 1.0:
-            raise DataError(f"{name} must be in [0, 1), got {r}")
+        if not _is_number(r) or not 0.0 <= r < 1.0:
+            raise DataError(f"{name} must be a share in [0, 1), got {r!r}; use e.g. 0.05")
     if val_ratio + test_ratio >= 1.0:
         raise DataError(
             f"--val-ratio + --test-ratio must be below 1 (got {val_ratio + test_ratio:g}); "
@@ -51,8 +51,25 @@ def in_fraction(text: str, fraction: float, seed: int = 0) -> bool:
 
 
 def check_fraction(fraction: float) -> None:
-    if not 0.0 < fraction <= 1.0:
-        raise DataError(f"--fraction must be in (0, 1], got {fraction}")
+    """A share of the training documents: above 0 (something to train on), at most 1."""
+    if not _is_number(fraction) or not 0.0 < fraction <= 1.0:
+        raise DataError(
+            f"--fraction must be in (0, 1], got {fraction!r}; use e.g. 0.02 for 2% (1 keeps all)"
+        )
+
+
+# Seeds key a blake2b hash as f"{purpose}:{seed}", which allows 64 bytes: 2^63 fits.
+MAX_SEED = (1 << 63) - 1
+
+
+def check_seed(seed: int) -> None:
+    """A whole number in 0..2^63-1 (negative seeds are refused, as numpy does)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise DataError(f"--seed must be a whole number from 0 to 2^63-1, got {seed!r}; use e.g. 0")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def contiguous_bounds(n: int, val_ratio: float, test_ratio: float) -> tuple[int, int]:

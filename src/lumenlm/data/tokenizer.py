@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from lumenlm.data.tokens import ID_LIMITS
 from lumenlm.errors import DataError, first_line
 from lumenlm.presets import CHAT_SPECIALS
 
@@ -23,25 +24,62 @@ PAD = "<|pad|>"
 BYTE_ALPHABET = 256
 # <|endoftext|>, <|pad|> and the chat roles, shared with the presets
 DEFAULT_SPECIALS: list[str] = list(CHAT_SPECIALS)
+# The largest vocabulary `lumenlm prepare` trains. uint32 token files could hold 2^32 ids,
+# but memory runs out long before: the BPE trainer reserves ~45 bytes per requested id up
+# front (a vocab of 10^11 asked it for 4.5 TB and aborted), and a model's embedding table
+# is vocab x d_model weights (2^20 x 768 in fp32 is 3 GiB). Real vocabularies are
+# 32k-262k ids, so 2^20 leaves room and still fails fast.
+MAX_VOCAB_SIZE = 1 << 20
 
 
 def check_vocab_size(vocab_size: int, special_tokens: Sequence[str]) -> None:
-    """A byte-level vocab needs room for all 256 bytes plus every special token."""
+    """A byte-level vocab needs room for all 256 bytes plus every special token, and at
+    most `MAX_VOCAB_SIZE` ids (checked before the trainer reserves memory for them)."""
     need = BYTE_ALPHABET + len(special_tokens)
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+        raise DataError(f"--vocab-size must be a whole number, got {vocab_size!r}; use e.g. 8000")
     if vocab_size < need:
         raise DataError(
             f"--vocab-size {vocab_size} is too small: byte-level BPE needs at least {need} "
-            f"(256 bytes + {len(special_tokens)} special tokens)"
+            f"(256 bytes + {len(special_tokens)} special tokens); raise it"
+        )
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise DataError(
+            f"--vocab-size {vocab_size} is too large: at most {MAX_VOCAB_SIZE} (2^20); token "
+            f"files hold {ID_LIMITS['uint16']} ids as uint16 and {ID_LIMITS['uint32']} as "
+            "uint32, but the BPE trainer reserves memory for every requested id up front and "
+            "the model's embedding table grows with the vocabulary; lower --vocab-size "
+            "(real vocabularies are 32000-262144)"
+        )
+
+
+def check_min_frequency(min_frequency: int) -> None:
+    """A pair must be seen at least once to merge; the trainer takes a 64-bit count."""
+    if not isinstance(min_frequency, int) or isinstance(min_frequency, bool):
+        raise DataError(
+            f"--min-frequency must be a whole number, got {min_frequency!r}; use e.g. 2"
+        )
+    if not 1 <= min_frequency < 1 << 63:
+        raise DataError(
+            f"--min-frequency must be from 1 to 2^63-1 (pairs seen fewer times are not "
+            f"merged), got {min_frequency}; use e.g. 2"
         )
 
 
 def check_special_tokens(special_tokens: Sequence[str]) -> None:
+    """`<|endoftext|>` among them, each once, none empty."""
     if EOT not in special_tokens:
-        raise DataError(f"special tokens must include {EOT} (it separates documents)")
+        raise DataError(
+            f"special tokens must include {EOT} (it separates documents); add it to "
+            "--special-tokens"
+        )
     if len(set(special_tokens)) != len(special_tokens):
-        raise DataError(f"special tokens repeat: {', '.join(special_tokens)}")
+        raise DataError(
+            f"special tokens repeat: {', '.join(special_tokens)}; drop the repeats from "
+            "--special-tokens"
+        )
     if any(not t for t in special_tokens):
-        raise DataError("special tokens must be non-empty strings")
+        raise DataError("special tokens must be non-empty strings; drop the empty ones")
 
 
 def new_tokenizer() -> Tokenizer:
@@ -65,8 +103,7 @@ def train_tokenizer(
     special_tokens = list(special_tokens)
     check_special_tokens(special_tokens)
     check_vocab_size(vocab_size, special_tokens)
-    if min_frequency < 1:
-        raise DataError(f"--min-frequency must be at least 1, got {min_frequency}")
+    check_min_frequency(min_frequency)
     tok = new_tokenizer()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -4,12 +4,18 @@ Each `.bin` is a raw little-endian array of token ids (uint16 when the vocab
 fits, else uint32) with `<|endoftext|>` after every document; `np.memmap` reads
 it without loading it. `meta.json` says what the files hold (dtype, counts,
 hashes, tokenizer settings), so readers never guess.
+
+`read_meta` checks every field a reader relies on (train, eval, resume), so a
+hand-edited or truncated meta.json is one line naming the field, never a KeyError
+deep inside a consumer; `check_ids` is the one pass that proves a token file's ids
+fit the vocabulary before an embedding lookup would fail on them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,11 +24,16 @@ from typing import Any
 import numpy as np
 
 from lumenlm.data.split import SPLITS
-from lumenlm.errors import DataError
+from lumenlm.errors import DataError, first_line
 
 META_NAME = "meta.json"
 META_VERSION = 1
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+# How many distinct ids each token-file dtype holds (uint16: 65536, uint32: 2**32).
+ID_LIMITS = {name: int(np.iinfo(t).max) + 1 for name, t in DTYPES.items()}
+REPREPARE = "re-run `lumenlm prepare` to rewrite it"
+# Elements per slice when `check_ids` scans a token file (64 MiB of uint32).
+_SCAN = 1 << 24
 
 
 def dtype_for_vocab(vocab_size: int) -> str:
@@ -151,7 +162,8 @@ def write_token_dataset(
 
 
 def read_meta(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The dataset's meta.json; `DataError` when the folder is not a prepared dataset."""
+    """The dataset's meta.json, checked (`validate_meta`); `DataError` when the folder is
+    not a prepared dataset or a field is missing or wrong."""
     path = Path(data_dir) / META_NAME
     if not path.is_file():
         raise DataError(
@@ -159,11 +171,14 @@ def read_meta(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
         )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid JSON ({exc}); run `lumenlm prepare` again") from None
-    if not isinstance(meta, dict) or "dtype" not in meta or "splits" not in meta:
-        raise DataError(f"{path} is not a lumenlm dataset meta.json; run `lumenlm prepare` again")
-    return meta
+    except OSError as exc:
+        raise DataError(f"cannot read {path} ({exc.strerror}); check its permissions") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and integers too long to convert
+        raise DataError(
+            f"{path} is not valid JSON ({first_line(exc)}); run `lumenlm prepare` again"
+        ) from None
+    return validate_meta(meta, path)
 
 
 def load_split(data_dir: str | os.PathLike[str], split: str) -> np.ndarray:
@@ -185,3 +200,162 @@ def load_split(data_dir: str | os.PathLike[str], split: str) -> np.ndarray:
     if n_bytes == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r")
+
+
+def check_ids(tokens: np.ndarray, vocab_size: int, where: str) -> None:
+    """Every id in `tokens` must lie in 0..vocab_size-1; else a one-line `DataError`.
+
+    An id past the vocabulary would otherwise surface as torch's "IndexError: index out of
+    range in self" in the middle of training or evaluation. One pass over the array, in
+    slices, so a memmapped split is read once and never held in memory; call it once per
+    split when it is opened. `where` names the tokens in the message (e.g. the file path).
+    """
+    flat = np.asarray(tokens).reshape(-1)
+    if flat.size == 0:
+        return
+    if not np.issubdtype(flat.dtype, np.integer):
+        raise DataError(f"{where} holds {flat.dtype} values, not token ids; {REPREPARE}")
+    signed = np.issubdtype(flat.dtype, np.signedinteger)
+    for start in range(0, flat.size, _SCAN):
+        chunk = flat[start : start + _SCAN]
+        top = int(chunk.max())
+        low = int(chunk.min()) if signed else 0
+        if top >= vocab_size or low < 0:
+            bad = top if top >= vocab_size else low
+            at = start + int(np.argmax(chunk == bad))
+            raise DataError(
+                f"{where} holds token id {bad} at position {at}, outside the vocabulary "
+                f"(0..{vocab_size - 1}): the file is corrupt or from another tokenizer; "
+                "re-run `lumenlm prepare`"
+            )
+
+
+# ----------------------------------------------------------------------------- meta.json checks
+
+
+def validate_meta(meta: Any, path: Path) -> dict[str, Any]:
+    """`meta` if every field readers use has the right type and range; else a one-line
+    `DataError` naming the field (`splits.train.tokens`) and saying to re-run prepare.
+
+    Required: `dtype`, `vocab_size`, `splits` (train/val/test entries with `tokens`).
+    Optional, checked when present: `version`, `eot_id`, `pad_id`, `special_tokens`,
+    `bytes_per_token`, `tokenizer`, and each split's counts and sha256. Other fields are
+    informational and not checked; unknown fields are ignored (newer writers may add some).
+    """
+    if not isinstance(meta, dict):
+        raise DataError(
+            f"{path} is not a lumenlm dataset meta.json (not a JSON object); {REPREPARE}"
+        )
+    for key in ("dtype", "vocab_size", "splits"):
+        if key not in meta:
+            raise DataError(f"{path}: field {key} is missing; {REPREPARE}")
+    version = meta.get("version", META_VERSION)
+    if not _is_int(version) or version < 1:
+        raise _bad(path, "version", version, str(META_VERSION))
+    if version > META_VERSION:
+        raise DataError(
+            f"{path}: version {version} is newer than this lumenlm reads ({META_VERSION}); "
+            "upgrade lumenlm or re-run `lumenlm prepare` with this one"
+        )
+    dtype = meta["dtype"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise _bad(path, "dtype", dtype, " or ".join(f'"{d}"' for d in DTYPES))
+    vocab = meta["vocab_size"]
+    if not _is_int(vocab) or not 1 <= vocab <= ID_LIMITS[dtype]:
+        raise _bad(
+            path, "vocab_size", vocab, f"a whole number from 1 to {ID_LIMITS[dtype]} ({dtype} ids)"
+        )
+    _check_splits(meta["splits"], path)
+    for key in ("eot_id", "pad_id"):
+        _check_id(meta.get(key), vocab, path, key)
+    specials = meta.get("special_tokens")
+    if specials is not None:
+        if not isinstance(specials, dict):
+            raise _bad(path, "special_tokens", specials, "an object of token -> id")
+        for token, i in specials.items():
+            _check_id(i, vocab, path, f"special_tokens.{token}", optional=False)
+    _check_bytes_per_token(meta.get("bytes_per_token"), path)
+    tok = meta.get("tokenizer")
+    if tok is not None:
+        if not isinstance(tok, dict):
+            raise _bad(path, "tokenizer", tok, "an object (file, sha256, vocab_size, ...)")
+        if tok.get("sha256") is not None and not isinstance(tok["sha256"], str):
+            raise _bad(path, "tokenizer.sha256", tok["sha256"], "a hex string")
+        tv = tok.get("vocab_size")
+        if tv is not None and (not _is_int(tv) or tv < 1):
+            raise _bad(path, "tokenizer.vocab_size", tv, "a positive whole number")
+    return meta
+
+
+def _check_splits(splits: Any, path: Path) -> None:
+    if not isinstance(splits, dict) or not splits:
+        raise _bad(path, "splits", splits, "an object with train, val and test entries")
+    for name, info in splits.items():
+        if name not in SPLITS:
+            raise DataError(
+                f"{path}: splits has an unknown split {name!r} (use {', '.join(SPLITS)}); "
+                f"{REPREPARE}"
+            )
+        if not isinstance(info, dict):
+            raise _bad(path, f"splits.{name}", info, "an object with tokens, documents, sha256")
+        if "tokens" not in info:
+            raise DataError(f"{path}: field splits.{name}.tokens is missing; {REPREPARE}")
+        for key in ("tokens", "documents", "content_tokens", "bytes"):
+            value = info.get(key)
+            if (value is not None or key == "tokens") and (not _is_int(value) or value < 0):
+                raise _bad(path, f"splits.{name}.{key}", value, "a whole number >= 0")
+        for key in ("sha256", "file"):
+            if info.get(key) is not None and not isinstance(info[key], str):
+                raise _bad(path, f"splits.{name}.{key}", info[key], "a string")
+
+
+def _check_id(value: Any, vocab: int, path: Path, field: str, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if not _is_int(value) or not 0 <= value < vocab:
+        raise _bad(
+            path,
+            field,
+            value,
+            f"a token id from 0 to {vocab - 1}" + (" or null" if optional else ""),
+        )
+
+
+def _check_bytes_per_token(bpt: Any, path: Path) -> None:
+    """None, a positive number, or an object of split (or "all") -> positive number or null."""
+    if bpt is None or _is_ratio(bpt):
+        return
+    if not isinstance(bpt, dict):
+        raise _bad(
+            path, "bytes_per_token", bpt, "a positive number or an object of split -> number"
+        )
+    for key, value in bpt.items():
+        if value is not None and not _is_ratio(value):
+            raise _bad(path, f"bytes_per_token.{key}", value, "a positive number or null")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_ratio(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _bad(path: Path, field: str, value: Any, expected: str) -> DataError:
+    return DataError(f"{path}: field {field} is {_show(value)}, expected {expected}; {REPREPARE}")
+
+
+def _show(value: Any) -> str:
+    """A field's value as JSON, cut to 40 characters (the message stays one short line)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= 40 else text[:37] + "..."
