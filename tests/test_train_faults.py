@@ -337,3 +337,22 @@ def test_sigterm_stops_cleanly_even_mid_evaluation(dataset: Path, tmp_path: Path
     assert run is not None
     r = run_cli(resume_argv(run))
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_out_of_vocabulary_ids_are_refused_before_a_run_starts(
+    dataset: Path, tmp_path: Path, split: str
+) -> None:
+    import numpy as np
+
+    from lumenlm.errors import DataError
+
+    data = Path(shutil.copytree(dataset, tmp_path / "data"))
+    meta = json.loads((data / "meta.json").read_text())
+    ids = np.memmap(data / f"{split}.bin", dtype=meta["dtype"], mode="r+")
+    ids[len(ids) // 2] = meta["vocab_size"]  # one past the last id
+    ids.flush()
+    del ids
+    with pytest.raises(DataError, match="re-run `lumenlm prepare`"):
+        _train(data, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -225,8 +225,10 @@ def test_resume_refuses_overrides_that_break_exact_resume(
     with pytest.raises(ConfigError) as err:
         _resume(run, **{key: 3})
     msg = str(err.value)
+    hint = " or add --reset-lr-schedule" if key == "lr" else ""  # the lr may change if asked
     assert msg == (
         f"cannot change {key} when resuming (it would break exact resume); start a new run"
+        + hint
     )
 
 

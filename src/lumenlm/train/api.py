@@ -215,7 +215,7 @@ def _resume(
     check_data(doc.get("data_sha256"), data_dir)
     ckpt = find_resume_checkpoint(run_dir, log=lambda m: console.notice(m.removeprefix("notice: ")))
     skip = set(changed) | (set(LR_KEYS) if reset_lr_schedule else set())
-    check_matches_checkpoint(train_cfg, env.world_size, ckpt, skip=skip)
+    check_matches_checkpoint(train_cfg, doc["train"], env.world_size, ckpt, skip=skip)
     console.notice(f"resuming {run_dir.name} from {ckpt.name}")
     replan = bool({"max_steps", "max_epochs"} & set(changed))
     trainer = Trainer(

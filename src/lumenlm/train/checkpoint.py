@@ -33,16 +33,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from lumenlm.data.download import sha256_file
 from lumenlm.errors import CheckpointError, first_line
 from lumenlm.fsutil import replace_dir
-from lumenlm.modelio import make_temp_dir
+from lumenlm.modelio import (
+    CONFIG_NAME,
+    MANIFEST_NAME,
+    WEIGHTS_NAME,
+    make_temp_dir,
+    verify_manifest,
+    write_manifest,
+)
 from lumenlm.train import distributed as D
 from lumenlm.train.early_stop import EarlyStopping
 
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_NAME
 STEP_DIR = re.compile(r"^step_(\d+)$")
 LEFTOVER = re.compile(r"^\.(.+)\.(?:old|tmp)\.[^.]+$")
 
@@ -317,12 +323,7 @@ def write_checkpoint(
         (tmp / STATE_JSON).write_text(json.dumps(state, indent=1) + "\n")
         if readme is not None:
             (tmp / "README.md").write_text(readme)
-        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-        manifest = {
-            "files": {name: sha256_file(tmp / name) for name in files},
-            "step": state.get("step"),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        write_manifest(tmp, {"step": state.get("step")})  # last: it seals the checkpoint
         for p in tmp.iterdir():  # flush file contents before the rename makes them visible
             fd = os.open(p, os.O_RDONLY)
             try:
@@ -393,23 +394,8 @@ def _step_dirs(root: Path) -> list[Path]:
 
 def verify(ckpt: Path) -> None:
     """Raise CheckpointError unless every file listed in the manifest matches its sha256."""
-    path = ckpt / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-        files = manifest["files"]
-    except FileNotFoundError:
-        raise CheckpointError(f"{ckpt}: incomplete checkpoint (no {MANIFEST})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise CheckpointError(f"{path}: corrupt manifest") from None
-    for name in (STATE_TENSORS, STATE_JSON, "model.safetensors", "config.json"):
-        if name not in files:
-            raise CheckpointError(f"{ckpt}: manifest does not list {name}")
-    for name, digest in files.items():
-        f = ckpt / name
-        if not f.exists():
-            raise CheckpointError(f"{f}: missing")
-        if sha256_file(f) != digest:
-            raise CheckpointError(f"{f}: checksum mismatch (corrupt or modified)")
+    if not verify_manifest(ckpt, required=(STATE_TENSORS, STATE_JSON, WEIGHTS_NAME, CONFIG_NAME)):
+        raise CheckpointError(f"{ckpt}: incomplete checkpoint (no {MANIFEST})")
 
 
 def load_trainer_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

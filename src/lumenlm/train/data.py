@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lumenlm.data.tokens import load_split, read_meta
+from lumenlm.data.tokens import check_ids, load_split, read_meta
 from lumenlm.data.windows import PackedDataset, WindowDataset, epoch_permutation
 from lumenlm.errors import ConfigError, DataError
 
@@ -155,9 +155,13 @@ class TrainData:
     """What one rank trains and validates on: train and val windows, this rank's batch
     order, and its share of the fixed validation windows."""
 
-    def __init__(self, data_dir: Path, context_length: int, cfg: TrainConfig, env: DistEnv) -> None:
+    def __init__(
+        self, data_dir: Path, context_length: int, vocab_size: int, cfg: TrainConfig, env: DistEnv
+    ) -> None:
         self.train = open_windows(data_dir, "train", context_length, cfg.stride, cfg.doc_aligned)
         self.val = open_windows(data_dir, "val", context_length, None)
+        for split, windows in (("train", self.train), ("val", self.val)):  # once, cheaply
+            check_ids(windows.tokens, vocab_size, f"{data_dir / split}.bin")
         self.data_dir = data_dir
         self.coverage: float = getattr(self.train, "coverage", 1.0)
         """Share of the train tokens the windows cover (below 1 for doc-aligned rows)."""

@@ -128,14 +128,16 @@ LR_KEYS = frozenset({"lr", "min_lr_ratio", "warmup_steps", "schedule"})
 
 
 def check_matches_checkpoint(
-    train_cfg: TrainConfig, world_size: int, ckpt: Path, skip: set[str]
+    train_cfg: TrainConfig, recorded: dict[str, Any], world_size: int, ckpt: Path, skip: set[str]
 ) -> None:
     """Refuse a run config.json that disagrees with the checkpoint it resumes from on a
     key that shapes the trajectory (a hand edit): one-line ConfigError.
 
     The checkpoint's model config records the train config it was trained with; keys
-    a resume may change (`skip`, `RESUME_OVERRIDABLE`) are not compared, and batch_size
-    / grad_accum only through the global batch.
+    a resume may change (`skip`, `RESUME_OVERRIDABLE`) are not compared, nor keys that
+    only one of the two files holds (`recorded` is the run config's train section as
+    written: older versions wrote fewer keys), and batch_size / grad_accum only through
+    the global batch.
     """
     try:
         saved = json.loads((ckpt / "config.json").read_text())["training"]["train"]
@@ -143,7 +145,7 @@ def check_matches_checkpoint(
     except (OSError, KeyError, TypeError, ValueError):
         return  # a checkpoint from before this was recorded: nothing to compare
     current = train_cfg.__dict__
-    for key in sorted(saved):
+    for key in sorted(set(saved) & set(recorded)):  # keys both files wrote themselves
         if key in skip or key in RESUME_OVERRIDABLE or key not in current:
             continue
         if key in ("batch_size", "grad_accum"):

@@ -81,7 +81,9 @@ class Trainer:
         self.console = Console(self.main, progress_bar)
         self.precision = resolve_precision(cfg.precision, self.device)
         # -- data: windows, the resumable batch order, the fixed validation windows --
-        self.data = TrainData(self.data_dir, model_cfg.context_length, cfg, self.env)
+        self.data = TrainData(
+            self.data_dir, model_cfg.context_length, model_cfg.vocab_size, cfg, self.env
+        )
         self.console.notice(self.data.notice() or "")
         self.sampler = self.data.sampler
 
