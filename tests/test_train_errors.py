@@ -111,7 +111,13 @@ def test_corrupt_checkpoint_falls_back_then_says_so(data: Path, tmp_path: Path, 
     _one_line_error(err, "no intact checkpoint")
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(data: Path, tmp_path: Path, capsys) -> None:
+def test_diverging_lr_stops_and_never_checkpoints_exploded_weights(
+    data: Path, tmp_path: Path, capsys
+) -> None:
+    """lr=1e30 blows the weights up at the first step: that step is never saved as a
+    "last good" checkpoint (max |w| would be ~1e30), and the error says what to do."""
+    from lumenlm.train.checkpoint import EXPLODED, largest_weight_of
+
     plan = {
         "max_steps": 20,
         "lr": 1e30,
@@ -121,11 +127,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data: Path, tmp_path: Pat
     }
     code, err = _run(train_argv(data, tmp_path, sets=plan), capsys)
     assert code != 0
+    _one_line_error(err, "at step", "stopped without saving", "--set lr=")
     line = next(x for x in err.splitlines() if x.startswith("lumenlm train: error"))
-    _one_line_error(err, "at step", "last good checkpoint kept")
-    assert " is nan" in line or " is inf" in line
+    assert " is nan" in line or " is inf" in line or "exploded" in line
     run = next(tmp_path.glob("run_*"))
-    state = json.loads((run / "checkpoints/last/trainer_state.json").read_text())
-    failed_at = int(line.split(" at step ")[1].split(";")[0])
-    assert state["step"] == failed_at - 1 >= 1  # last = the state before the bad step
+    for ckpt in (run / "checkpoints").iterdir():
+        assert largest_weight_of(ckpt) < EXPLODED, ckpt.name
     assert json.loads((run / "config.json").read_text())["status"] == "diverged"

@@ -180,7 +180,10 @@ def resolve_model_dir(path: str | Path) -> Path:
     """
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"{p}: no such model or run directory")
+        raise CheckpointError(
+            f"{p}: no such model or run directory; give a run folder (`lumenlm runs`) or a "
+            "model folder with config.json"
+        )
     for name in ("best", "last"):
         cand = p / "checkpoints" / name
         if (cand / CONFIG_NAME).exists():

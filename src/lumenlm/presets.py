@@ -214,7 +214,7 @@ def get_preset(name: str) -> Preset:
         return copy.deepcopy(_BUILDERS[name]())
     except KeyError:
         raise ConfigError(
-            f"unknown preset {name!r}; known presets: {', '.join(_BUILDERS)}"
+            f"unknown preset {name!r}; use one of: {', '.join(_BUILDERS)} (`lumenlm presets`)"
         ) from None
 
 

@@ -57,4 +57,6 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            raise ConfigError(
+                f"--{name.replace('_', '-')} must be >= 1, got {value}; use a positive value"
+            )

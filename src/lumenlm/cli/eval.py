@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to evaluate: give --data DIR and/or --tasks LIST")
     check_positive(args, "limit", "batch_size", "window", "stride", "max_tokens")
     if args.per_example and not args.tasks:
-        raise ConfigError("--per-example needs --tasks")
+        raise ConfigError("--per-example needs --tasks; add --tasks LIST or drop --per-example")
     # before any work: a report that cannot be written must not cost a whole evaluation
     if args.out:
         check_output_file(args.out, "--out")

@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from lumenlm.train.runs import list_runs
 
     if not Path(args.runs_dir).is_dir():
-        raise ConfigError(f"{args.runs_dir}: no such runs directory")
+        raise ConfigError(
+            f"{args.runs_dir}: no such runs directory; give the --out folder of `lumenlm train`"
+        )
     rows = list_runs(args.runs_dir)
     if args.json:
         print(json.dumps(rows, indent=2))

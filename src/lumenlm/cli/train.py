@@ -104,9 +104,13 @@ def run(args: argparse.Namespace) -> int:
         if args.stop_at_step is None:
             args.stop_at_step = args.old_max_steps
     if args.stop_at_step is not None and args.stop_at_step <= 0:
-        raise ConfigError(f"--stop-at-step must be positive, got {args.stop_at_step}")
+        raise ConfigError(
+            f"--stop-at-step must be positive, got {args.stop_at_step}; use a step >= 1"
+        )
     if args.max_minutes is not None and not (0 < args.max_minutes < float("inf")):
-        raise ConfigError(f"--max-minutes must be a positive number, got {args.max_minutes}")
+        raise ConfigError(
+            f"--max-minutes must be a positive number, got {args.max_minutes}; use e.g. 30"
+        )
     if args.reset_lr_schedule and args.resume is None:
         raise ConfigError("--reset-lr-schedule only applies with --resume RUN_DIR; drop it")
     try:

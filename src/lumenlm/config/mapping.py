@@ -30,7 +30,9 @@ def check_types(config: Any, prefix: str = "") -> None:
         if value is None or expected is None:
             continue
         if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
-            raise ConfigError(f"{prefix}{f.name} must be {name}, got {value!r}")
+            raise ConfigError(
+                f"{prefix}{f.name} must be {name}, got {value!r}; give a {name} value"
+            )
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -70,7 +72,7 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        raise ConfigError(f"{path}: file not found; check the --config path") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     try:
@@ -83,10 +85,12 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     except Exception as exc:
         first = first_line(exc)
         raise ConfigError(
-            f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({first})"
+            f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({first}); fix the file"
         ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(
+            f"{path}: expected a mapping at the top level; use sections like model: and train:"
+        )
     return data
 
 

@@ -118,7 +118,9 @@ class ModelConfig:
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "d_ff"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(
+                    f"{name} must be a positive integer, got {value!r}; set a value >= 1"
+                )
         if self.d_head is None:
             raise ConfigError(
                 f"n_heads={self.n_heads} does not divide d_model={self.d_model}; "
@@ -127,7 +129,9 @@ class ModelConfig:
         for name in ("n_kv_heads", "d_head", "d_value"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(
+                    f"{name} must be a positive integer, got {value!r}; set a value >= 1"
+                )
         assert self.n_kv_heads is not None
         if self.n_heads % self.n_kv_heads != 0:
             raise ConfigError(
@@ -147,7 +151,7 @@ class ModelConfig:
         for name in ("embd_dropout", "attn_dropout", "resid_dropout"):
             value = getattr(self, name)
             if not (0.0 <= value < 1.0):
-                raise ConfigError(f"{name} must be in [0, 1), got {value}")
+                raise ConfigError(f"{name} must be in [0, 1), got {value}; use e.g. 0.1")
         if self.init_std <= 0 or not math.isfinite(self.init_std):
             raise ConfigError(f"init_std must be positive, got {self.init_std}")
 

@@ -125,13 +125,17 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_epochs", "eval_interval", "log_interval"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(
+                    f"train.{name} must be a positive integer, got {value!r}; set a value >= 1"
+                )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"train.lr must be a positive finite number, got {self.lr}")
         if self.warmup_steps < 0:
             raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.stride is not None and self.stride <= 0:
-            raise ConfigError(f"train.stride must be a positive integer, got {self.stride}")
+            raise ConfigError(
+                f"train.stride must be a positive integer, got {self.stride}; set a value >= 1"
+            )
         if self.stride is not None and self.doc_aligned:
             raise ConfigError(
                 "train.stride and train.doc_aligned exclude each other (document-aligned "
@@ -142,7 +146,9 @@ class TrainConfig:
         for name in ("checkpoint_interval", "keep_checkpoints"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(
+                    f"train.{name} must be a positive integer, got {value!r}; set a value >= 1"
+                )
         if self.early_stopping_patience is not None and self.early_stopping_patience <= 0:
             raise ConfigError(
                 f"train.early_stopping_patience must be positive or null, got {self.early_stopping_patience}"
@@ -152,7 +158,9 @@ class TrainConfig:
                 f"train.eval_batches must be positive or null, got {self.eval_batches}"
             )
         if not (0.0 <= self.min_lr_ratio <= 1.0):
-            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+            raise ConfigError(
+                f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}; use e.g. 0.1"
+            )
         if self.grad_clip is not None and self.grad_clip < 0:
             raise ConfigError(f"train.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
         check_choice("train.schedule", self.schedule, Schedule)

@@ -110,10 +110,11 @@ def evaluate_tokens(
     window = window or model.config.context_length
     stride = stride or window
     if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}; use a positive batch size")
     if window > model.config.context_length:
         raise ConfigError(
-            f"window {window} > the model's context length {model.config.context_length}"
+            f"window {window} > the model's context length {model.config.context_length}; "
+            "use a smaller --window"
         )
     data = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
     if data.numel() < 2:

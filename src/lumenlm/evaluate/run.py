@@ -27,7 +27,7 @@ def evaluate_tasks(
     """Zero-shot accuracy on each task (first `limit` items), keyed by task name."""
     for what, value in (("limit", limit), ("batch_size", batch_size)):
         if value is not None and value < 1:
-            raise ConfigError(f"{what} must be >= 1, got {value}")
+            raise ConfigError(f"{what} must be >= 1, got {value}; use a positive value")
     tokenizer = tokenizer if tokenizer is not None else model.tokenizer
     if tokenizer is None:
         raise ConfigError("the model has no tokenizer.json; benchmarks need one to encode text")

@@ -250,7 +250,7 @@ def get_task(name: str) -> TaskSpec:
     """The task called `name` (also accepts lm-eval spelling, e.g. ``arc_easy``)."""
     key = name.strip().lower().replace("_", "-")
     if key not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {name!r}; use one of: {', '.join(TASKS)}")
     return TASKS[key]
 
 
@@ -263,5 +263,5 @@ def parse_task_list(text: str) -> list[str]:
             if name not in names:
                 names.append(name)
     if not names:
-        raise ConfigError(f"no task given; known tasks: {', '.join(TASKS)}")
+        raise ConfigError(f"no task given; use one of: {', '.join(TASKS)}")
     return names

@@ -80,7 +80,7 @@ def parse_set_args(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {item!r}; use e.g. --set lr=3e-4")
         out[key.strip()] = parse_value(text)  # numbers like 1e30 too (YAML 1.1 would not)
     return out
 

@@ -85,7 +85,10 @@ class RunRecord:
         try:
             doc = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG})") from None
+            raise ConfigError(
+                f"{run_dir}: not a run directory (no {CONFIG}); give a folder that "
+                "`lumenlm train` made (see `lumenlm runs RUNS`)"
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: corrupt run config ({exc})") from None
         if not isinstance(doc, dict):
