@@ -41,6 +41,24 @@ P = "prepare text --source {src} --doc-sep eot --out {here}/out --no-progress"  
 T = "train --preset tiny --data {data} --out {here}/runs --device cpu --no-progress"
 TD = "train --preset tiny --data {here}/data --out {here}/runs --device cpu --no-progress"
 
+
+def oov_id(split: str):  # type: ignore[no-untyped-def]
+    """{here}/data: a copy of {data} with one id in `split`.bin past the vocabulary."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    def setup(here: Path, ws) -> None:  # type: ignore[no-untyped-def]
+        data = Path(shutil.copytree(ws.data, here / "data"))
+        meta = json.loads((data / "meta.json").read_text())
+        ids = np.memmap(data / f"{split}.bin", dtype=meta["dtype"], mode="r+")
+        ids[len(ids) // 2] = meta["vocab_size"]
+        ids.flush()
+
+    return setup
+
+
 CASES: list[Case] = [
     # -- lumenlm itself
     Case("nosuchcmd", "unknown command", r"invalid choice: 'nosuchcmd' \(choose from"),
@@ -296,6 +314,18 @@ CASES: list[Case] = [
         "train --resume {here}",
         "--resume of a folder that is not a run",
         r"not a run directory \(no config.json\)",
+    ),
+    Case(
+        TD,
+        "train.bin holds an id past the vocabulary",
+        r"train.bin holds token id \d+ at position \d+, outside the vocabulary.*re-run",
+        setup=oov_id("train"),
+    ),
+    Case(
+        "eval {model} --data {here}/data --device cpu",
+        "val.bin holds an id past the vocabulary",
+        r"val.bin holds token id \d+ at position \d+, outside the vocabulary.*re-run",
+        setup=oov_id("val"),
     ),
     # -- the model commands
     Case(

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from lumenlm.data.download import sha256_file
-from lumenlm.data.tokens import load_split, read_meta
+from lumenlm.data.tokens import check_ids, load_split, read_meta
 from lumenlm.errors import ConfigError, DataError, LumenError
 from lumenlm.model import GPT
 from lumenlm.modelio import TOKENIZER_NAME, tokenizer_fingerprint
@@ -301,6 +301,8 @@ def evaluate_lm(
     tokens = load_split(data_dir, split)
     if max_tokens is not None:
         tokens = tokens[:max_tokens]
+    vocab = min(model.config.vocab_size, int(meta["vocab_size"]))  # ids valid for both
+    check_ids(tokens, vocab, f"{Path(data_dir) / split}.bin")
     eot = meta.get("eot_id")
     return evaluate_tokens(
         model,
