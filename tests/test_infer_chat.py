@@ -165,4 +165,4 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert cli_main(["generate", str(tmp_path / "missing"), "--prompt", "x"]) != 0
     assert capsys.readouterr().err.count("\n") == 1
     assert cli_main(["generate", str(no_tok), "--prompt", "x", "--top-p", "2"]) != 0
-    assert "top_p" in capsys.readouterr().err
+    assert "--top-p" in capsys.readouterr().err

@@ -222,3 +222,78 @@ def test_input_validation(tok) -> None:  # noqa: F811
     assert r.prompt_ids == [tok.token_to_id("<|endoftext|>")]
     [r] = generate(model, [1, 2], max_new_tokens=0)
     assert r.token_ids == [] and r.finish_reason == "length"
+
+
+def test_batch_size_bounds_the_batch_and_keeps_every_row(
+    model,
+    tok,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows decode `batch_size` at a time (never more in one KV cache), with the same
+    tokens, text and end reasons as one batch, for every batch size."""
+    import sys
+
+    gen_mod = sys.modules["lumenlm.infer.generate"]  # the package's `generate` is the function
+    sizes: list[int] = []
+
+    class Recording(Decoder):
+        def __init__(self, model, prompts, **kw) -> None:
+            sizes.append(len(prompts))
+            super().__init__(model, prompts, **kw)
+
+    monkeypatch.setattr(gen_mod, "Decoder", Recording)
+    rows = [p for p in PROMPTS for _ in range(3)]  # 9 rows of 3 lengths
+    kw = dict(tokenizer=tok, temperature=1.0, top_k=40, seed=5, max_new_tokens=12, stop=["e"])
+    whole = generate(model, rows, **kw)
+    for b in (1, 2, 4, 8, 9, 50):
+        sizes.clear()
+        got = generate(model, rows, batch_size=b, **kw)
+        assert max(sizes) <= b and sum(sizes) == len(rows)
+        assert [(r.index, r.token_ids, r.text, r.finish_reason) for r in got] == [
+            (r.index, r.token_ids, r.text, r.finish_reason) for r in whole
+        ]
+    streamed = list(stream_generate(model, rows, batch_size=4, **kw))
+    assert sorted({e.index for e in streamed}) == list(range(len(rows)))
+    with pytest.raises(ValueError, match="batch_size"):
+        generate(model, rows, batch_size=0, **kw)
+
+
+def test_long_streams_keep_constant_memory(tok) -> None:  # noqa: F811
+    """The decoder and stop matcher drop what they released: their state stays bounded
+    however long the stream, and the text is the same as decoding everything at once."""
+    from lumenlm.infer.detok import KEEP
+
+    ids = tok.encode("the cat sat on the mat, café 東京 🙂 " * 1000).ids
+    assert len(ids) > 2 * KEEP
+    dec, match = IncrementalDecoder(tok), StopMatcher(["NEVER THERE"])
+    out = []
+    for i in ids:
+        text, stopped = match.feed(dec.push(i))
+        out.append(text)
+        assert not stopped
+        assert len(dec.ids) <= KEEP + 8 and len(match.text) <= KEEP + 2 * len("NEVER THERE") + 8
+    out.append(match.feed(dec.flush())[0] + match.finish())
+    assert "".join(out) == tok.decode(ids)
+    late = StopMatcher(["END"])  # a stop string after a long run is still found
+    assert late.feed("x" * (3 * KEEP))[0] == "x" * (3 * KEEP)
+    assert late.feed("abEN") == ("ab", False) and late.feed("D tail") == ("", True)
+
+
+def test_stop_token_ids_must_be_in_the_vocabulary() -> None:
+    model = make_model("tiny")
+    vocab = model.config.vocab_size
+    for bad in (vocab, vocab + 10**6, 2**70):
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            list(stream_generate(model, [1, 2], max_new_tokens=2, stop_token_ids=[bad]))
+    with pytest.raises(ValueError, match=">= 0"):
+        generate(model, [1, 2], max_new_tokens=2, stop_token_ids=[-1])
+    assert generate(model, [1, 2], max_new_tokens=2, stop_token_ids=[vocab - 1])
+
+
+def test_text_that_is_not_unicode_is_refused_with_where(tok) -> None:  # noqa: F811
+    model = make_model("tiny")
+    for prompts, where in [("\ud800", "prompt 1"), (["ok", "a\udfffb"], "prompt 2")]:
+        with pytest.raises(ValueError, match=f"{where} is not valid Unicode"):
+            generate(model, prompts, tokenizer=tok, max_new_tokens=1)
+    with pytest.raises(ValueError, match="stop string is not valid Unicode"):
+        generate(model, "hi", tokenizer=tok, max_new_tokens=1, stop=["\udc80"])

@@ -1,4 +1,5 @@
-"""Logits processors keep exactly the right tokens; sampling is seeded and private."""
+"""Logits processors keep exactly the right tokens; sampling is seeded and private; no
+setting or logits (inf, NaN, out of range) make the sampler fail."""
 
 from __future__ import annotations
 
@@ -6,14 +7,19 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lumenlm.infer import SamplingParams
 from lumenlm.infer.sampling import (
+    REPETITION_PENALTY_RANGE,
+    TEMPERATURE_MAX,
     apply_min_p,
     apply_repetition_penalty,
     apply_temperature,
     apply_top_k,
     apply_top_p,
+    greedy_fallback,
     make_generator,
     process_logits,
     sample_next,
@@ -163,3 +169,110 @@ def test_denormal_temperature_is_greedy_and_huge_seed_is_accepted() -> None:
     a = torch.rand(3, generator=make_generator(2**64 + 5))
     b = torch.rand(3, generator=make_generator(5))
     assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- extremes
+
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+EXTREME = [0.0, -0.0, 5e-324, 1e-300, 1e-40, 1e-5, 1.0, 2.0, 1e30, 1e300, math.inf, -math.inf]
+any_float = st.one_of(
+    st.sampled_from([*EXTREME, -1.0, math.nan]), st.floats(allow_nan=True, allow_infinity=True)
+)
+
+
+def _setting(name: str) -> st.SearchStrategy:
+    """Values for one SamplingParams field: mostly valid ones (edges included), some not."""
+    lo, hi = {
+        "temperature": (0.0, TEMPERATURE_MAX),
+        "top_p": (0.0, 1.0),
+        "min_p": (0.0, 1.0),
+        "repetition_penalty": REPETITION_PENALTY_RANGE,
+    }[name]
+    return st.one_of(st.sampled_from([lo, hi]), st.floats(lo, hi), any_float)
+
+
+params_kwargs = st.fixed_dictionaries(
+    {},
+    optional={
+        "temperature": _setting("temperature"),
+        "top_p": _setting("top_p"),
+        "min_p": _setting("min_p"),
+        "repetition_penalty": _setting("repetition_penalty"),
+        "top_k": st.one_of(st.none(), st.integers(-3, 10**12)),
+    },
+)
+logit_value = st.one_of(
+    st.floats(-30, 30), st.sampled_from([math.inf, -math.inf, math.nan, 3e38, -3e38, 1e30])
+)
+
+
+@FUZZ
+@given(
+    kw=params_kwargs,
+    rows=st.lists(st.lists(logit_value, min_size=7, max_size=7), min_size=1, max_size=4),
+    seen_bits=st.integers(0, 2**28 - 1),
+    seed=st.integers(-(2**70), 2**70),
+)
+def test_any_settings_and_logits_never_crash_the_sampler(
+    kw: dict, rows: list[list[float]], seen_bits: int, seed: int
+) -> None:
+    """Out-of-range settings are refused by SamplingParams (ValueError) and nothing else;
+    in range, every row gets a token of the vocabulary whatever its logits (inf, NaN)."""
+    try:
+        params = SamplingParams(**kw)
+    except ValueError:
+        bad = [
+            k
+            for k, v in kw.items()
+            if (k == "top_k" and v is not None and v < 0) or (k != "top_k" and not _in_range(k, v))
+        ]
+        assert bad, f"refused valid settings {kw}"
+        return
+    for k, v in kw.items():
+        assert k == "top_k" or _in_range(k, v), f"accepted {k}={v}"
+    logits = torch.tensor(rows, dtype=torch.float32)
+    b, v = logits.shape
+    seen = torch.tensor([[(seen_bits >> (i * v + j)) & 1 for j in range(v)] for i in range(b)])
+    gens = [make_generator(seed + i) for i in range(b)]
+    tokens = sample_next(logits, params, gens, seen.bool())
+    assert tokens.shape == (b,) and all(0 <= t < v for t in tokens.tolist())
+    processed = process_logits(logits, params, seen.bool())
+    for i, t in enumerate(tokens.tolist()):
+        probs = torch.softmax(processed[i], -1)
+        if torch.isfinite(probs).all() and probs.sum() > 0:
+            assert probs[t] > 0  # a real distribution: the token is one the filters kept
+        else:
+            assert t == int(greedy_fallback(logits[i : i + 1], processed[i : i + 1]))
+
+
+def _in_range(name: str, value: float) -> bool:
+    lo, hi = {
+        "temperature": (0.0, TEMPERATURE_MAX),
+        "top_p": (0.0, 1.0),
+        "min_p": (0.0, 1.0),
+        "repetition_penalty": REPETITION_PENALTY_RANGE,
+    }[name]
+    return lo <= value <= hi  # False for NaN
+
+
+@pytest.mark.parametrize("penalty", [5e-324, 1e-300, 0.0, -1.0, 1e300, math.inf, math.nan])
+def test_red_team_repetition_penalties_are_refused(penalty: float) -> None:
+    with pytest.raises(ValueError, match=r"repetition_penalty must be in \[0.01, 100\]"):
+        SamplingParams(repetition_penalty=penalty)
+
+
+def test_greedy_fallback_prefers_processed_then_raw_logits() -> None:
+    nan, inf = math.nan, math.inf
+    raw = torch.tensor([[1.0, 5.0, 2.0], [1.0, 5.0, 2.0], [nan, 4.0, nan], [nan, nan, nan]])
+    processed = torch.tensor(
+        [[nan, 1.0, 3.0], [-inf, -inf, -inf], [nan, nan, nan], [nan, -inf, nan]]
+    )
+    assert greedy_fallback(raw, processed).tolist() == [2, 1, 1, 0]
+    weird = torch.tensor([[0.0, inf, 1.0, inf]])  # softmax of this is NaN
+    assert sample_next(weird, SamplingParams(), make_generator(0)).tolist() == [1]

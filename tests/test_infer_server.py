@@ -1,8 +1,10 @@
-"""`lumenlm serve`: the official openai client, SSE streaming, concurrency, validation, auth."""
+"""`lumenlm serve`: the official openai client, SSE streaming, concurrency, validation
+(extreme values, invalid Unicode), the OpenAPI document, 405s, auth."""
 
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -12,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from infer_helpers import _one_thread, make_model_dir, tok_path  # noqa: F401 (fixtures)
 from lumenlm.cli import main as cli_main
@@ -267,17 +271,185 @@ def test_generate_in_bf16(model_dir: Path, capsys) -> None:
 
 
 def test_api_key(model) -> None:
+    """With a key every path but /health needs it, the schema and its docs pages too."""
     from fastapi.testclient import TestClient
 
     app = create_app(model, model.tokenizer, model_name="tiny", max_tokens_cap=8, api_key="s3cret")
+    key = {"Authorization": "Bearer s3cret"}
     with TestClient(app) as tc:
         assert tc.get("/health").status_code == 200
-        r = tc.get("/v1/models")
-        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-        assert tc.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
-        ok = tc.post(
-            "/v1/completions",
-            json={"prompt": "hi", "max_tokens": 2},
-            headers={"Authorization": "Bearer s3cret"},
-        )
+        for path in ("/v1/models", "/v1/models/tiny", "/openapi.json", "/docs", "/redoc", "/x"):
+            for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "s3cret"}):
+                r = tc.get(path, headers=headers)
+                assert r.status_code == 401, (path, headers)
+                assert r.json()["error"]["code"] == "invalid_api_key"
+                assert r.headers["www-authenticate"] == "Bearer"
+        for path in ("/v1/models", "/openapi.json", "/docs"):
+            assert tc.get(path, headers=key).status_code == 200
+        ok = tc.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2}, headers=key)
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 2
+        doc = tc.get("/openapi.json", headers=key).json()
+        assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        for path, ops in doc["paths"].items():
+            for op in ops.values():
+                assert ("security" in op) == (path != "/health")
+                assert path == "/health" or "401" in op["responses"]
+
+
+def test_sizes_must_be_positive(model) -> None:
+    for bad in ({"max_body_bytes": 0}, {"max_body_bytes": -1}, {"max_tokens_cap": 0}):
+        with pytest.raises(ValueError, match=">= 1"):
+            create_app(model, model.tokenizer, **bad)
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+@pytest.fixture(scope="module")
+def tc(model) -> Iterator:
+    """The app in process (no socket), answering 5xx as responses rather than raising."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(model, model.tokenizer, model_name="tiny", max_tokens_cap=3)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def _post(tc, path: str, body: dict) -> httpx.Response:
+    """POST `body` as JSON as Python writes it: NaN/Infinity and lone surrogates included."""
+    raw = json.dumps(body, allow_nan=True)  # ensure_ascii: "\ud800" stays an escape
+    return tc.post(path, content=raw, headers={"content-type": "application/json"})
+
+
+EXTREMES = [
+    0,
+    -1,
+    1,
+    2**63,
+    -(2**70),
+    0.0,
+    -0.0,
+    5e-324,
+    1e-300,
+    1e-5,
+    0.5,
+    2.0,
+    2.0000001,
+    1e300,
+    math.inf,
+    -math.inf,
+    math.nan,
+    None,
+    True,
+    "1",
+]
+value = st.one_of(
+    st.sampled_from(EXTREMES),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**80), 2**80),
+)
+FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "seed",
+)
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    fields=st.dictionaries(st.sampled_from(FIELDS), value, max_size=6),
+    chat=st.booleans(),
+)
+def test_any_sampling_values_never_give_a_5xx(tc, fields: dict, chat: bool) -> None:
+    """Whatever the numbers (out of range, NaN, inf, denormal, huge, wrong type): 200 with
+    n choices when every value is allowed, else 400 in OpenAI's shape, never a 5xx."""
+    if chat:
+        body = {"messages": [{"role": "user", "content": "hi"}], **fields}
+        r = _post(tc, "/v1/chat/completions", body)
+    else:
+        r = _post(tc, "/v1/completions", {"prompt": "hi", **fields})
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 200:
+        n = fields.get("n", 1)
+        assert len(r.json()["choices"]) == n
+        assert r.json()["usage"]["completion_tokens"] <= 3 * n
+    else:
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "a\udfffb", "\udc80", "ok \ud83d"])
+def test_lone_surrogates_are_400_in_every_text_field(tc, bad: str) -> None:
+    """A lone surrogate anywhere the server reads text is a 400 that says where."""
+    s = json.loads(f'"{bad}"')
+    msg = [{"role": "user", "content": "hi"}]
+    cases = [
+        ("/v1/completions", {"prompt": s}, "prompt"),
+        ("/v1/completions", {"prompt": ["ok", s]}, "prompt[1]"),
+        ("/v1/completions", {"prompt": "hi", "stop": s}, "stop"),
+        ("/v1/completions", {"prompt": "hi", "stop": ["x", s]}, "stop[1]"),
+        ("/v1/completions", {"prompt": "hi", "model": s}, "model"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": s}]}, "content"),
+        ("/v1/chat/completions", {"messages": [{"role": "system", "content": s}, *msg]}, "[0]"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": s}]}]},
+            "messages[0].content[0].text",
+        ),
+        ("/v1/chat/completions", {"messages": msg, "stop": [s]}, "stop[0]"),
+    ]
+    for path, body, where in cases:
+        r = _post(tc, path, {"max_tokens": 1, **body})
+        assert r.status_code == 400, (body, r.text)
+        text = r.json()["error"]["message"]
+        assert "not valid Unicode" in text and where in text and "\n" not in text
+    good = _post(tc, "/v1/completions", {"prompt": json.loads('"\ud83d\ude00"'), "max_tokens": 1})
+    assert good.status_code == 200  # a surrogate *pair* is one valid character
+
+
+def test_openapi_documents_the_400_it_sends(tc) -> None:
+    """No 422 anywhere in the document; every route that validates documents 400 with
+    the error body, and what the server really sends matches that model."""
+    from lumenlm.infer.schema import ErrorResponse
+
+    doc = tc.get("/openapi.json").json()
+    assert "422" not in json.dumps(doc) and "HTTPValidationError" not in json.dumps(doc)
+    ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    posts = [(path, ops["post"]) for path, ops in doc["paths"].items() if "post" in ops]
+    assert {p for p, _ in posts} == {"/v1/completions", "/v1/chat/completions"}
+    for path, op in posts:
+        for status in ("400", "413"):
+            assert op["responses"][status]["content"]["application/json"]["schema"] == ref
+        r = _post(tc, path, {"max_tokens": "ten"})
+        assert r.status_code == 400
+        ErrorResponse.model_validate(r.json())
+    assert "404" in doc["paths"]["/v1/models/{name}"]["get"]["responses"]
+
+
+def test_wrong_method_is_405_with_allow(tc) -> None:
+    """Every route answers the methods it lacks with 405 and an Allow header naming its own."""
+    from starlette.routing import Route
+
+    routes = [r for r in tc.app.routes if isinstance(r, Route)]
+    assert routes
+    for route in routes:
+        path = route.path.replace("{name}", "tiny")
+        allowed = set(route.methods or ())
+        for method in {"GET", "POST", "PUT", "PATCH", "DELETE"} - allowed:
+            r = tc.request(method, path)
+            assert r.status_code == 405, (method, path)
+            assert set(r.headers["allow"].replace(" ", "").split(",")) == allowed
+            assert r.json()["error"]["message"]

@@ -1,6 +1,15 @@
 """`lumenlm generate MODEL --prompt TEXT`: sample text from a model.
 
 Also home of the sampling flags and model loading shared by `chat` and `serve`.
+
+Every size is bounded, so no command line can grow memory without end: at most
+`schema.MAX_N` samples per prompt (the server's cap on `n`), rows decoded
+`--batch-size` at a time, and without `--stream` at most
+`generate.MAX_UNSTREAMED_TOKENS` new tokens (nothing prints until the end). Sampling
+values have the ranges `SamplingParams` checks. Text that is not UTF-8 (in a prompt
+file, on stdin, in an argument) is read with undecodable bytes replaced by U+FFFD.
+The limits' numbers reach `--help` through `LimitsHelp`, so the parser itself does
+not import torch.
 """
 
 from __future__ import annotations
@@ -14,22 +23,61 @@ from lumenlm.cli.common import add_command, add_model_argument
 from lumenlm.config import Dtype
 
 
-def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 64) -> None:
-    """The sampling flags every inference command takes."""
+class LimitsHelp(argparse.HelpFormatter):
+    """Fills the limits' placeholders ({max_n}, ...) in help texts when help is shown."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return _fill_limits(super()._expand_help(action))
+
+    def add_text(self, text: str | None) -> None:
+        super().add_text(text if text is None else _fill_limits(text))
+
+
+def _fill_limits(text: str) -> str:
+    if "{" not in text:
+        return text
+    for name, value in _limits().items():
+        text = text.replace("{" + name + "}", f"{value:g}")
+    return text
+
+
+def _limits() -> dict[str, float]:
+    from lumenlm.infer.chat import MAX_LINE
+    from lumenlm.infer.generate import MAX_BATCH, MAX_UNSTREAMED_TOKENS
+    from lumenlm.infer.sampling import REPETITION_PENALTY_RANGE, TEMPERATURE_MAX
+    from lumenlm.infer.schema import MAX_N
+
+    return {
+        "max_line": MAX_LINE,
+        "max_n": MAX_N,
+        "max_batch": MAX_BATCH,
+        "max_unstreamed": MAX_UNSTREAMED_TOKENS,
+        "max_temperature": TEMPERATURE_MAX,
+        "min_penalty": REPETITION_PENALTY_RANGE[0],
+        "max_penalty": REPETITION_PENALTY_RANGE[1],
+    }
+
+
+def add_sampling_args(
+    p: argparse.ArgumentParser, max_new_tokens: int = 64, streamed: bool = True
+) -> None:
+    """The sampling flags every inference command takes (`streamed`: output always
+    streams, so --max-new-tokens has no upper bound)."""
     g = p.add_argument_group("sampling")
+    bound = "" if streamed else "; at most {max_unstreamed} without --stream"
     g.add_argument(
         "--max-new-tokens",
         "--max-tokens",
         type=int,
         default=max_new_tokens,
         dest="max_new_tokens",
-        help=f"tokens to generate (default {max_new_tokens})",
+        help=f"tokens to generate, >= 1 (default {max_new_tokens}{bound})",
     )
     g.add_argument(
         "--temperature",
         type=float,
         default=0.8,
-        help="softmax temperature; 0 = greedy (default 0.8)",
+        help="softmax temperature in [0, {max_temperature}]; 0 = greedy (default 0.8)",
     )
     g.add_argument("--greedy", action="store_true", help="same as --temperature 0")
     g.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
@@ -37,19 +85,21 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 64) -> N
         "--top-p",
         type=float,
         default=1.0,
-        help="nucleus: keep the top tokens whose probability adds up to p (default 1 = off)",
+        help="nucleus, in [0, 1]: keep the top tokens whose probability adds up to p "
+        "(default 1 = off)",
     )
     g.add_argument(
         "--min-p",
         type=float,
         default=0.0,
-        help="keep tokens with prob >= min_p * top prob (default 0 = off)",
+        help="in [0, 1]: keep tokens with prob >= min_p * top prob (default 0 = off)",
     )
     g.add_argument(
         "--repetition-penalty",
         type=float,
         default=1.0,
-        help="CTRL/HF penalty for tokens already present (default 1 = off)",
+        help="CTRL/HF penalty for tokens already present, in [{min_penalty}, {max_penalty}] "
+        "(default 1 = off)",
     )
     g.add_argument("--seed", type=int, default=None, help="random seed (reproducible output)")
     g.add_argument(
@@ -65,7 +115,7 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 64) -> N
         type=int,
         default=[],
         metavar="ID",
-        help="stop at this token id (repeatable)",
+        help="stop at this token id, one of the model's vocabulary (repeatable)",
     )
     g.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")
 
@@ -96,11 +146,37 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_dtype_arg(p)
 
 
-def params_from_args(args: argparse.Namespace) -> Any:
-    """SamplingParams from the flags of `add_sampling_args`."""
+# SamplingParams' setting names -> (the flag, what to do), for one-line errors with advice
+_FLAGS = {
+    "temperature": ("--temperature", "use a value in that range (0 = greedy)"),
+    "top_k": ("--top-k", "use 0 (off) or a positive number"),
+    "top_p": ("--top-p", "use a value in that range (1 = off)"),
+    "min_p": ("--min-p", "use a value in that range (0 = off)"),
+    "repetition_penalty": ("--repetition-penalty", "use a value in that range (1 = off)"),
+    "stop token id": ("--stop-token-id", "use an id of the model's vocabulary"),
+    "stop strings": ("--stop strings", "drop the empty --stop"),
+}
+
+
+def params_from_args(args: argparse.Namespace, streamed: bool = True) -> Any:
+    """SamplingParams from the flags of `add_sampling_args`; a ConfigError naming the
+    flag for a value out of range (`streamed` as for `add_sampling_args`)."""
     from lumenlm.errors import ConfigError
     from lumenlm.infer import SamplingParams
+    from lumenlm.infer.generate import MAX_UNSTREAMED_TOKENS
+    from lumenlm.infer.text import replace_invalid
 
+    if args.max_new_tokens < 1:
+        raise ConfigError(
+            f"--max-new-tokens must be >= 1, got {args.max_new_tokens}; give how many tokens "
+            "to generate"
+        )
+    if not streamed and args.max_new_tokens > MAX_UNSTREAMED_TOKENS:
+        raise ConfigError(
+            f"--max-new-tokens {args.max_new_tokens} is over {MAX_UNSTREAMED_TOKENS}, the most "
+            "that is generated before anything prints; add --stream to print tokens as they "
+            "come (no limit then)"
+        )
     try:
         return SamplingParams(
             max_new_tokens=args.max_new_tokens,
@@ -110,12 +186,30 @@ def params_from_args(args: argparse.Namespace) -> Any:
             min_p=args.min_p,
             repetition_penalty=args.repetition_penalty,
             seed=args.seed,
-            stop=tuple(unescape(s) for s in args.stop),
+            stop=tuple(replace_invalid(unescape(s)) for s in args.stop),
             stop_token_ids=tuple(args.stop_token_id),
             ignore_eos=args.ignore_eos,
         )
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(_flag_message(str(exc))) from None
+
+
+def _flag_message(message: str) -> str:
+    """A SamplingParams message with the setting's name replaced by its flag, and advice."""
+    for name, (flag, advice) in _FLAGS.items():
+        if message.startswith(name):
+            return f"{flag}{message[len(name) :]}; {advice}"
+    return message
+
+
+def check_vocab(params: Any, model: Any) -> None:
+    """ConfigError when a --stop-token-id is not an id of `model`'s vocabulary."""
+    from lumenlm.errors import ConfigError
+
+    try:
+        params.check_vocab(model.config.vocab_size)
+    except ValueError as exc:
+        raise ConfigError(_flag_message(exc.args[0])) from None
 
 
 def unescape(text: str) -> str:
@@ -145,7 +239,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         run,
         help="sample text from a model",
         description="Sample text from a model: temperature, top-k, top-p, min-p, repetition "
-        "penalty, stop strings, batching, streaming. Prints prompt + completion.",
+        "penalty, stop strings, batching, streaming. Prints prompt + completion. Input that is "
+        "not UTF-8 is read with undecodable bytes replaced by U+FFFD.",
+        formatter_class=LimitsHelp,
     )
     add_model_args(p)
     src = p.add_mutually_exclusive_group(required=True)
@@ -158,7 +254,19 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     src.add_argument(
         "--prompt-file", metavar="PATH", help="read the prompt from a file ('-' = stdin)"
     )
-    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt (default 1)")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="samples per prompt, 1 to {max_n} (default 1)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="rows (prompts x samples) decoded together, 1 to {max_batch}; more rows run in "
+        "batches of this size with the same output (default {max_n})",
+    )
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument(
@@ -166,31 +274,41 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         action="store_true",
         help="recompute the whole window every token (slow; for checking)",
     )
-    add_sampling_args(p)
+    add_sampling_args(p, streamed=False)
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumenlm.errors import ConfigError, DataError
+    from lumenlm.errors import ConfigError
     from lumenlm.infer import generate, stream_generate
+    from lumenlm.infer.generate import DEFAULT_BATCH, MAX_BATCH
+    from lumenlm.infer.schema import MAX_N
+    from lumenlm.infer.text import replace_invalid
 
-    if args.num_samples < 1:
-        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if not 1 <= args.num_samples <= MAX_N:
+        raise ConfigError(
+            f"--num-samples must be 1 to {MAX_N} (the server's cap on n), got "
+            f"{args.num_samples}; for more, run the command again with other --seed values"
+        )
+    batch = DEFAULT_BATCH if args.batch_size is None else args.batch_size
+    if not 1 <= batch <= MAX_BATCH:
+        raise ConfigError(
+            f"--batch-size must be 1 to {MAX_BATCH}, got {args.batch_size}; use a size in that "
+            f"range, or leave it out for {DEFAULT_BATCH}"
+        )
     if args.stream and args.json:
         raise ConfigError("--stream and --json do not go together")
+    params = params_from_args(args, streamed=args.stream)
     if args.prompt_file is not None:
-        try:
-            text = sys.stdin.read() if args.prompt_file == "-" else open(args.prompt_file).read()
-        except OSError as exc:
-            raise DataError(f"{args.prompt_file}: {exc.strerror}") from None
-        prompts = [text]
+        prompts = [_read_prompt_file(args.prompt_file)]
     else:
-        prompts = list(args.prompt)
-    params = params_from_args(args)
+        prompts = [replace_invalid(p) for p in args.prompt]
     model = load_model(args.model, args.device, args.dtype)
+    check_vocab(params, model)
+    _replace_unprintable_output()
     ids = _encode_noting_long_prompts(prompts, model)
     rows = [p for p in prompts for _ in range(args.num_samples)]
     row_ids = [i for i in ids for _ in range(args.num_samples)]  # tokenized once
-    kw = {"tokenizer": model.tokenizer, "use_cache": not args.no_cache}
+    kw = {"tokenizer": model.tokenizer, "use_cache": not args.no_cache, "batch_size": batch}
     if args.stream:
         _stream(stream_generate(model, row_ids, params, **kw), rows)
         return 0
@@ -215,6 +333,26 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print("\n---\n".join(rows[r.index] + r.text for r in results))
     return 0
+
+
+def _read_prompt_file(path: str) -> str:
+    """The prompt file's text ('-' = stdin), undecodable bytes as U+FFFD."""
+    from lumenlm.errors import DataError
+
+    try:
+        if path == "-":
+            raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else None
+            return sys.stdin.read() if raw is None else raw.decode("utf-8", "replace")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError as exc:
+        raise DataError(f"{path}: {exc.strerror}") from None
+
+
+def _replace_unprintable_output() -> None:
+    """On a terminal that cannot show a character (a non-UTF-8 locale), print '?'."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
 
 
 def _encode_noting_long_prompts(prompts: list[str], model: Any) -> list[list[int]]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TextIO
 
 from lumenlm.infer.sampling import SamplingParams
+from lumenlm.infer.text import check_text, replace_invalid
 
 if TYPE_CHECKING:
     from lumenlm.model import GPT
@@ -169,7 +170,10 @@ class ChatSession:
         return sys_msg + self.history
 
     def prompt_for(self, user_message: str) -> str:
+        """The prompt for the next reply; ValueError when a message is not valid Unicode."""
         msgs = [*self.messages(), {"role": "user", "content": user_message}]
+        for m in msgs:
+            check_text(m["content"], f"the {m['role']} message")
         return render_fitted(
             msgs,
             self.template,
@@ -204,13 +208,23 @@ class ChatSession:
 
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set; /system alone clears), /exit"
+MAX_LINE = 100_000  # characters of one input line kept; the rest of the line is skipped
 
 
 def run_repl(
     session: ChatSession, stdin: TextIO | None = None, stdout: TextIO | None = None
 ) -> int:
-    """Read user lines, stream replies. Works interactively and with piped stdin."""
-    stdin = stdin or sys.stdin
+    """Read user lines, stream replies. Works interactively and with piped stdin.
+
+    Input that is not UTF-8 does not stop the loop: `sys.stdin` is read with
+    `errors="replace"` and what is still not valid Unicode is replaced too, so an
+    undecodable byte reaches the model as U+FFFD. A line longer than `MAX_LINE`
+    characters keeps its start (with a notice), so one endless line cannot fill memory.
+    """
+    if stdin is None:
+        stdin = sys.stdin
+        if hasattr(stdin, "reconfigure"):
+            stdin.reconfigure(errors="replace")
     stdout = stdout or sys.stdout
     interactive = stdin.isatty() and stdout.isatty()
     if interactive:
@@ -219,12 +233,17 @@ def run_repl(
         if interactive:
             stdout.write("User: ")
             stdout.flush()
-        line = stdin.readline()
+        line = stdin.readline(MAX_LINE + 1)
         if not line:  # EOF
             if interactive:
                 stdout.write("\n")
             return 0
-        msg = line.rstrip("\r\n")
+        if len(line) > MAX_LINE and not line.endswith("\n"):
+            while (rest := stdin.readline(MAX_LINE)) and not rest.endswith("\n"):
+                pass
+            line = line[:MAX_LINE]
+            stdout.write(f"(line cut to its first {MAX_LINE} characters)\n")
+        msg = replace_invalid(line.rstrip("\r\n"))
         if not msg.strip():
             continue
         if msg.startswith("/"):

@@ -7,6 +7,9 @@ whole text (the vLLM / HF `TextStreamer` technique), so a step costs O(1).
 
 `StopMatcher` holds back the tail of the text that could still become a stop
 string, so a streamed client never sees part of one.
+
+Both keep only a bounded window of what they have already released (`KEEP`), so a
+stream of any length runs in constant memory.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 REPLACEMENT = "\ufffd"
+KEEP = 4096  # released ids / characters kept before the oldest are dropped
 
 
 class IncrementalDecoder:
@@ -37,6 +41,10 @@ class IncrementalDecoder:
         full = self._decode(self.ids[self.prefix_offset :])
         if len(full) > len(prefix) and not full.endswith(REPLACEMENT):
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            if self.prefix_offset > KEEP:  # ids before the window are never decoded again
+                del self.ids[: self.prefix_offset]
+                self.read_offset -= self.prefix_offset
+                self.prefix_offset = 0
             return full[len(prefix) :]
         return ""
 
@@ -60,7 +68,7 @@ class StopMatcher:
     def __init__(self, stop: Sequence[str]) -> None:
         self.stop = [s for s in stop if s]
         self.max_len = max((len(s) for s in self.stop), default=0)
-        self.text = ""  # everything received, up to the stop string once stopped
+        self.text = ""  # the text received (its start dropped once long; see _trim)
         self.emitted = 0  # chars of self.text already released
         self.stopped = False
 
@@ -70,6 +78,7 @@ class StopMatcher:
         if not self.stop:
             self.text += delta
             self.emitted = len(self.text)
+            self._trim()
             return delta, False
         start = max(0, len(self.text) - self.max_len + 1)  # a new match must end in `delta`
         self.text += delta
@@ -85,7 +94,17 @@ class StopMatcher:
             if any(s.startswith(tail) for s in self.stop):
                 safe = j
                 break
-        return self._release(safe), False
+        out = self._release(safe)
+        self._trim()
+        return out, False
+
+    def _trim(self) -> None:
+        """Drop released text older than the last stop string's length: no match can
+        start there any more."""
+        if self.emitted > KEEP + self.max_len:
+            drop = self.emitted - self.max_len
+            self.text = self.text[drop:]
+            self.emitted -= drop
 
     def finish(self) -> str:
         """Release the held-back tail (generation ended without a stop string)."""

@@ -13,6 +13,12 @@ of generation is per row: max_new_tokens, EOS (default: the tokenizer's
 `<|endoftext|>`), any of `stop_token_ids`, or a `stop` string. Stop tokens and stop
 strings are not part of the returned text. `generate` is `stream_generate` collected,
 so both give the same text for the same settings and seed.
+
+`batch_size` bounds memory for many rows: they are decoded `batch_size` at a time
+(one KV cache of that many rows), with the same tokens as one big batch, since row i
+always samples with seed `seed + i`. The CLI's limits live here too: `MAX_BATCH`
+rows decode together at most, and `MAX_UNSTREAMED_TOKENS` is the most new tokens
+`lumenlm generate` collects before printing (streamed output has no such bound).
 """
 
 from __future__ import annotations
@@ -26,10 +32,14 @@ import torch
 from lumenlm.infer.detok import IncrementalDecoder, StopMatcher
 from lumenlm.infer.engine import Decoder
 from lumenlm.infer.sampling import SamplingParams, row_generators, sample_next
+from lumenlm.infer.text import check_text
 from lumenlm.model import GPT
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
+MAX_BATCH = 64  # rows decoded together by `lumenlm generate --batch-size`
+DEFAULT_BATCH = 16  # the server's per-request row cap (schema.MAX_N) decodes in one batch
+MAX_UNSTREAMED_TOKENS = 4096  # `lumenlm generate` without --stream prints only at the end
 
 Prompt = str | Sequence[int]
 
@@ -94,11 +104,11 @@ def encode_prompts(
     ):
         prompts = [prompts]  # type: ignore[list-item]
     out: list[list[int]] = []
-    for p in prompts:  # type: ignore[union-attr]
+    for i, p in enumerate(prompts):  # type: ignore[union-attr]
         if isinstance(p, str):
             if tokenizer is None:
                 raise ValueError("text prompts need a tokenizer")
-            ids = tokenizer.encode(p).ids
+            ids = tokenizer.encode(check_text(p, f"prompt {i + 1}")).ids
         else:
             ids = [int(t) for t in p]
         if not ids:  # an empty prompt starts from EOS, the GPT-2 document separator
@@ -125,6 +135,7 @@ def stream_generate(
     use_cache: bool = True,
     window_keep: int | None = None,
     generator: torch.Generator | None = None,
+    batch_size: int | None = None,
     **overrides: Any,
 ) -> Iterator[StreamEvent]:
     """Yield `StreamEvent`s token by token; each row ends with one event carrying its reason.
@@ -136,14 +147,40 @@ def stream_generate(
     the reference for tests). `window_keep`: tokens kept when sliding past the
     context length (default context_length // 2). Row i samples from its own RNG
     seeded with `seed + i`, so a row's tokens do not depend on its batch-mates;
-    `generator` replaces those with one shared RNG.
+    `generator` replaces those with one shared RNG. `batch_size`: decode at most
+    that many rows at a time (default: all at once); rows of a later batch start
+    when the earlier batch has finished.
     """
     p = resolve_params(params, overrides)
     tok = tokenizer if tokenizer is not None else model.tokenizer
     if p.stop and tok is None:
         raise ValueError("stop strings need a tokenizer")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     vocab = model.config.vocab_size
+    p.check_vocab(vocab)
     ids = encode_prompts(prompts, tok, vocab)
+    step = len(ids) if batch_size is None else batch_size
+    for start in range(0, len(ids), step):
+        q = p if p.seed is None or start == 0 else replace(p, seed=p.seed + start)
+        for ev in _stream_rows(
+            model, ids[start : start + step], q, tok, use_cache, window_keep, generator
+        ):
+            ev.index += start
+            yield ev
+
+
+def _stream_rows(
+    model: GPT,
+    ids: list[list[int]],
+    p: SamplingParams,
+    tok: Any,
+    use_cache: bool,
+    window_keep: int | None,
+    generator: torch.Generator | None,
+) -> Iterator[StreamEvent]:
+    """`stream_generate` for one batch of encoded rows (indices from 0)."""
+    vocab = model.config.vocab_size
     B = len(ids)
     if p.max_new_tokens == 0:
         for i in range(B):

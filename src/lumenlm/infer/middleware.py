@@ -1,7 +1,10 @@
 """ASGI middleware for the server: cap request body size, check the API key.
 
-Both are plain ASGI (not Starlette's BaseHTTPMiddleware), so `request.is_disconnected()`
-sees a client that went away and abandoned work can be cancelled.
+With a key, every path except `PUBLIC` (`/health`, for load balancers) needs it,
+including the OpenAPI document and its `/docs` page, which describe the API to
+whoever can read them. Both are plain ASGI (not Starlette's BaseHTTPMiddleware), so
+`request.is_disconnected()` sees a client that went away and abandoned work can be
+cancelled.
 """
 
 from __future__ import annotations
@@ -55,14 +58,18 @@ class BodyLimitMiddleware:
         await resp(scope, receive, send)
 
 
+PUBLIC = frozenset({"/health"})
+
+
 class APIKeyMiddleware:
-    """ASGI middleware: `/v1/*` requests need `Authorization: Bearer KEY` (401 otherwise)."""
+    """ASGI middleware: every request but `PUBLIC` paths needs `Authorization: Bearer KEY`
+    (401 otherwise)."""
 
     def __init__(self, app: Any, api_key: str) -> None:
         self.app, self.api_key = app, api_key.encode()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and scope.get("path", "").startswith("/v1"):
+        if scope["type"] == "http" and scope.get("path", "") not in PUBLIC:
             got = dict(scope.get("headers") or []).get(b"authorization", b"")
             token = got[7:] if got[:7].lower() == b"bearer " else b""
             if not secrets.compare_digest(token, self.api_key):
@@ -70,6 +77,7 @@ class APIKeyMiddleware:
                     401,
                     "invalid or missing API key (Authorization: Bearer KEY)",
                     code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
                 )
                 await resp(scope, receive, send)
                 return

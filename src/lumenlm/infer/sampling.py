@@ -14,21 +14,34 @@ that settings carry over from `transformers.generate`:
 
 Randomness comes only from a `torch.Generator` owned by the request, so two
 concurrent requests with seeds never disturb each other (nor the global RNG).
+
+Every setting has a finite range (`TEMPERATURE_MAX`, `REPETITION_PENALTY_RANGE`, ...),
+checked by `SamplingParams`, so the library, the CLI and the server refuse the same
+values. Within those ranges finite logits always give a distribution; a model whose
+logits are themselves inf/NaN (an overflowing fp16 model, say) could still produce a
+row that is not one, and `sample_next` then picks that row's most likely finite token
+instead of crashing in `torch.multinomial`.
 """
 
 from __future__ import annotations
 
-import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from lumenlm.infer.text import check_text
+
 NEG_INF = float("-inf")
 
 
 GREEDY_BELOW = 1e-5  # temperatures below this decode greedily
+TEMPERATURE_MAX = 100.0  # beyond ~10 the distribution is uniform already
+# CTRL penalty bounds: outside them one seen token's logit is scaled by more than 100x,
+# which on top of a small temperature is how logits overflowed to inf.
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
 
 
 @dataclass
@@ -58,29 +71,54 @@ class SamplingParams:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first impossible setting."""
+        """Raise ValueError naming the first impossible setting and its allowed range."""
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not _in(self.temperature, 0.0, TEMPERATURE_MAX):
+            raise ValueError(
+                f"temperature must be a number in [0, {TEMPERATURE_MAX:g}], got {self.temperature}"
+            )
         if self.top_k is not None and self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 <= self.top_p <= 1.0:
+        if not _in(self.top_p, 0.0, 1.0):
             raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
-        if not 0.0 <= self.min_p <= 1.0:
+        if not _in(self.min_p, 0.0, 1.0):
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
-        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        lo, hi = REPETITION_PENALTY_RANGE
+        if not _in(self.repetition_penalty, lo, hi):
+            raise ValueError(
+                f"repetition_penalty must be in [{lo:g}, {hi:g}] (1 = off), "
+                f"got {self.repetition_penalty}"
+            )
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError("stop strings must be non-empty strings")
+        for s in self.stop:
+            check_text(s, "a stop string")
+        bad = [t for t in self.stop_token_ids if int(t) < 0]
+        if bad:
+            raise ValueError(f"stop token id must be >= 0, got {bad[0]}")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Raise ValueError when a stop token or the EOS id is outside the vocabulary."""
+        ids = [*self.stop_token_ids, *([] if self.eos_token_id is None else [self.eos_token_id])]
+        bad = [int(t) for t in ids if not 0 <= int(t) < vocab_size]
+        if bad:
+            raise ValueError(
+                f"stop token id {bad[0]} is outside the vocabulary (ids 0 to {vocab_size - 1})"
+            )
 
     @property
     def greedy(self) -> bool:
         # Below 1e-5 sampling is argmax in all but exact ties, and dividing by a
         # denormal temperature would overflow the logits to inf.
         return self.temperature < GREEDY_BELOW
+
+
+def _in(x: float, lo: float, hi: float) -> bool:
+    """lo <= x <= hi for a real number (False for NaN, booleans and non-numbers)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and lo <= x <= hi
 
 
 # ----------------------------------------------------------------------------- processors
@@ -175,13 +213,38 @@ def sample_next(
     """Pick one token per row from (B, V) logits -> (B,) int64.
 
     `generator`: one RNG for the whole batch, or one per row (see `row_generators`).
+    A row whose processed logits are not a distribution (inf/NaN logits, or nothing
+    left) falls back to `greedy_fallback` instead of failing.
     """
-    logits = process_logits(logits, params, seen)
+    processed = process_logits(logits, params, seen)
     if params.greedy:
-        return torch.argmax(logits, dim=-1)
-    probs = torch.softmax(logits, dim=-1)
+        return greedy_fallback(logits, processed)
+    probs = torch.softmax(processed, dim=-1)
+    ok = torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)
+    if not bool(ok.all()):
+        fallback = greedy_fallback(logits, processed)
+        probs = torch.where(
+            ok.unsqueeze(-1),
+            probs,
+            torch.nn.functional.one_hot(fallback, probs.shape[-1]).to(probs.dtype),
+        )
     if isinstance(generator, Sequence):
         return torch.cat(
             [torch.multinomial(probs[i : i + 1], 1, generator=g) for i, g in enumerate(generator)]
         ).squeeze(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def greedy_fallback(logits: Tensor, processed: Tensor) -> Tensor:
+    """(B,) the most likely token per row, for rows without a distribution: the largest
+    processed logit (NaN ignored, +inf counts as largest), or where every processed
+    logit is -inf/NaN the largest raw logit, or where those are too, token 0."""
+    best, has = _argmax_ignoring_nan(processed)
+    raw_best, _ = _argmax_ignoring_nan(logits.float())
+    return torch.where(has, best, raw_best)
+
+
+def _argmax_ignoring_nan(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(argmax per row with NaN as -inf, whether the row has anything above -inf)."""
+    clean = torch.nan_to_num(x, nan=NEG_INF, neginf=NEG_INF)  # +inf -> the largest float
+    return clean.argmax(dim=-1), (clean > NEG_INF).any(dim=-1)

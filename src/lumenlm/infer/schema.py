@@ -1,38 +1,108 @@
 """OpenAI request shapes (pydantic) and errors in OpenAI's JSON shape, for the server.
 
 Strict types (a string where a number belongs is an error, not coerced) and
-`extra="ignore"` so fields we do not implement (logprobs, user, ...) are accepted.
+`extra="ignore"` so fields we do not implement (logprobs, user, presence_penalty,
+...) are accepted. Every sampling number has a finite range (NaN and Infinity are
+refused too), the same as `SamplingParams` enforces, so a request can never make the
+sampler's probabilities non-finite. Text that is not valid Unicode (a lone surrogate
+such as `"\ud800"`, in any field) is refused before it reaches the tokenizer.
+All of these are 400s with `ErrorResponse`'s body, and the OpenAPI document says so.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable, Collection
+from typing import Annotated, Any, Literal
 
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from lumenlm.infer.sampling import REPETITION_PENALTY_RANGE
+from lumenlm.infer.text import first_surrogate
 
 MAX_N = 16  # rows per request (prompts x n)
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema's "integer" includes 2.0: a float without a fractional part is that int
+    (anything else, a string included, is left for the strict check to refuse)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def integer(**bounds: int) -> Any:
+    """An int field type with `bounds` (ge=, le=, lt=) that takes 2.0 as 2 (`_integral`)."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
+
+
+TokenId = integer(ge=0)
+StopText = Annotated[str, Field(min_length=1)]
+MAX_STOP = 4  # stop strings per request, as OpenAI allows
+
+
 class SamplingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
     model: str | None = None
-    max_tokens: int | None = Field(None, ge=0)
+    max_tokens: integer(ge=0) | None = None
     temperature: float | None = Field(None, ge=0, le=2)  # OpenAI range
     top_p: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=-1)
+    top_k: integer(ge=-1, le=2**31 - 1) | None = None  # -1 / 0 = off; >= vocab = off
     min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0)
-    n: int = Field(1, ge=1, le=MAX_N)
+    repetition_penalty: float | None = Field(
+        None, ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1]
+    )
+    n: integer(ge=1, le=MAX_N) = 1
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
+    stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = None
+    seed: integer(ge=-(2**63), lt=2**63) | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        """Refuse a lone surrogate in any field this request reads (see text.py)."""
+        if isinstance(data, dict):
+            for name in cls.model_fields:
+                where = _surrogate_path(data.get(name), name)
+                if where is not None:
+                    raise ValueError(
+                        f"{where} is not valid Unicode (a lone surrogate, \\ud800-\\udfff "
+                        "unpaired); send UTF-8 text"
+                    )
+        return data
+
+
+def _surrogate_path(value: Any, path: str) -> str | None:
+    """Where in `value` (a JSON value) the first string with a lone surrogate is."""
+    if isinstance(value, str):
+        return path if first_surrogate(value) is not None else None
+    if isinstance(value, list):
+        items: Any = enumerate(value)
+        fmt = "{}[{}]"
+    elif isinstance(value, dict):
+        items = value.items()
+        fmt = "{}.{}"
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and first_surrogate(key) is not None:
+            return path
+        found = _surrogate_path(item, fmt.format(path, key))
+        if found is not None:
+            return found
+    return None
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_N)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[list[TokenId]], Field(min_length=1, max_length=MAX_N)]
+    )
 
 
 class TextPart(BaseModel):
@@ -49,7 +119,20 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: integer(ge=0) | None = None
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error's body (OpenAI's shape)."""
+
+    error: ErrorDetail
 
 
 class APIError(Exception):
@@ -79,6 +162,63 @@ def error_response(
     type_: str = "invalid_request_error",
     code: str | None = None,
     param: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# ----------------------------------------------------------------------------- OpenAPI
+
+ERROR_DOCS = {
+    400: "invalid request: not JSON, a wrong type, a value out of range, text that is not "
+    "valid Unicode, a prompt longer than the context, too many completions",
+    401: "missing or wrong API key (Authorization: Bearer KEY)",
+    404: "no such model",
+    413: "request body too large",
+}
+
+
+STREAMED = {
+    "description": "the completion; with `stream: true`, server-sent events (`data: {chunk}`"
+    " lines, the last one `data: [DONE]`)",
+    "content": {"text/event-stream": {}},
+}
+
+
+def error_responses(*codes: int, streams: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, all with `ErrorResponse`'s body;
+    `streams`: the 200 may also be an event stream."""
+    docs: dict[int | str, dict[str, Any]] = {200: STREAMED} if streams else {}
+    return docs | {c: {"model": ErrorResponse, "description": ERROR_DOCS[c]} for c in codes}
+
+
+def openapi_without_422(
+    app: FastAPI, key_exempt: Collection[str] | None = None
+) -> Callable[[], dict[str, Any]]:
+    """FastAPI's OpenAPI document minus the 422 it adds to every route with a body: this
+    server answers validation errors with 400 (documented per route, see `error_responses`).
+    With `key_exempt` (the server has an API key; these paths do not need it), the
+    bearer scheme is declared and required by every other route."""
+    with_key = key_exempt is not None
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = default()
+            for path, ops in doc.get("paths", {}).items():
+                for op in ops.values():
+                    op.get("responses", {}).pop("422", None)
+                    if key_exempt is not None and path not in key_exempt:
+                        op["security"] = [{"bearer": []}]
+            schemas = doc.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            if with_key:
+                doc.setdefault("components", {})["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer"}
+                }
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    return openapi

@@ -4,11 +4,18 @@ Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/completions`,
 `POST /v1/chat/completions` (both with `stream: true` as server-sent events ending
 in `data: [DONE]`). Existing OpenAI clients work with `base_url=http://HOST:PORT/v1`.
 
-Requests are validated strictly (unknown fields are ignored; a wrong type is a 400
-with OpenAI's `{"error": {"message", "type", "param", "code"}}` body, not FastAPI's
-422); bodies over `max_body_bytes` get 413; `max_tokens` is capped by
-`max_tokens_cap`. Beyond OpenAI's fields, `top_k`, `min_p` and
-`repetition_penalty` are accepted (as vLLM does).
+Requests are validated strictly (unknown fields are ignored; a wrong type, a value
+out of range or text that is not valid Unicode is a 400 with OpenAI's
+`{"error": {"message", "type", "param", "code"}}` body, not FastAPI's 422, and
+`/openapi.json` documents exactly that); bodies over `max_body_bytes` get 413;
+`max_tokens` is capped by `max_tokens_cap`; a wrong method gets 405 with `Allow`.
+Beyond OpenAI's fields, `top_k`, `min_p` and `repetition_penalty` are accepted (as
+vLLM does).
+
+With an API key, every path but `/health` needs it: the API, and also `/docs`,
+`/redoc` and `/openapi.json` (fetch the schema with the key; a browser cannot open
+`/docs` then). `lumenlm.infer.listen` runs the app (`serve`), binding its socket first
+so that a port in use or an unknown host is one line.
 
 Concurrency: all generation runs on one worker thread, so requests queue up and
 the model, its KV cache and each request's private RNG are never shared between
@@ -34,15 +41,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lumenlm.infer.chat import ChatTemplate, render_fitted
 from lumenlm.infer.generate import StreamEvent, encode_prompts, generate, stream_generate
-from lumenlm.infer.middleware import APIKeyMiddleware, BodyLimitMiddleware
+from lumenlm.infer.middleware import PUBLIC, APIKeyMiddleware, BodyLimitMiddleware
 from lumenlm.infer.sampling import SamplingParams
 from lumenlm.infer.schema import (
     MAX_N,
+    MAX_STOP,
     APIError,
     ChatRequest,
     CompletionRequest,
     SamplingRequest,
     error_response,
+    error_responses,
+    openapi_without_422,
 )
 from lumenlm.model import GPT
 
@@ -62,6 +72,8 @@ def create_app(
     """A FastAPI app serving `model` (see the module docstring)."""
     if tokenizer is None:
         raise ValueError("the server needs a tokenizer")
+    if max_body_bytes < 1 or max_tokens_cap < 1:
+        raise ValueError("max_body_bytes and max_tokens_cap must be >= 1")
     template = template or ChatTemplate.from_meta(model.meta)
     ctx = model.config.context_length
     created = int(time.time())
@@ -84,9 +96,10 @@ def create_app(
                 400, f"body: invalid JSON ({first.get('ctx', {}).get('error', 'decode error')})"
             )
         loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        return error_response(
-            400, f"{loc or 'body'}: {first.get('msg', 'invalid request')}", param=loc or None
-        )
+        msg = str(first.get("msg", "invalid request"))
+        if msg.startswith("Value error, "):  # our own check; its message names the field
+            return error_response(400, msg.removeprefix("Value error, "), param=loc or None)
+        return error_response(400, f"{loc or 'body'}: {msg}", param=loc or None)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -94,7 +107,8 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), code=None)
+        # keeps the exception's headers: a 405 carries `Allow`
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
     # -- request -> rows + params ---------------------------------------------------------
     def params_for(req: SamplingRequest, max_tokens: int, stop: list[str]) -> SamplingParams:
@@ -115,8 +129,8 @@ def create_app(
 
     def stops(req: SamplingRequest) -> list[str]:
         s = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(s) > 4 or any(not x for x in s):
-            raise APIError(400, "stop: up to 4 non-empty strings", param="stop")
+        if len(s) > MAX_STOP or any(not x for x in s):
+            raise APIError(400, f"stop: up to {MAX_STOP} non-empty strings", param="stop")
         return s
 
     def prepare_completion(req: CompletionRequest) -> tuple[list[list[int]], SamplingParams]:
@@ -321,21 +335,23 @@ def create_app(
     def model_card() -> dict[str, Any]:
         return {"id": model_name, "object": "model", "created": created, "owned_by": "lumenlm"}
 
+    auth = (401,) if api_key else ()
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok", "model": model_name}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=error_responses(*auth))
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{name}")
+    @app.get("/v1/models/{name}", responses=error_responses(*auth, 404))
     async def model_info(name: str) -> dict[str, Any]:
         if name != model_name:
             raise APIError(404, f"model {name!r} not found", code="model_not_found")
         return model_card()
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=error_responses(400, *auth, 413, streams=True))
     async def completions(req: CompletionRequest, request: Request) -> Any:
         rows, params = await run_in_threadpool(prepare_completion, req)
         base = response_base("cmpl", "text_completion")
@@ -355,7 +371,7 @@ def create_app(
             "usage": usage(rows, sum(r.completion_tokens for r in results)),
         }
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=error_responses(400, *auth, 413, streams=True))
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         rows, params = await run_in_threadpool(prepare_chat, req)
         base = response_base("chatcmpl", "chat.completion.chunk", system_fingerprint=None)
@@ -405,11 +421,6 @@ def create_app(
             "usage": usage(rows, sum(r.completion_tokens for r in results)),
         }
 
+    keyless = PUBLIC if api_key else None
+    app.openapi = openapi_without_422(app, keyless)  # type: ignore[method-assign]
     return app
-
-
-def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Run `app` with uvicorn until interrupted."""
-    import uvicorn
-
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
