@@ -84,6 +84,32 @@ class StopReason(IntEnum):
         }[self]
 
 
+def diverged_error(what: str, run_dir: Path, lr: float) -> TrainingError:
+    """The error of a diverged run: what went wrong, and how to go on at a lower lr (from
+    its last good checkpoint when there is one)."""
+    lower = f"--set lr={lr / 10:g}"
+    if (run_dir / "checkpoints" / "last").exists():
+        advice = (
+            "the last good checkpoint is kept; resume it with a lower lr: lumenlm train "
+            f"--resume {run_dir} --reset-lr-schedule {lower}"
+        )
+    else:
+        advice = f"no checkpoint was written yet; start a new run with {lower}"
+    return TrainingError(f"{what}; stopped without saving ({advice}, or --precision fp32)")
+
+
+def write_error(exc: BaseException, run_dir: Path) -> TrainingError | None:
+    """A one-line error for a failed write (disk full, read-only), else None: the last
+    checkpoint is intact, so the run resumes once the cause is fixed."""
+    if not (isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError"):
+        return None
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return TrainingError(
+        f"cannot write the run's files ({first}); free space or fix permissions, then "
+        f"resume with: lumenlm train --resume {run_dir}"
+    )
+
+
 class TimeBudget:
     """`--max-minutes` for the whole invocation, its closing evaluation included.
 

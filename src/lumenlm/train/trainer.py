@@ -26,7 +26,6 @@ import torch
 
 from lumenlm.config import ModelConfig, TrainConfig
 from lumenlm.devices import to_device
-from lumenlm.errors import first_line
 from lumenlm.model import GPT
 from lumenlm.modelio import load_state_into, save_model
 from lumenlm.signals import StopRequest
@@ -42,7 +41,13 @@ from lumenlm.train.optim import build_optimizer
 from lumenlm.train.precision import autocast, configure_matmul, make_scaler, resolve_precision
 from lumenlm.train.runs import CHECKPOINTS, CURVE, RunFiles, RunRecord
 from lumenlm.train.schedule import lr_at
-from lumenlm.train.stop import StopReason, TimeBudget, TrainingError, TrainingInterrupted
+from lumenlm.train.stop import (
+    StopReason,
+    TimeBudget,
+    TrainingInterrupted,
+    diverged_error,
+    write_error,
+)
 from lumenlm.train.validate import validation_loss
 
 
@@ -138,11 +143,8 @@ class Trainer:
             raise
         except Exception as exc:
             self.files.mark_failed(exc, diverged=self.p.status == "diverged")
-            if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":
-                raise TrainingError(  # disk full, read-only: the last checkpoint is intact
-                    f"cannot write the run's files ({first_line(exc)}); free space or fix "
-                    f"permissions, then resume with: lumenlm train --resume {self.run_dir}"
-                ) from exc
+            if (failed_write := write_error(exc, self.run_dir)) is not None:
+                raise failed_write from exc  # disk full, read-only: the checkpoint is intact
             raise
         finally:
             self.files.close()  # flush TensorBoard events also when the run fails
@@ -409,13 +411,4 @@ class Trainer:
                 self._write_run_files(final=True)
             except Exception:
                 pass
-        if (self.run_dir / CHECKPOINTS / "last").exists():
-            advice = (
-                "the last good checkpoint is kept; resume it with a lower lr: lumenlm train "
-                f"--resume {self.run_dir} --reset-lr-schedule --set lr={self.cfg.lr / 10:g}"
-            )
-        else:
-            advice = (
-                f"no checkpoint was written yet; start a new run with --set lr={self.cfg.lr / 10:g}"
-            )
-        raise TrainingError(f"{what}; stopped without saving ({advice}, or --precision fp32)")
+        raise diverged_error(what, self.run_dir, self.cfg.lr)
