@@ -329,6 +329,46 @@ CASES: list[Case] = [
     ),
     # -- the model commands
     Case(
+        "generate {model} --prompt hi --num-samples 1000000000 --device cpu",
+        "--num-samples past the cap",
+        r"--num-samples must be 1 to 16 .*got 1000000000; for more, run the command again",
+    ),
+    Case(
+        "generate {model} --prompt hi --max-new-tokens 1000000000000 --device cpu",
+        "--max-new-tokens huge without --stream",
+        r"--max-new-tokens 1000000000000 is over 4096.*add --stream",
+    ),
+    Case(
+        "generate {model} --prompt hi --repetition-penalty 1e-300 --device cpu",
+        "--repetition-penalty that would give non-finite probabilities",
+        r"--repetition-penalty must be in \[0.01, 100\].*got 1e-300",
+    ),
+    Case(
+        "generate {model} --prompt hi --temperature -1 --device cpu",
+        "--temperature negative",
+        r"--temperature must be a number in \[0, 100\], got -1.0",
+    ),
+    Case(
+        "generate {model} --prompt hi --stop-token-id 999999 --device cpu",
+        "--stop-token-id outside the vocabulary",
+        r"--stop-token-id.*999999",
+    ),
+    Case(
+        "serve {model} --max-body-bytes -1",
+        "--max-body-bytes negative",
+        r"--max-body-bytes must be >= 1, got -1",
+    ),
+    Case(
+        "inspect {model} --text hi --top-k 0 --out {here}/ins",
+        "inspect --top-k 0",
+        r"--top-k must be >= 1, got 0",
+    ),
+    Case(
+        f"{T} --max-minutes nan",
+        "--max-minutes nan (it used to mean no limit)",
+        r"--max-minutes must be a positive number, got nan",
+    ),
+    Case(
         "eval {model} --device cpu",
         "eval with nothing to evaluate",
         r"nothing to evaluate: give --data DIR and/or --tasks LIST",
@@ -357,19 +397,16 @@ CASES: list[Case] = [
         "generate {model} --prompt hi --stream --json --device cpu",
         "--stream with --json",
         r"--stream and --json do not go together",
-        todo="cli/generate: no advice",
     ),
     Case(
         "generate {model} --prompt-file {here}/none.txt --device cpu",
         "--prompt-file missing",
         r"none.txt: No such file or directory",
-        todo="cli/generate: no advice",
     ),
     Case(
         "serve {model} --port 99999",
         "port out of range",
         r"--port must be in \[0, 65535\], got 99999",
-        todo="cli/serve: no advice",
     ),
     Case(
         "export {model} --format onnx --out {here}/out",

@@ -198,10 +198,17 @@ def test_verify_manifest_checks_all_listed_files_for_resume(tmp_path) -> None:
         ["eval", "{m}", "--data", "{data}", "--device", "cpu"],
         ["inspect", "{m}", "--text", "the cat", "--out", "{tmp}/ins"],
         ["export", "{m}", "--out", "{tmp}/hf"],
+        ["generate", "{m}", "--prompt", "the", "--max-new-tokens", "2", "--device", "cpu"],
+        ["chat", "{m}", "--device", "cpu"],
     ],
-    ids=["eval", "inspect", "export"],
+    ids=["eval", "inspect", "export", "generate", "chat"],
 )
-def test_cli_refuses_a_corrupt_checkpoint_unless_no_verify(tmp_path, capsys, argv) -> None:
+def test_cli_refuses_a_corrupt_checkpoint_unless_no_verify(
+    tmp_path, capsys, monkeypatch, argv
+) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"hello\n")))  # for chat
     tok = make_tokenizer(tmp_path / "tok.json")
     mdir = model_dir(tmp_path / "run" / "checkpoints" / "best", tokenizer=tok, sealed=True)
     data = write_dataset(tmp_path / "data", np.arange(1, 200), vocab=300, tokenizer=tok)
@@ -210,6 +217,14 @@ def test_cli_refuses_a_corrupt_checkpoint_unless_no_verify(tmp_path, capsys, arg
     assert main(args) == 2
     one_line_error(capsys.readouterr().err, "model.safetensors: checksum mismatch", "--no-verify")
     assert main([*args, "--no-verify"]) == 0, capsys.readouterr().err
+
+
+def test_serve_refuses_a_corrupt_checkpoint(tmp_path, capsys) -> None:
+    tok = make_tokenizer(tmp_path / "tok.json")
+    mdir = model_dir(tmp_path / "run" / "checkpoints" / "best", tokenizer=tok, sealed=True)
+    flip_bits(mdir / "model.safetensors")
+    assert main(["serve", str(tmp_path / "run"), "--port", "0", "--device", "cpu"]) == 2
+    one_line_error(capsys.readouterr().err, "model.safetensors: checksum mismatch", "--no-verify")
 
 
 # -- tokenizer consistency ----------------------------------------------------------------

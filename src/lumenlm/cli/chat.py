@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from lumenlm.infer.text import replace_invalid
 
     params = params_from_args(args)
-    model = load_model(args.model, args.device, args.dtype)
+    model = load_model(args.model, args.device, args.dtype, verify=args.verify)
     check_vocab(params, model)
     try:
         template = ChatTemplate.from_meta(model.meta)

@@ -19,7 +19,7 @@ import json
 import sys
 from typing import Any, get_args
 
-from lumenlm.cli.common import add_command, add_model_argument
+from lumenlm.cli.common import add_command, add_model_argument, add_verify_argument
 from lumenlm.config import Dtype
 
 
@@ -144,6 +144,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_dtype_arg(p)
+    add_verify_argument(p)
 
 
 # SamplingParams' setting names -> (the flag, what to do), for one-line errors with advice
@@ -217,13 +218,14 @@ def unescape(text: str) -> str:
     return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")
 
 
-def load_model(path: str, device: str = "cpu", dtype: str = "fp32") -> Any:
-    """`lumenlm.modelio.load` + a one-line error when the model has no tokenizer."""
+def load_model(path: str, device: str = "cpu", dtype: str = "fp32", verify: bool = True) -> Any:
+    """`lumenlm.modelio.load` (checksums checked unless `verify` is False) + a one-line
+    error when the model has no tokenizer."""
     from lumenlm.devices import resolve_device
     from lumenlm.errors import CheckpointError
     from lumenlm.modelio import load
 
-    model = load(path, device=resolve_device(device), dtype=torch_dtype(dtype))
+    model = load(path, device=resolve_device(device), dtype=torch_dtype(dtype), verify=verify)
     if model.tokenizer is None:
         raise CheckpointError(
             f"{path}: the model directory has no tokenizer.json; text generation needs one"
@@ -296,13 +298,13 @@ def run(args: argparse.Namespace) -> int:
             f"range, or leave it out for {DEFAULT_BATCH}"
         )
     if args.stream and args.json:
-        raise ConfigError("--stream and --json do not go together")
+        raise ConfigError("--stream and --json do not go together; drop one of them")
     params = params_from_args(args, streamed=args.stream)
     if args.prompt_file is not None:
         prompts = [_read_prompt_file(args.prompt_file)]
     else:
         prompts = [replace_invalid(p) for p in args.prompt]
-    model = load_model(args.model, args.device, args.dtype)
+    model = load_model(args.model, args.device, args.dtype, verify=args.verify)
     check_vocab(params, model)
     _replace_unprintable_output()
     ids = _encode_noting_long_prompts(prompts, model)
@@ -346,7 +348,7 @@ def _read_prompt_file(path: str) -> str:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read()
     except OSError as exc:
-        raise DataError(f"{path}: {exc.strerror}") from None
+        raise DataError(f"{path}: {exc.strerror}; check the --prompt-file path") from None
 
 
 def _replace_unprintable_output() -> None:

@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
             "request body to accept, in bytes (default 1000000)"
         )
     if not 0 <= args.port < 65536:
-        raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
+        raise ConfigError(
+            f"--port must be in [0, 65535], got {args.port}; use e.g. 8000 (0: any free port)"
+        )
     if args.api_key:
         print(
             "notice: --api-key is visible to every user of this machine (ps, /proc); set "
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                 "who can reach it can use the model; set LUMENLM_API_KEY",
                 file=sys.stderr,
             )
-        model = load_model(args.model, args.device, args.dtype)
+        model = load_model(args.model, args.device, args.dtype, verify=args.verify)
         name = args.model_name or model.model_dir.resolve().name
         app = create_app(
             model,
