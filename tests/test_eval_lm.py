@@ -349,3 +349,34 @@ def test_library_refuses_zero_or_negative_sizes(tmp_path: Path) -> None:
         evaluate_lm(model, data, max_tokens=-5)  # a slice [:-5] would drop the tail
     with pytest.raises(ConfigError, match="batch size must be >= 1, got 0"):
         evaluate_tokens(model, np.arange(1, 100), batch_size=0)
+
+
+def test_sigterm_during_eval_leaves_no_half_written_report(tmp_path: Path) -> None:
+    """SIGTERM in the middle of `lumenlm eval --out`: a non-zero exit, and the report is
+    either absent or whole (it is written atomically once the scores are in)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tok = make_tokenizer(tmp_path / "tok.json")
+    model = model_dir(tmp_path / "model", tokenizer=tok)
+    rng = np.random.default_rng(0)
+    data = write_dataset(tmp_path / "data", rng.integers(1, 200, 300_000), vocab=300, tokenizer=tok)
+    out = tmp_path / "report.json"
+    code = "import sys; from lumenlm.cli import main; sys.exit(main())"
+    argv = ["eval", str(model), "--data", str(data), "--out", str(out), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *argv, "--batch-size", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(6.0)  # imports, load, and well into the scoring of 300k tokens
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("eval finished before the signal (a very fast machine)")
+    assert proc.returncode == -signal.SIGTERM or proc.returncode == 128 + signal.SIGTERM, err
+    assert not out.exists() or json.loads(out.read_text())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.json")]

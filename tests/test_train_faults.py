@@ -28,6 +28,7 @@ from lumenlm.train.stop import TrainingError
 from train_helpers import (
     REPO,
     assert_same_state,
+    lumenlm_sleeping_in_checkpoint_writes,
     make_dataset,
     only_run,
     overrides,
@@ -118,6 +119,34 @@ def test_kill_9_at_ten_more_random_points(
     dataset: Path, reference: Path, tmp_path: Path, seed: int
 ) -> None:
     _kill_and_resume(dataset, reference, tmp_path, seed)
+
+
+def test_kill_9_inside_a_checkpoint_write_resumes_bit_identically(
+    dataset: Path, reference: Path, tmp_path: Path
+) -> None:
+    """Killed while checkpoints/.last.tmp.* holds weights but no manifest yet."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*lumenlm_sleeping_in_checkpoint_writes(2.0), *train_argv(dataset, tmp_path, sets=PLAN)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def mid_write() -> bool:
+        run = _first_run(tmp_path)
+        if run is None or not (run / "checkpoints" / "last").is_dir():
+            return False  # wait for the second write: one good checkpoint exists by then
+        tmp = [p for p in (run / "checkpoints").iterdir() if ".tmp." in p.name]
+        return any((p / "model.safetensors").exists() for p in tmp)
+
+    _wait_for(mid_write, proc, timeout=180)
+    proc.kill()
+    proc.communicate()
+    run = _first_run(tmp_path)
+    assert run is not None
+    r = run_cli(resume_argv(run))
+    assert r.returncode == 0, r.stderr
+    assert_same_state(run, reference)
+    assert not [p for p in (run / "checkpoints").iterdir() if ".tmp." in p.name]
 
 
 def test_second_writer_is_refused_and_a_killed_ones_lock_taken_over(

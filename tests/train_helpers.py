@@ -22,6 +22,17 @@ PYTHON = sys.executable
 LUMENLM = [PYTHON, "-c", "import sys; from lumenlm.cli import main; sys.exit(main())"]
 
 
+def lumenlm_sleeping_in_checkpoint_writes(seconds: float) -> list[str]:
+    """`LUMENLM` whose checkpoint writes pause `seconds` after the model and trainer
+    state files are written and before the manifest seals them (a window to kill in)."""
+    code = (
+        "import sys, time; import lumenlm.train.checkpoint as c; w = c.write_manifest; "
+        f"c.write_manifest = lambda *a, **k: (time.sleep({seconds}), w(*a, **k))[1]"
+        "; from lumenlm.cli import main; sys.exit(main())"
+    )
+    return [PYTHON, "-c", code]
+
+
 def slow_lumenlm(step_delay: float) -> list[str]:
     """`LUMENLM` whose training sleeps `step_delay` s after each optimizer step (through
     the trainer's `on_step` callback), so a test can signal or kill it mid-run."""
