@@ -332,7 +332,8 @@ def test_a_real_full_disk(dataset: Path, tmp_path: Path) -> None:
         r = run_cli(train_argv(dataset, disk, sets={**PLAN, "d_model": 64, "d_ff": 256}))
         assert r.returncode != 0
         last = r.stderr.strip().splitlines()[-1]
-        assert last.startswith("lumenlm train: error:") and "resume" in last, r.stderr
+        assert last.startswith("lumenlm train: error:") and "No space left" in last, r.stderr
+        assert "resume" in last or "start a new run" in last, last
         assert "Traceback" not in r.stderr
     finally:
         subprocess.run(["umount", str(disk)], check=False)

@@ -59,3 +59,11 @@ def test_no_time_limit_is_never_used_up() -> None:
     budget = TimeBudget(None)
     budget.start = 0.0
     assert not budget.used_up(1, 1000)
+
+
+def test_the_public_names_resolve() -> None:
+    import lumenlm.train as t
+
+    for name in t.__all__:
+        assert getattr(t, name) is not None, name
+    assert issubclass(t.TrainingInterrupted, t.TrainingError.__mro__[1])

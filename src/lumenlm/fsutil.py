@@ -63,17 +63,25 @@ class DirLock:
             os.close(fd)
             return -1 if holder is None else holder
         self.stale_pid = _recorded_pid(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            os.close(fd)  # drops the lock again: nothing is held after a failure
+            raise
         self._fd = fd
         return None
 
     def release(self) -> None:
         """Drop the lock (the file stays; an unlocked file means nobody holds it)."""
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)  # a clean release leaves no pid to call stale
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                os.ftruncate(fd, 0)  # a clean release leaves no pid to call stale
+            except OSError:
+                pass
+            finally:
+                os.close(fd)  # closing drops the flock
 
 
 def _recorded_pid(fd: int) -> int | None:

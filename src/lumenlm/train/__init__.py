@@ -17,7 +17,8 @@ __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "list_runs", "trai
 if TYPE_CHECKING:  # pragma: no cover
     from lumenlm.train.api import train
     from lumenlm.train.runs import list_runs
-    from lumenlm.train.trainer import Trainer, TrainingError, TrainingInterrupted
+    from lumenlm.train.stop import TrainingError, TrainingInterrupted
+    from lumenlm.train.trainer import Trainer
 
 
 def __getattr__(name: str) -> Any:
@@ -30,8 +31,12 @@ def __getattr__(name: str) -> Any:
         from lumenlm.train.runs import list_runs
 
         return list_runs
-    if name in ("Trainer", "TrainingError", "TrainingInterrupted"):
-        from lumenlm.train import trainer
+    if name == "Trainer":
+        from lumenlm.train.trainer import Trainer
 
-        return getattr(trainer, name)
+        return Trainer
+    if name in ("TrainingError", "TrainingInterrupted"):
+        from lumenlm.train import stop
+
+        return getattr(stop, name)
     raise AttributeError(f"module 'lumenlm.train' has no attribute {name!r}")

@@ -114,21 +114,28 @@ def train(
             D.cleanup()
 
 
-def _lock(run_dir: Path, env: D.DistEnv, console: Console, held: contextlib.ExitStack) -> None:
-    """Make this process the run's only writer (rank 0 writes for all ranks)."""
-    if not env.is_main or not run_dir.is_dir():
-        return
-    lock = DirLock(run_dir)
-    holder = lock.acquire()
+def _lock(
+    run_dir: Path, env: D.DistEnv, console: Console, held: contextlib.ExitStack, resume: bool
+) -> None:
+    """Make this process the run's only writer (rank 0 writes for all ranks, and every
+    rank learns of a refusal). A folder that is not a run is left alone (no lock file)."""
+    holder = None
+    is_run = RunRecord(run_dir, {}).path.is_file() if resume else run_dir.is_dir()
+    if env.is_main and is_run:
+        lock = DirLock(run_dir)
+        holder = lock.acquire()
+        if holder is None:
+            held.callback(lock.release)
+            if lock.stale_pid is not None and lock.stale_pid != os.getpid():
+                console.notice(
+                    f"took over the lock of process {lock.stale_pid}, which stopped without "
+                    "releasing it"
+                )
+    holder = D.broadcast_object(holder, env)
     if holder is not None:
         who = f"process {holder}" if holder > 0 else "another process"
         raise TrainingError(
             f"{run_dir} is being trained by {who}; wait for it to finish (or stop it), then resume"
-        )
-    held.callback(lock.release)
-    if lock.stale_pid is not None and lock.stale_pid != os.getpid():
-        console.notice(
-            f"took over the lock of process {lock.stale_pid}, which stopped without releasing it"
         )
 
 
@@ -156,7 +163,7 @@ def _fresh(
     if env.is_main:
         run_dir = create_run_dir(out_dir)
     run_dir = Path(D.broadcast_object(str(run_dir) if run_dir else None, env))
-    _lock(run_dir, env, console, held)
+    _lock(run_dir, env, console, held, resume=False)
     record = RunRecord(run_dir, {}, write=env.is_main)
     try:
         trainer = Trainer(model_cfg, train_cfg, data_dir, run_dir, record=record, **limits)
@@ -197,7 +204,7 @@ def _resume(
     held: contextlib.ExitStack,
     reset_lr_schedule: bool,
 ) -> Trainer:
-    _lock(run_dir, env, console, held)
+    _lock(run_dir, env, console, held, resume=True)
     record = RunRecord.read(run_dir, write=env.is_main)
     doc = record.doc
     try:

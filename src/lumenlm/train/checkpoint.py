@@ -161,9 +161,10 @@ def largest_weight(model: torch.nn.Module) -> float:
         local = [
             (p.to_local() if hasattr(p, "to_local") else p).detach() for p in model.parameters()
         ]
+        local = [t for t in local if t.numel()]  # an FSDP rank may hold empty shards
         if not local:
             return 0.0
-        return float(torch.stack([t.abs().amax().float() for t in local if t.numel()]).max())
+        return float(torch.stack([t.abs().amax().float() for t in local]).max())
 
 
 def largest_weight_of(ckpt: Path) -> float:

@@ -22,6 +22,7 @@ import numpy as np
 from lumenlm.data.tokens import check_ids, load_split, read_meta
 from lumenlm.data.windows import PackedDataset, WindowDataset, epoch_permutation
 from lumenlm.errors import ConfigError, DataError
+from lumenlm.train.stop import TrainingError
 
 if TYPE_CHECKING:
     from lumenlm.config import TrainConfig
@@ -147,7 +148,9 @@ def rank_eval_indices(
     if world > 1:
         idx = idx[: len(idx) - len(idx) % world]
     if len(idx) == 0:
-        raise DataError(f"val split has fewer windows ({n}) than processes")
+        raise TrainingError(
+            f"val split has fewer windows ({n}) than processes; use fewer processes or more data"
+        )
     return idx[rank::world]
 
 
@@ -172,7 +175,7 @@ class TrainData:
             len(self.train), cfg.seed, cfg.batch_size, cfg.grad_accum, rank, world
         )
         if self.sampler.steps_per_epoch == 0:
-            raise DataError(
+            raise TrainingError(
                 f"train split has {len(self.train)} windows of {context_length} tokens; one "
                 f"optimizer step needs {self.sampler.windows_per_step} (batch_size "
                 f"{cfg.batch_size} x grad_accum {cfg.grad_accum} x {world} process(es)); "

@@ -156,8 +156,9 @@ def check_matches_checkpoint(
         if saved[key] != current[key] and not (
             isinstance(saved[key], list) and tuple(saved[key]) == current[key]
         ):
+            also = " (or resume with --reset-lr-schedule)" if key in LR_KEYS else ""
             raise ConfigError(
                 f"the run's config.json has {key}={current[key]!r} but checkpoint "
                 f"{ckpt.name} was trained with {key}={saved[key]!r} (was config.json "
-                "edited?); put the value back, or start a new run to change it"
+                f"edited?); put the value back{also}, or start a new run to change it"
             )

@@ -104,9 +104,12 @@ def write_error(exc: BaseException, run_dir: Path) -> TrainingError | None:
     if not (isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError"):
         return None
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if (run_dir / "checkpoints" / "last").exists():
+        then = f"resume with: lumenlm train --resume {run_dir}"
+    else:
+        then = "start a new run (no checkpoint was written yet)"
     return TrainingError(
-        f"cannot write the run's files ({first}); free space or fix permissions, then "
-        f"resume with: lumenlm train --resume {run_dir}"
+        f"cannot write the run's files ({first}); free space or fix permissions, then {then}"
     )
 
 

@@ -366,7 +366,8 @@ class Trainer:
         if packed is not None:
             model = self.raw
             if model_sd is not None:
-                model = GPT(self.mcfg)
+                with torch.random.fork_rng(devices=[]):  # its init must not move the RNG
+                    model = GPT(self.mcfg)
                 model.load_state_dict(model_sd)
             training = {"run": self.run_dir.name, "step": self.p.step, "train": asdict(self.cfg)}
 
