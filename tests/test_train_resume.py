@@ -227,8 +227,7 @@ def test_resume_refuses_overrides_that_break_exact_resume(
     msg = str(err.value)
     hint = " or add --reset-lr-schedule" if key == "lr" else ""  # the lr may change if asked
     assert msg == (
-        f"cannot change {key} when resuming (it would break exact resume); start a new run"
-        + hint
+        f"cannot change {key} when resuming (it would break exact resume); start a new run" + hint
     )
 
 
