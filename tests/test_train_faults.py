@@ -96,14 +96,20 @@ def _kill_and_resume(dataset: Path, reference: Path, tmp_path: Path, seed: int) 
 
     _wait_for(has_checkpoint, proc)
     time.sleep(rng.uniform(0.0, 1.2))
+    run = _kill_resume_compare(proc, tmp_path, reference)
+    assert run_config(run)["status"] == "finished"
+
+
+def _kill_resume_compare(proc: subprocess.Popen, out: Path, reference: Path) -> Path:
+    """kill -9 the run in `out`, resume it to the end, and compare it with `reference`."""
     proc.kill()
     proc.communicate()
-    run = _first_run(tmp_path)
+    run = _first_run(out)
     assert run is not None
     r = run_cli(resume_argv(run))
     assert r.returncode == 0, r.stderr
     assert_same_state(run, reference)
-    assert run_config(run)["status"] == "finished"
+    return run
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -139,13 +145,7 @@ def test_kill_9_inside_a_checkpoint_write_resumes_bit_identically(
         return any((p / "model.safetensors").exists() for p in tmp)
 
     _wait_for(mid_write, proc, timeout=180)
-    proc.kill()
-    proc.communicate()
-    run = _first_run(tmp_path)
-    assert run is not None
-    r = run_cli(resume_argv(run))
-    assert r.returncode == 0, r.stderr
-    assert_same_state(run, reference)
+    run = _kill_resume_compare(proc, tmp_path, reference)
     assert not [p for p in (run / "checkpoints").iterdir() if ".tmp." in p.name]
 
 
