@@ -29,7 +29,7 @@ class CheckpointError(LumenError):
 def first_line(exc: BaseException, default: str | None = None) -> str:
     """The first line of an exception's message (or `default`, else its type name),
     for one-line user errors that wrap a library's multi-line message."""
-    text = str(exc)
+    text = str(exc).strip()  # a message that opens with a newline still has a first line
     if text:
         return text.splitlines()[0]
     return type(exc).__name__ if default is None else default

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lumenlm.errors import ConfigError
+from lumenlm.errors import ConfigError, first_line
 from lumenlm.fsutil import pid_alive
 from lumenlm.modelio import atomic_write_text
 from lumenlm.train.checkpoint import Progress
@@ -146,12 +146,8 @@ class RunFiles:
         so the original error is the one the user sees."""
         if not self.enabled:
             return
-        lines = str(exc).strip().splitlines()
         try:
-            self.record.update(
-                status="diverged" if diverged else "crashed",
-                error=lines[0] if lines else type(exc).__name__,
-            )
+            self.record.update(status="diverged" if diverged else "crashed", error=first_line(exc))
         except Exception:
             pass
 

@@ -12,7 +12,7 @@ import time
 from enum import IntEnum
 from pathlib import Path
 
-from lumenlm.errors import LumenError
+from lumenlm.errors import LumenError, first_line
 
 
 class TrainingError(LumenError):
@@ -103,7 +103,7 @@ def write_error(exc: BaseException, run_dir: Path) -> TrainingError | None:
     checkpoint is intact, so the run resumes once the cause is fixed."""
     if not (isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError"):
         return None
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = first_line(exc)
     if (run_dir / "checkpoints" / "last").exists():
         then = f"resume with: lumenlm train --resume {run_dir}"
     else:
