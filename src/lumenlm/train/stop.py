@@ -87,7 +87,7 @@ class StopReason(IntEnum):
 def diverged_error(what: str, run_dir: Path, lr: float) -> TrainingError:
     """The error of a diverged run: what went wrong, and how to go on at a lower lr (from
     its last good checkpoint when there is one)."""
-    lower = f"--set lr={lr / 10:g}"
+    lower = f"--set lr={min(lr / 10, 1e-3):g}"  # a tenth, and never a huge lr again
     if (run_dir / "checkpoints" / "last").exists():
         advice = (
             "the last good checkpoint is kept; resume it with a lower lr: lumenlm train "
