@@ -10,8 +10,9 @@ import pytest
 
 from infer_helpers import _one_thread, make_model, make_model_dir, tok, tok_path  # noqa: F401 (fixtures)
 from lumenlm.cli import main as cli_main
+from lumenlm.data.chat_template import ChatTemplate, fit_history
 from lumenlm.infer import SamplingParams
-from lumenlm.infer.chat import ChatSession, ChatTemplate, fit_history, run_repl
+from lumenlm.infer.chat import ChatSession, run_repl
 from lumenlm.modelio import load
 
 CUSTOM = {

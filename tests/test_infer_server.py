@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from infer_helpers import _one_thread, make_model_dir, tok_path  # noqa: F401 (fixtures)
 from lumenlm.cli import main as cli_main
+from lumenlm.data.chat_template import ChatTemplate
 from lumenlm.infer import generate
-from lumenlm.infer.chat import ChatTemplate
 from lumenlm.infer.server import create_app
 from lumenlm.modelio import load
 

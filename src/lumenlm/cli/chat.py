@@ -29,8 +29,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     from lumenlm.cli.generate import check_vocab, load_model, params_from_args
+    from lumenlm.data.chat_template import ChatTemplate
     from lumenlm.errors import CheckpointError
-    from lumenlm.infer.chat import ChatSession, ChatTemplate, run_repl
+    from lumenlm.infer.chat import ChatSession, run_repl
     from lumenlm.infer.text import replace_invalid
 
     params = params_from_args(args)

@@ -12,6 +12,7 @@ Modules, one job each:
   tokenizer byte-level BPE: train, load, save, encode, decode, special ids
   encode    batched parallel encoding into flat token arrays
   tokens    .bin token files and meta.json (`load_split`, `read_meta`, `check_ids`)
+  chat_template  chat messages -> prompt text (`ChatTemplate`), history fitting
   windows   fixed-window and document-packed datasets, the per-epoch shuffle
   prepare   `prepare_dataset`, which runs all of the above
 

@@ -39,7 +39,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lumenlm.infer.chat import ChatTemplate, render_fitted
+from lumenlm.data.chat_template import ChatTemplate, render_fitted
 from lumenlm.infer.generate import StreamEvent, encode_prompts, generate, stream_generate
 from lumenlm.infer.middleware import PUBLIC, APIKeyMiddleware, BodyLimitMiddleware
 from lumenlm.infer.sampling import SamplingParams
