@@ -217,3 +217,32 @@ def test_bf16_forward_backward() -> None:
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("explicit", [False, True])
+def test_packed_documents_equal_each_document_alone(name: str, explicit: bool) -> None:
+    """document_ids: a block-diagonal causal mask and positions that restart, so no
+    document sees its neighbour and each one's logits equal its logits alone."""
+    cfg = small_cfg(name)
+    model = GPT(cfg).eval()
+    T = min(30, cfg.context_length)
+    lengths = [[7, 1, 12, T - 20], [T - 5, 5]]
+    x = torch.randint(0, cfg.vocab_size, (2, T))
+    docs = torch.tensor(
+        [[i for i, n in enumerate(row) for _ in range(n)] for row in lengths], dtype=torch.long
+    )
+    packed = model(x, document_ids=docs, return_attentions=explicit).logits
+    for b, row in enumerate(lengths):
+        start = 0
+        for n in row:
+            alone = model(x[b : b + 1, start : start + n]).logits[0]
+            torch.testing.assert_close(packed[b, start : start + n], alone, rtol=1e-5, atol=1e-5)
+            start += n
+
+
+def test_document_positions_restart() -> None:
+    from lumenlm.model import document_positions
+
+    docs = torch.tensor([[0, 0, 0, 1, 1, 2], [5, 5, 5, 5, 5, 5]])
+    assert document_positions(docs).tolist() == [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]]

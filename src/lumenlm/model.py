@@ -13,6 +13,13 @@ Two attention paths give the same logits:
 A `KVCache` with fixed-size buffers supports incremental decoding whose logits
 equal a full recompute. Left-padded batches are handled with `attention_mask`
 (1 = real token, 0 = padding) and `position_ids`.
+
+Packed training rows (several short documents or conversations in one window) pass
+`document_ids`: a block-diagonal causal mask keeps each document to itself, and
+positions restart at each document, so a packed row's logits equal each document's
+logits alone. A boolean mask for SDPA is used rather than a variable-length
+("document-aware") flash kernel because it works on every device and dtype, CPU
+included, and its (B, 1, T, T) size is small at these context lengths.
 """
 
 from __future__ import annotations
@@ -85,6 +92,16 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate `x` in its own dtype: under bf16 autocast q/k stay bf16 (no fp32 copies)."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + _rotate_half(x) * sin
+
+
+def document_positions(document_ids: Tensor) -> Tensor:
+    """Positions that restart at 0 wherever `document_ids` (B, T) changes value."""
+    B, T = document_ids.shape
+    t = torch.arange(T, device=document_ids.device).expand(B, T)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    first = torch.where(starts, t, torch.zeros_like(t)).cummax(dim=1).values
+    return t - first
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -346,6 +363,7 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
+        document_ids: Tensor | None = None,
         return_hidden_states: bool = False,
         return_attentions: bool = False,
         last_only: bool = False,
@@ -357,6 +375,9 @@ class GPT(nn.Module):
         attention_mask: (B, S) with S = cached + new length; 0 marks padding keys.
         position_ids: (B, T) explicit positions (left padding); default counts
             from the cache length.
+        document_ids: (B, T) integer ids for packed rows: a token attends only to
+            earlier tokens with the same id, and positions restart at each change
+            of id (unless `position_ids` is given). Not with a cache or a mask.
         last_only: compute logits for the last position only (generation).
         """
         cfg = self.config
@@ -364,6 +385,15 @@ class GPT(nn.Module):
         past = cache.length if cache is not None else 0
         if cache is not None and past + T > cache.max_length:
             raise ValueError(f"KV cache holds {cache.max_length} positions; {past + T} needed")
+        if document_ids is not None:
+            if cache is not None or attention_mask is not None:
+                raise ValueError("document_ids cannot be combined with a cache or attention_mask")
+            if document_ids.shape != (B, T):
+                raise ValueError(
+                    f"document_ids must have shape {(B, T)}, got {tuple(document_ids.shape)}"
+                )
+            if position_ids is None:
+                position_ids = document_positions(document_ids)
         default_positions = position_ids is None
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=idx.device).expand(B, T)
@@ -383,7 +413,11 @@ class GPT(nn.Module):
             rope = rope_cos_sin(position_ids, cfg.d_head, cfg.rope_theta, x.dtype)  # type: ignore[arg-type]
         x = self.emb_dropout(x)
 
-        mask = self._attention_mask(B, T, past, attention_mask, idx.device)
+        if document_ids is not None:
+            same = document_ids[:, :, None] == document_ids[:, None, :]
+            mask = (same & torch.ones(T, T, dtype=torch.bool, device=idx.device).tril())[:, None]
+        else:
+            mask = self._attention_mask(B, T, past, attention_mask, idx.device)
         hidden: list[Tensor] = []
         attns: list[Tensor] = []
         for block in self.blocks:
