@@ -67,7 +67,10 @@ class ChatSession:
 
         prompt = self.prompt_for(user_message)
         stop = list(dict.fromkeys([*self.params.stop, *self.template.stop]))
-        params = replace(self.params, stop=stop)
+        # A stop that is one special token (the "turns" template's <|end|>) is never
+        # decoded as text, so it stops by id.
+        ids = [*self.params.stop_token_ids, *self.template.stop_token_ids(self.tokenizer)]
+        params = replace(self.params, stop=stop, stop_token_ids=tuple(dict.fromkeys(ids)))
         pieces: list[str] = []
         first = True
         for ev in stream_generate(self.model, prompt, params, tokenizer=self.tokenizer):
