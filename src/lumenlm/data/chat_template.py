@@ -21,13 +21,42 @@ default:
     "chat": {"system": "{content}\\n", "user": "User: {content}\\n",
              "assistant": "Assistant: {content}\\n", "generation_prompt": "Assistant:",
              "stop": ["\\nUser:"]}
+
+Named templates (`TEMPLATES`, `lumenlm finetune --template NAME`): "plain" is the default
+above; "turns" marks every turn with special tokens, `<|user|>...<|end|>`, and stops at
+`<|end|>`, the single end-of-turn token a fine-tuned model learns to emit. A template's
+`special_tokens` are the strings that must be single tokens of the tokenizer; fine-tuning
+adds those missing (see `lumenlm.train.vocab`).
+
+Fine-tuning needs to know which characters of the rendered text the model is trained to
+produce: `ChatTemplate.segments` renders the same text as `render` as a list of
+`Segment`s (role, text, trained), where an assistant turn's prefix ("Assistant: ",
+"<|assistant|>") is not trained and its content and closing text ("\\n", "<|end|>") are.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
+
+from lumenlm.errors import ConfigError
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One piece of a rendered conversation: which message it belongs to (`index`, -1
+    for the generation prompt), its role, its text, and whether fine-tuning trains the
+    model to produce it."""
+
+    index: int
+    role: str
+    text: str
+    trained: bool
 
 
 @dataclass
@@ -39,6 +68,8 @@ class ChatTemplate:
     assistant: str = "Assistant: {content}\n"
     generation_prompt: str = "Assistant:"
     stop: list[str] = field(default_factory=lambda: ["\nUser:"])
+    special_tokens: list[str] = field(default_factory=list)
+    """Strings that must be single tokens (fine-tuning adds the missing ones)."""
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any] | None) -> ChatTemplate:
@@ -60,18 +91,98 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """Messages ({"role": system|user|assistant, "content": str}) -> prompt text."""
-        parts = []
-        for m in messages:
+        return "".join(seg.text for seg in self.segments(messages, add_generation_prompt))
+
+    def segments(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False
+    ) -> list[Segment]:
+        """The text `render` produces, cut into segments that say what is trained: an
+        assistant turn is its prefix (not trained), then its content and the template's
+        closing text (trained: the model must learn to end its turn); everything else is
+        not trained. Empty segments are left out."""
+        out: list[Segment] = []
+        for i, m in enumerate(messages):
             role, content = m["role"], m["content"]
-            if role == "assistant":
-                content = content.strip()
             fmt = {"system": self.system, "user": self.user, "assistant": self.assistant}.get(role)
             if fmt is None:
                 raise ValueError(f"unknown chat role {role!r} (system, user or assistant)")
-            parts.append(fmt.replace("{content}", content))
+            if role == "assistant":
+                content = content.strip()
+                before, found, after = fmt.partition("{content}")
+                if not found:  # no content slot: the whole turn is fixed text
+                    out.append(Segment(i, role, fmt, False))
+                    continue
+                out.append(Segment(i, role, before, False))
+                out.append(Segment(i, role, content + after.replace("{content}", content), True))
+            else:
+                out.append(Segment(i, role, fmt.replace("{content}", content), False))
         if add_generation_prompt:
-            parts.append(self.generation_prompt)
-        return "".join(parts)
+            out.append(Segment(-1, "assistant", self.generation_prompt, False))
+        return [seg for seg in out if seg.text]
+
+    def check(self, where: str) -> None:
+        """Refuse a template fine-tuning cannot use (one-line ConfigError naming `where`):
+        every role needs a `{content}` slot, and there must be an assistant role."""
+        if not isinstance(self.assistant, str) or "{content}" not in self.assistant:
+            raise ConfigError(
+                f'{where}: the chat template has no assistant role (its "assistant" '
+                "needs a {content} slot); use --template plain or turns, or fix the template"
+            )
+        for role in ("system", "user"):
+            fmt = getattr(self, role)
+            if not isinstance(fmt, str) or "{content}" not in fmt:
+                raise ConfigError(
+                    f'{where}: the chat template\'s "{role}" has no {{content}} slot; '
+                    "fix the template or use --template plain or turns"
+                )
+        if not all(isinstance(t, str) and t for t in self.special_tokens):
+            raise ConfigError(f"{where}: special_tokens must be non-empty strings")
+
+    def stop_token_ids(self, tokenizer: Any) -> list[int]:
+        """Ids of the stop strings that are single special tokens of `tokenizer` (a
+        decoder that skips special tokens never shows them as text, so generation must
+        stop on the id)."""
+        specials = set(self.special_tokens)
+        ids = []
+        for s in self.stop:
+            i = tokenizer.token_to_id(s) if s in specials else None
+            if i is not None:
+                ids.append(int(i))
+        return ids
+
+
+TURNS = ChatTemplate(
+    system="<|system|>{content}<|end|>\n",
+    user="<|user|>{content}<|end|>\n",
+    assistant="<|assistant|>{content}<|end|>\n",
+    generation_prompt="<|assistant|>",
+    stop=["<|end|>"],
+    special_tokens=["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+)
+"""Turns marked by special tokens; the model ends its reply with the one `<|end|>` token."""
+
+TEMPLATES: dict[str, ChatTemplate] = {"plain": ChatTemplate(), "turns": TURNS}
+"""The named templates of `--template NAME`."""
+
+
+def get_template(name: str) -> ChatTemplate:
+    """A named template (`TEMPLATES`), or a JSON file holding one (the keys of config.json's
+    "chat"); a one-line ConfigError otherwise."""
+    if name in TEMPLATES:
+        tpl = TEMPLATES[name]
+        return ChatTemplate(**tpl.to_dict())  # a copy: callers may edit it
+    path = Path(name)
+    if path.suffix != ".json" or not path.is_file():
+        raise ConfigError(
+            f"unknown chat template {name!r}; use one of {', '.join(TEMPLATES)} or a .json file"
+        )
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        tpl = ChatTemplate.from_meta({"chat": doc})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a chat template ({str(exc).splitlines()[0]})") from None
+    tpl.check(str(path))
+    return tpl
 
 
 def fit_history(
