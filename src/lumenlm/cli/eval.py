@@ -15,12 +15,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         common,
         "eval",
         run,
-        help="loss, perplexity, bits-per-byte, top-k accuracy; ARC/HellaSwag",
+        help="loss, perplexity, bits-per-byte, top-k accuracy; ARC/HellaSwag/wikitext; lm-eval",
         description=(
             "Evaluate MODEL (a model dir or a run dir). With --data: mean token cross-entropy, "
             "perplexity, bits-per-byte and top-1/5/10 next-token accuracy on a prepared split. "
             "With --tasks: zero-shot multiple-choice accuracy (acc, acc_norm) scored by "
-            "log-likelihood exactly as lm-evaluation-harness does."
+            "log-likelihood exactly as lm-evaluation-harness does, and wikitext's word "
+            "perplexity, byte perplexity and bits per byte (lm-eval's wikitext task). With "
+            "--harness: any lm-evaluation-harness task, run in process on the model "
+            "(pip install 'lumenlm[harness]')."
         ),
     )
     add_model_argument(p)
@@ -43,17 +46,34 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "--tasks",
         metavar="LIST",
-        help="comma-separated benchmarks: arc-easy,arc-challenge,hellaswag",
+        help="comma-separated benchmarks: arc-easy,arc-challenge,hellaswag,wikitext",
+    )
+    p.add_argument(
+        "--harness",
+        metavar="LIST",
+        help="comma-separated lm-evaluation-harness task names (arc_easy,piqa,wikitext,...), "
+        "run in process through lm-eval's LM interface",
+    )
+    p.add_argument(
+        "--harness-include",
+        metavar="DIR",
+        help="folder of extra lm-eval task YAMLs (lm-eval --include_path), e.g. local data",
+    )
+    p.add_argument(
+        "--num-fewshot", type=int, help="few-shot examples for --harness tasks (default: task's)"
     )
     p.add_argument(
         "--tasks-dir",
         metavar="DIR",
         help="folder with task files (ARC-*-Test.jsonl, hellaswag_val.jsonl or "
-        "hellaswag_val_full.txt, directly or under arc/ and hellaswag/); "
+        "hellaswag_val_full.txt, wiki.test.raw; directly or under arc/, hellaswag/, "
+        "wikitext-2-raw/); "
         "default $LUMENLM_DATA, then download",
     )
     p.add_argument("--no-download", action="store_true", help="never download task files")
-    p.add_argument("--limit", type=int, help="score only the first N items of each task")
+    p.add_argument(
+        "--limit", type=int, help="score only the first N items (documents) of each task"
+    )
     p.add_argument(
         "--batch-size",
         type=int,
@@ -66,7 +86,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "--per-example",
         metavar="FILE.jsonl",
-        help="write one line per task question (log-likelihoods, prediction, gold)",
+        help="write one line per task question (log-likelihoods, prediction, gold) "
+        "or wikitext document (log-likelihood, words, bytes, tokens)",
     )
 
 
@@ -82,9 +103,15 @@ def run(args: argparse.Namespace) -> int:
     from lumenlm.evaluate.tasks import parse_task_list
     from lumenlm.modelio import check_output_file, load
 
-    if not args.data and not args.tasks:
-        raise ConfigError("nothing to evaluate: give --data DIR and/or --tasks LIST")
+    if not args.data and not args.tasks and not args.harness:
+        raise ConfigError(
+            "nothing to evaluate: give --data DIR, --tasks LIST and/or --harness LIST"
+        )
     check_positive(args, "limit", "batch_size", "window", "stride", "max_tokens")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise ConfigError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
+    if (args.harness_include or args.num_fewshot is not None) and not args.harness:
+        raise ConfigError("--harness-include and --num-fewshot need --harness LIST")
     if args.per_example and not args.tasks:
         raise ConfigError("--per-example needs --tasks; add --tasks LIST or drop --per-example")
     # before any work: a report that cannot be written must not cost a whole evaluation
@@ -93,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
     if args.per_example:
         check_output_file(args.per_example, "--per-example")
     task_names = parse_task_list(args.tasks) if args.tasks else []
+    harness_names = [t.strip() for t in (args.harness or "").split(",") if t.strip()]
+    if args.harness:
+        if not harness_names:
+            raise ConfigError("--harness needs task names, e.g. --harness arc_easy,piqa")
+        from lumenlm.evaluate import harness  # the missing extra fails here, before loading
     device = str(resolve_device(args.device))
     model = load(args.model, device=device, dtype=torch_dtype(args.dtype), verify=args.verify)
     info = {
@@ -114,11 +146,11 @@ def run(args: argparse.Namespace) -> int:
             allow_tokenizer_mismatch=args.allow_tokenizer_mismatch,
         )
         info["data"] = str(args.data)
+    tokenizer = model.tokenizer
+    if tokenizer is None and args.data and (Path(args.data) / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(args.data)
     tasks = None
     if task_names:
-        tokenizer = model.tokenizer
-        if tokenizer is None and args.data and (Path(args.data) / "tokenizer.json").is_file():
-            tokenizer = load_tokenizer(args.data)
         tasks = evaluate_tasks(
             model,
             task_names,
@@ -129,8 +161,24 @@ def run(args: argparse.Namespace) -> int:
             download=not args.no_download,
         )
         info["limit"] = args.limit
-    print(format_table(lm, tasks))
-    doc = build_report(lm, tasks, info)
+    harness_out = None
+    if harness_names:
+        harness_out = harness.run_harness(
+            model,
+            harness_names,
+            tokenizer,
+            args.harness_include,
+            args.limit,
+            args.num_fewshot,
+            args.batch_size,
+        )
+        info["limit"] = args.limit
+    if lm is not None or tasks:
+        print(format_table(lm, tasks))
+    if harness_out is not None:
+        print(harness.harness_table(harness_out))
+    summary = harness.harness_summary(harness_out) if harness_out is not None else None
+    doc = build_report(lm, tasks, info, summary)
     if args.out:
         print(f"wrote {write_json(doc, args.out)}", file=sys.stderr)
     if args.per_example and tasks:

@@ -298,15 +298,41 @@ def score_items(
     shared=False scores each choice as its own full row (lm-eval's layout), for checks
     and benchmarks; the numbers are the same up to float rounding.
     """
+    max_length = model.config.context_length
+    encoded = [encode_item(encode, it) for it in items]
+    results = []
+    for e, scores in zip(
+        encoded, score_encoded(model, encoded, batch_size, shared, progress, desc)
+    ):
+        r = item_result(e.item, scores)
+        r.truncated = not e.fits(max_length)
+        r.overlong = max(map(len, e.continuations)) > max_length
+        results.append(r)
+    return results
+
+
+def score_encoded(
+    model: GPT,
+    encoded: Sequence[EncodedItem],
+    batch_size: int = 16,
+    shared: bool = True,
+    progress: bool | None = None,
+    desc: str = "score",
+) -> list[list[tuple[float, bool]]]:
+    """(log-likelihood, is_greedy) of every continuation of every encoded item, in order.
+
+    The batching behind `score_items`, for callers that encode requests themselves (the
+    lm-eval `LM` adapter): items are batched `batch_size` at a time, longest first, so
+    the same items give the same numbers bit for bit whoever calls.
+    """
     from tqdm import tqdm
 
     max_length = model.config.context_length
-    encoded = [encode_item(encode, it) for it in items]
     order = sorted(
         range(len(encoded)),
         key=lambda i: -(len(encoded[i].context) + max(map(len, encoded[i].continuations))),
     )
-    results: list[ItemResult | None] = [None] * len(encoded)
+    results: list[list[tuple[float, bool]] | None] = [None] * len(encoded)
     disable = None if progress is None else not progress  # None: only on a terminal
     with tqdm(total=len(encoded), desc=desc, unit="q", disable=disable, leave=False) as bar:
         for start in range(0, len(order), batch_size):
@@ -315,16 +341,14 @@ def score_items(
             full = [i for i in idx if i not in share]
             if share:
                 for i, scores in zip(share, score_shared(model, [encoded[i] for i in share])):
-                    results[i] = item_result(encoded[i].item, scores)
+                    results[i] = scores
             if full:
                 reqs = [(encoded[i].context, c) for i in full for c in encoded[i].continuations]
                 flat = score_naive(model, reqs, max_length)
                 pos = 0
                 for i in full:
                     n = len(encoded[i].continuations)
-                    results[i] = item_result(encoded[i].item, flat[pos : pos + n])
-                    results[i].truncated = not encoded[i].fits(max_length)
-                    results[i].overlong = max(map(len, encoded[i].continuations)) > max_length
+                    results[i] = flat[pos : pos + n]
                     pos += n
             bar.update(len(idx))
     return [r for r in results if r is not None]

@@ -2,7 +2,11 @@
 
 JSON keys are plain: ``lm`` holds ``loss``, ``perplexity``, ``bits_per_byte``, ``top1``,
 ``top5``, ``top10`` with ``window``/``stride``/``tokens``; ``tasks.<name>`` holds ``acc``,
-``acc_norm``, ``correct``, ``total``, ``stderr`` (of acc; ``acc_norm_stderr`` too).
+``acc_norm``, ``correct``, ``total``, ``stderr`` (of acc; ``acc_norm_stderr`` too) for a
+multiple-choice task, and ``word_perplexity``, ``byte_perplexity``, ``bits_per_byte``,
+``token_perplexity`` with their counts for a perplexity task (``wikitext``); ``harness``
+holds lm-evaluation-harness's own ``results`` (``--harness``), metric names as it
+spells them (``acc,none``).
 """
 
 from __future__ import annotations
@@ -14,14 +18,23 @@ from typing import Any
 
 from lumenlm.evaluate.lm import LMResult
 from lumenlm.evaluate.multiple_choice import TaskResult
+from lumenlm.evaluate.wikitext import PerplexityResult
 from lumenlm.modelio import atomic_write_text
+
+AnyTaskResult = TaskResult | PerplexityResult
 
 
 def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else x
 
 
-def task_summary(result: TaskResult) -> dict[str, Any]:
+def task_summary(result: AnyTaskResult) -> dict[str, Any]:
+    """The JSON of one task's result (either kind)."""
+    if isinstance(result, PerplexityResult):
+        d = result.to_dict()
+        d["file"] = d.pop("source")
+        d.pop("task")
+        return d
     return {
         "acc": result.acc,
         "acc_norm": result.acc_norm,
@@ -38,10 +51,12 @@ def task_summary(result: TaskResult) -> dict[str, Any]:
 
 def build_report(
     lm: LMResult | None = None,
-    tasks: dict[str, TaskResult] | None = None,
+    tasks: dict[str, AnyTaskResult] | None = None,
     info: dict[str, Any] | None = None,
+    harness: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON-able report: ``{"model": ..., "lm": {...}, "tasks": {name: {...}}}``."""
+    """The JSON-able report: ``{"model": ..., "lm": {...}, "tasks": {name: {...}},
+    "harness": {...}}`` (each part only when evaluated)."""
     doc: dict[str, Any] = dict(info or {})
     if lm is not None:
         d = lm.to_dict()
@@ -66,6 +81,8 @@ def build_report(
         }
     if tasks:
         doc["tasks"] = {name: task_summary(r) for name, r in tasks.items()}
+    if harness is not None:
+        doc["harness"] = harness
     return doc
 
 
@@ -75,10 +92,14 @@ def write_json(doc: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def write_examples(tasks: dict[str, TaskResult], path: str | Path) -> Path:
-    """One JSON line per question: task, id, gold, pred, pred_norm, loglikelihoods, ..."""
+def write_examples(tasks: dict[str, AnyTaskResult], path: str | Path) -> Path:
+    """One JSON line per question (task, id, gold, pred, pred_norm, loglikelihoods, ...)
+    or per perplexity document (task, doc, loglikelihood, words, bytes, tokens)."""
     lines = []
     for name, res in tasks.items():
+        if isinstance(res, PerplexityResult):
+            lines += [json.dumps({"task": name, **d}) for d in res.per_document]
+            continue
         for r in res.items:
             lines.append(
                 json.dumps(
@@ -101,7 +122,7 @@ def write_examples(tasks: dict[str, TaskResult], path: str | Path) -> Path:
     return path
 
 
-def format_table(lm: LMResult | None = None, tasks: dict[str, TaskResult] | None = None) -> str:
+def format_table(lm: LMResult | None = None, tasks: dict[str, AnyTaskResult] | None = None) -> str:
     """Readable summary for the terminal."""
     out: list[str] = []
     if lm is not None:
@@ -122,7 +143,14 @@ def format_table(lm: LMResult | None = None, tasks: dict[str, TaskResult] | None
         ]
         width = max(len(k) for k, _ in rows)
         out += [f"  {k.ljust(width)}  {v}" for k, v in rows]
-    if tasks:
+    ppl = {n: r for n, r in (tasks or {}).items() if isinstance(r, PerplexityResult)}
+    mc = {n: r for n, r in (tasks or {}).items() if isinstance(r, TaskResult)}
+    for name, r in ppl.items():
+        if out:
+            out.append("")
+        out += _perplexity_lines(name, r)
+    if mc:
+        tasks = mc
         if out:
             out.append("")
         head = ("task", "acc", "± stderr", "acc_norm", "correct/total")
@@ -167,3 +195,20 @@ def format_table(lm: LMResult | None = None, tasks: dict[str, TaskResult] | None
                     "differ slightly from runs on hellaswag_val.jsonl"
                 )
     return "\n".join(out)
+
+
+def _perplexity_lines(name: str, r: PerplexityResult) -> list[str]:
+    """A perplexity task's block: what was scored, then the four numbers."""
+    official = {True: "official file", False: "NOT the official file", None: "file unchecked"}
+    out = [
+        f"{name} ({r.split}, {official[r.official_file]}): {r.documents} documents, "
+        f"{r.words:,} words, {r.bytes:,} bytes, {r.tokens:,} tokens, window {r.window}"
+    ]
+    rows = [
+        ("word perplexity", f"{r.word_perplexity:.4f}"),
+        ("byte perplexity", f"{r.byte_perplexity:.4f}"),
+        ("bits per byte", f"{r.bits_per_byte:.4f}"),
+        ("token perplexity", f"{r.token_perplexity:.4f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return out + [f"  {k.ljust(width)}  {v}" for k, v in rows]

@@ -10,6 +10,8 @@ as EleutherAI lm-evaluation-harness builds its requests, so scores are comparabl
   ctx_a + " " + ctx_b.capitalize())``, choices ``preprocess(ending)``. Validation split.
 
 The scorer adds lm-eval's target delimiter (a single space) in front of each choice.
+``PERPLEXITY_TASKS`` names the document-level perplexity tasks (``wikitext``), which
+`lumenlm.evaluate.wikitext` reads and scores; `parse_task_list` accepts both kinds.
 Parsers here only read a given path; which path (a local copy or a download) is
 `lumenlm.evaluate.taskfiles`'s job. Every malformed line is an error naming file and line.
 """
@@ -246,22 +248,48 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def get_task(name: str) -> TaskSpec:
-    """The task called `name` (also accepts lm-eval spelling, e.g. ``arc_easy``)."""
+# Document-level perplexity tasks: scored by `lumenlm.evaluate.wikitext`, not multiple choice.
+PERPLEXITY_TASKS: dict[str, str] = {
+    "wikitext": "WikiText-2 raw test, 62 documents: word perplexity, byte perplexity and "
+    "bits per byte (lm-eval wikitext)",
+}
+ALIASES = {"wikitext-2": "wikitext", "wikitext2": "wikitext"}
+
+
+def _key(name: str) -> str:
     key = name.strip().lower().replace("_", "-")
+    return ALIASES.get(key, key)
+
+
+def task_names() -> list[str]:
+    """Every name `--tasks` accepts: the multiple-choice tasks, then the perplexity ones."""
+    return [*TASKS, *PERPLEXITY_TASKS]
+
+
+def is_perplexity_task(name: str) -> bool:
+    """Whether `name` is a document-level perplexity task (``wikitext``)."""
+    return _key(name) in PERPLEXITY_TASKS
+
+
+def get_task(name: str) -> TaskSpec:
+    """The multiple-choice task called `name` (also accepts lm-eval spelling, ``arc_easy``)."""
+    key = _key(name)
     if key not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; use one of: {', '.join(TASKS)}")
+        why = "is not multiple choice; " if key in PERPLEXITY_TASKS else ""
+        raise ConfigError(f"unknown task {name!r}; {why}use one of: {', '.join(TASKS)}")
     return TASKS[key]
 
 
 def parse_task_list(text: str) -> list[str]:
-    """``"arc-easy,hellaswag"`` -> canonical names, validated, duplicates dropped."""
+    """``"arc-easy,wikitext"`` -> canonical names, validated, duplicates dropped."""
     names: list[str] = []
     for part in text.split(","):
         if part.strip():
-            name = get_task(part).name
-            if name not in names:
-                names.append(name)
+            key = _key(part)
+            if key not in TASKS and key not in PERPLEXITY_TASKS:
+                raise ConfigError(f"unknown task {part!r}; use one of: {', '.join(task_names())}")
+            if key not in names:
+                names.append(key)
     if not names:
-        raise ConfigError(f"no task given; use one of: {', '.join(TASKS)}")
+        raise ConfigError(f"no task given; use one of: {', '.join(task_names())}")
     return names
