@@ -2,8 +2,11 @@
 
 Every processor is a pure function on a (B, V) float tensor of logits and returns
 a new tensor; filtered-out tokens get `-inf`. They follow Hugging Face semantics so
-that settings carry over from `transformers.generate`:
+that settings carry over from `transformers.generate`, with OpenAI's `logit_bias` and
+presence/frequency penalties placed where vLLM puts them (bias first, then the
+penalties, then the filters):
 
+- logit bias (OpenAI): add a per-token bias; -100 effectively bans a token;
 - repetition penalty (CTRL): for tokens already seen (prompt + generated), divide
   positive logits by the penalty and multiply negative ones;
 - temperature: divide the logits;
@@ -11,6 +14,10 @@ that settings carry over from `transformers.generate`:
 - top-p (nucleus): keep the smallest set of most probable tokens whose cumulative
   probability is >= p (always at least one token);
 - min-p: keep tokens whose probability is >= min_p * the top probability.
+
+- presence / frequency penalty (OpenAI): subtract `presence` from every token already
+  generated and `frequency` times its count (generated tokens only, as OpenAI and
+  vLLM count them);
 
 Randomness comes only from a `torch.Generator` owned by the request, so two
 concurrent requests with seeds never disturb each other (nor the global RNG).
@@ -26,7 +33,7 @@ instead of crashing in `torch.multinomial`.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +49,8 @@ TEMPERATURE_MAX = 100.0  # beyond ~10 the distribution is uniform already
 # CTRL penalty bounds: outside them one seen token's logit is scaled by more than 100x,
 # which on top of a small temperature is how logits overflowed to inf.
 REPETITION_PENALTY_RANGE = (0.01, 100.0)
+PENALTY_RANGE = (-2.0, 2.0)  # OpenAI's presence/frequency penalty range
+LOGIT_BIAS_RANGE = (-100.0, 100.0)  # OpenAI's logit_bias value range
 
 
 @dataclass
@@ -66,6 +75,9 @@ class SamplingParams:
     stop_token_ids: Sequence[int] = field(default_factory=tuple)
     eos_token_id: int | None = None
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -90,6 +102,18 @@ class SamplingParams:
                 f"repetition_penalty must be in [{lo:g}, {hi:g}] (1 = off), "
                 f"got {self.repetition_penalty}"
             )
+        plo, phi = PENALTY_RANGE
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not _in(getattr(self, name), plo, phi):
+                raise ValueError(
+                    f"{name} must be in [{plo:g}, {phi:g}] (0 = off), got {getattr(self, name)}"
+                )
+        blo, bhi = LOGIT_BIAS_RANGE
+        for tok, bias in self.logit_bias.items():
+            if not isinstance(tok, int) or isinstance(tok, bool) or tok < 0:
+                raise ValueError(f"logit_bias keys must be token ids >= 0, got {tok!r}")
+            if not _in(bias, blo, bhi):
+                raise ValueError(f"logit_bias values must be in [{blo:g}, {bhi:g}], got {bias}")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         if any(not isinstance(s, str) or not s for s in self.stop):
@@ -102,12 +126,21 @@ class SamplingParams:
 
     def check_vocab(self, vocab_size: int) -> None:
         """Raise ValueError when a stop token or the EOS id is outside the vocabulary."""
-        ids = [*self.stop_token_ids, *([] if self.eos_token_id is None else [self.eos_token_id])]
+        ids = [
+            *self.stop_token_ids,
+            *([] if self.eos_token_id is None else [self.eos_token_id]),
+            *self.logit_bias,
+        ]
         bad = [int(t) for t in ids if not 0 <= int(t) < vocab_size]
         if bad:
             raise ValueError(
                 f"stop token id {bad[0]} is outside the vocabulary (ids 0 to {vocab_size - 1})"
             )
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether the presence/frequency penalties need per-token counts."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
     @property
     def greedy(self) -> bool:
@@ -130,6 +163,25 @@ def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Te
         return logits
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
+
+
+def apply_logit_bias(logits: Tensor, bias: Mapping[int, float]) -> Tensor:
+    """Add OpenAI's `logit_bias` ({token id: bias}) to every row."""
+    if not bias:
+        return logits
+    ids = torch.tensor(list(bias), dtype=torch.long, device=logits.device)
+    vals = torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
+    return logits.index_add(-1, ids, vals.expand(logits.shape[0], -1))
+
+
+def apply_presence_frequency(
+    logits: Tensor, counts: Tensor, presence: float, frequency: float
+) -> Tensor:
+    """OpenAI's penalties: `counts` (B, V) is how often each token was generated so far."""
+    if presence == 0.0 and frequency == 0.0:
+        return logits
+    counts = counts.to(logits.dtype)
+    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
 
 
 def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
@@ -170,14 +222,25 @@ def apply_min_p(logits: Tensor, min_p: float) -> Tensor:
     return logits.masked_fill(probs < threshold, NEG_INF)
 
 
-def process_logits(logits: Tensor, params: SamplingParams, seen: Tensor | None = None) -> Tensor:
-    """Apply the repetition penalty, then (unless greedy) temperature, top-k, top-p, min-p.
+def process_logits(
+    logits: Tensor,
+    params: SamplingParams,
+    seen: Tensor | None = None,
+    counts: Tensor | None = None,
+) -> Tensor:
+    """Apply the logit bias, the repetition penalty (over `seen`), the presence/frequency
+    penalties (over `counts`), then (unless greedy) temperature, top-k, top-p, min-p.
 
-    This is Hugging Face's order, so the same settings keep the same tokens.
+    Hugging Face's order for its processors, so the same settings keep the same tokens;
+    OpenAI's bias and penalties come first, as in vLLM.
     """
-    logits = logits.float()
+    logits = apply_logit_bias(logits.float(), params.logit_bias)
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if counts is not None:
+        logits = apply_presence_frequency(
+            logits, counts, params.presence_penalty, params.frequency_penalty
+        )
     if params.greedy:
         return logits
     logits = apply_temperature(logits, params.temperature)
@@ -209,6 +272,7 @@ def sample_next(
     params: SamplingParams,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     seen: Tensor | None = None,
+    counts: Tensor | None = None,
 ) -> Tensor:
     """Pick one token per row from (B, V) logits -> (B,) int64.
 
@@ -216,7 +280,7 @@ def sample_next(
     A row whose processed logits are not a distribution (inf/NaN logits, or nothing
     left) falls back to `greedy_fallback` instead of failing.
     """
-    processed = process_logits(logits, params, seen)
+    processed = process_logits(logits, params, seen, counts)
     if params.greedy:
         return greedy_fallback(logits, processed)
     probs = torch.softmax(processed, dim=-1)

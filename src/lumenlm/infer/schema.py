@@ -1,8 +1,11 @@
 """OpenAI request shapes (pydantic) and errors in OpenAI's JSON shape, for the server.
 
-Strict types (a string where a number belongs is an error, not coerced) and
-`extra="ignore"` so fields we do not implement (logprobs, user, presence_penalty,
-...) are accepted. Every sampling number has a finite range (NaN and Infinity are
+Strict types (a string where a number belongs is an error, not coerced). Fields a
+client sends that change nothing here (`user`, `metadata`, `store`, ...) are ignored;
+fields whose meaning this server does not implement (`suffix`, `best_of`,
+`response_format`, `tools`, image parts, ...; see `UNSUPPORTED`) are a 400 that names
+the field, never accepted and ignored. `to_params` maps a request to `SamplingParams`:
+the one place a request's fields become sampling settings. Every sampling number has a finite range (NaN and Infinity are
 refused too), the same as `SamplingParams` enforces, so a request can never make the
 sampler's probabilities non-finite. Text that is not valid Unicode (a lone surrogate
 such as `"\ud800"`, in any field) is refused before it reaches the tokenizer.
@@ -12,13 +15,18 @@ All of these are 400s with `ErrorResponse`'s body, and the OpenAPI document says
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from lumenlm.infer.sampling import REPETITION_PENALTY_RANGE
+from lumenlm.infer.sampling import (
+    LOGIT_BIAS_RANGE,
+    PENALTY_RANGE,
+    REPETITION_PENALTY_RANGE,
+    SamplingParams,
+)
 from lumenlm.infer.text import first_surrogate
 
 MAX_N = 16  # rows per request (prompts x n)
@@ -40,6 +48,28 @@ def integer(**bounds: int) -> Any:
 TokenId = integer(ge=0)
 StopText = Annotated[str, Field(min_length=1)]
 MAX_STOP = 4  # stop strings per request, as OpenAI allows
+MAX_LOGPROBS = 5  # completions' `logprobs`, as OpenAI allows
+MAX_TOP_LOGPROBS = 20  # chat's `top_logprobs`, as OpenAI allows
+
+# Request fields whose meaning this server does not implement: a 400 naming the field
+# (a client relying on one would otherwise get a silently different answer).
+UNSUPPORTED_COMMON = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "parallel_tool_calls",
+    "response_format",
+    "audio",
+    "modalities",
+    "prediction",
+    "web_search_options",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+)
+UNSUPPORTED_COMPLETION = ("suffix", "best_of")
 
 
 class SamplingRequest(BaseModel):
@@ -59,12 +89,22 @@ class SamplingRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = None
     seed: integer(ge=-(2**63), lt=2**63) | None = None
+    presence_penalty: float | None = Field(None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
+    frequency_penalty: float | None = Field(None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
+    logit_bias: dict[str, float] | None = None
+    ignore_eos: bool = False  # vLLM's extra field: keep going past <|endoftext|>
+
+    unsupported: ClassVar[tuple[str, ...]] = UNSUPPORTED_COMMON
 
     @model_validator(mode="before")
     @classmethod
     def _valid_unicode(cls, data: Any) -> Any:
-        """Refuse a lone surrogate in any field this request reads (see text.py)."""
+        """Refuse a lone surrogate in any field this request reads (see text.py), and
+        the fields this server does not implement (`UNSUPPORTED_*`)."""
         if isinstance(data, dict):
+            for name in cls.unsupported:
+                if data.get(name) is not None and not (name == "best_of" and data[name] == 1):
+                    raise ValueError(f"{name}: not supported by this server; remove the field")
             for name in cls.model_fields:
                 where = _surrogate_path(data.get(name), name)
                 if where is not None:
@@ -97,6 +137,9 @@ def _surrogate_path(value: Any, path: str) -> str | None:
 
 
 class CompletionRequest(SamplingRequest):
+    unsupported: ClassVar[tuple[str, ...]] = UNSUPPORTED_COMMON + UNSUPPORTED_COMPLETION
+    logprobs: integer(ge=0, le=MAX_LOGPROBS) | None = None
+    echo: bool = False
     prompt: (
         str
         | Annotated[list[str], Field(min_length=1, max_length=MAX_N)]
@@ -107,7 +150,7 @@ class CompletionRequest(SamplingRequest):
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
-    type: str = "text"
+    type: str = "text"  # image_url, input_audio, file: refused by ChatRequest
     text: str = ""
 
 
@@ -120,6 +163,67 @@ class ChatMessage(BaseModel):
 class ChatRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: integer(ge=0) | None = None
+    logprobs: bool = False
+    top_logprobs: integer(ge=0, le=MAX_TOP_LOGPROBS) | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_parts_only(cls, data: Any) -> Any:
+        """Image, audio and file parts are a 400 naming the part, not silently dropped."""
+        messages = data.get("messages") if isinstance(data, dict) else None
+        for i, m in enumerate(messages if isinstance(messages, list) else []):
+            content = m.get("content") if isinstance(m, dict) else None
+            for j, part in enumerate(content if isinstance(content, list) else []):
+                kind = part.get("type", "text") if isinstance(part, dict) else "text"
+                if kind != "text":
+                    raise ValueError(
+                        f"messages[{i}].content[{j}].type: {kind!r} parts are not supported "
+                        "(this model reads text only); send text parts"
+                    )
+        return data
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs: needs logprobs: true")
+        return self
+
+
+def stop_list(req: SamplingRequest) -> list[str]:
+    """The request's stop strings as a list."""
+    return [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+
+
+def to_params(
+    req: SamplingRequest, max_tokens: int, cap: int, extra_stop: Collection[str] = ()
+) -> SamplingParams:
+    """The request's sampling settings (`max_tokens` capped at `cap`). Raises ValueError
+    naming the field for a value `SamplingParams` refuses."""
+    top_k = req.top_k if req.top_k is not None and req.top_k > 0 else None
+    bias: dict[int, float] = {}
+    for key, value in (req.logit_bias or {}).items():
+        if not key.lstrip("-").isdigit():
+            raise ValueError(f"logit_bias: keys are token ids as strings, got {key!r}")
+        if not LOGIT_BIAS_RANGE[0] <= value <= LOGIT_BIAS_RANGE[1]:
+            raise ValueError(
+                f"logit_bias: values must be in [{LOGIT_BIAS_RANGE[0]:g}, "
+                f"{LOGIT_BIAS_RANGE[1]:g}], got {value}"
+            )
+        bias[int(key)] = value
+    return SamplingParams(
+        max_new_tokens=min(max_tokens, cap),
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_k=top_k,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        min_p=req.min_p or 0.0,
+        repetition_penalty=req.repetition_penalty or 1.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        logit_bias=bias,
+        seed=req.seed,
+        stop=tuple(dict.fromkeys([*stop_list(req), *extra_stop])),
+        ignore_eos=req.ignore_eos,
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -145,6 +249,7 @@ class APIError(Exception):
         type_: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = (
@@ -154,6 +259,7 @@ class APIError(Exception):
             code,
             param,
         )
+        self.headers = headers
 
 
 def error_response(
@@ -174,8 +280,10 @@ ERROR_DOCS = {
     400: "invalid request: not JSON, a wrong type, a value out of range, text that is not "
     "valid Unicode, a prompt longer than the context, too many completions",
     401: "missing or wrong API key (Authorization: Bearer KEY)",
-    404: "no such model",
+    404: "no such model (code model_not_found)",
     413: "request body too large",
+    429: "every slot busy and the queue full; retry after Retry-After seconds",
+    504: "the request ran past the server's --request-timeout",
 }
 
 

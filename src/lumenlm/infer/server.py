@@ -1,36 +1,37 @@
-"""OpenAI-compatible HTTP API (`lumenlm serve`), built on FastAPI.
+"""OpenAI-compatible HTTP API (`lumenlm serve`), built on FastAPI, over the batch engine.
 
-Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/completions`,
-`POST /v1/chat/completions` (both with `stream: true` as server-sent events ending
-in `data: [DONE]`). Existing OpenAI clients work with `base_url=http://HOST:PORT/v1`.
+Endpoints: `GET /health`, `GET /v1/models` (with the context length),
+`POST /v1/completions`, `POST /v1/chat/completions` (both with `stream: true` as
+server-sent events ending in `data: [DONE]`), and the playground at `/` (unless
+`ui=False`). Existing OpenAI clients work with `base_url=http://HOST:PORT/v1`.
 
-Requests are validated strictly (unknown fields are ignored; a wrong type, a value
-out of range or text that is not valid Unicode is a 400 with OpenAI's
-`{"error": {"message", "type", "param", "code"}}` body, not FastAPI's 422, and
-`/openapi.json` documents exactly that); bodies over `max_body_bytes` get 413;
+The routes are thin: `schema` validates a request and maps it to `SamplingParams`,
+each prompt is encoded once here, `batch_engine.BatchEngine` generates every row of
+every request in one continuous batch (`slots` at a time, `max_queue` waiting; a full
+queue is a 429 with `Retry-After`), `bridge.EngineCall` carries its events to the
+event loop, and `responses` shapes OpenAI's bodies. A client that disconnects (streamed
+or not) cancels its rows, which frees their slots at the engine's next step; every
+row has a deadline (`request_timeout`, a 504 past it).
+
+Requests are validated strictly: a wrong type, a value out of range, text that is not
+valid Unicode or a field this server does not implement is a 400 with OpenAI's
+`{"error": {"message", "type", "param", "code"}}` body (not FastAPI's 422, and
+`/openapi.json` documents exactly that); a wrong `model` is 404 `model_not_found`; an
+unknown path is 404 in the same shape; bodies over `max_body_bytes` get 413;
 `max_tokens` is capped by `max_tokens_cap`; a wrong method gets 405 with `Allow`.
-Beyond OpenAI's fields, `top_k`, `min_p` and `repetition_penalty` are accepted (as
-vLLM does).
+Beyond OpenAI's fields, `top_k`, `min_p`, `repetition_penalty` and `ignore_eos` are
+accepted (as vLLM does).
 
-With an API key, every path but `/health` needs it: the API, and also `/docs`,
-`/redoc` and `/openapi.json` (fetch the schema with the key; a browser cannot open
-`/docs` then). `lumenlm.infer.listen` runs the app (`serve`), binding its socket first
-so that a port in use or an unknown host is one line.
-
-Concurrency: all generation runs on one worker thread, so requests queue up and
-the model, its KV cache and each request's private RNG are never shared between
-two requests at once; the event loop stays free to accept and stream. A streaming
-client that disconnects cancels its generation at the next token.
+With an API key, every path but `/health` and the playground's static page needs it
+(the page asks for the key); `/docs`, `/redoc` and `/openapi.json` too.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -40,12 +41,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lumenlm.data.chat_template import ChatTemplate, render_fitted
-from lumenlm.infer.generate import StreamEvent, encode_prompts, generate, stream_generate
+from lumenlm.infer import responses as R
+from lumenlm.infer.batch_engine import BatchEngine, QueueFull
+from lumenlm.infer.bridge import EngineCall
+from lumenlm.infer.generate import encode_prompts
 from lumenlm.infer.middleware import PUBLIC, APIKeyMiddleware, BodyLimitMiddleware
 from lumenlm.infer.sampling import SamplingParams
 from lumenlm.infer.schema import (
     MAX_N,
-    MAX_STOP,
     APIError,
     ChatRequest,
     CompletionRequest,
@@ -53,10 +56,11 @@ from lumenlm.infer.schema import (
     error_response,
     error_responses,
     openapi_without_422,
+    to_params,
 )
 from lumenlm.model import GPT
 
-# ----------------------------------------------------------------------------- app
+RETRY_AFTER_S = 1  # what a 429 tells the client to wait
 
 
 def create_app(
@@ -68,23 +72,41 @@ def create_app(
     api_key: str | None = None,
     max_body_bytes: int = 1_000_000,
     template: ChatTemplate | None = None,
+    slots: int = 8,
+    max_queue: int = 64,
+    request_timeout: float | None = 600.0,
+    ui: bool = False,
+    engine: BatchEngine | None = None,
 ) -> FastAPI:
-    """A FastAPI app serving `model` (see the module docstring)."""
+    """A FastAPI app serving `model` (see the module docstring). `engine`: an engine to
+    share (default: a new one with `slots` and `max_queue`, closed at shutdown)."""
     if tokenizer is None:
         raise ValueError("the server needs a tokenizer")
     if max_body_bytes < 1 or max_tokens_cap < 1:
         raise ValueError("max_body_bytes and max_tokens_cap must be >= 1")
+    if request_timeout is not None and not request_timeout > 0:
+        raise ValueError("request_timeout must be > 0 (or None)")
     template = template or ChatTemplate.from_meta(model.meta)
     ctx = model.config.context_length
     created = int(time.time())
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lumenlm-generate")
-    model_lock = threading.Lock()  # belt and braces: the single worker already serializes
+    own_engine = engine is None
+    eng = engine or BatchEngine(model, tokenizer, slots=slots, max_queue=max_queue)
+    token_text = R.TokenText(tokenizer)
+    chat_stop_ids = tuple(template.stop_token_ids(tokenizer))
 
-    app = FastAPI(title="lumenlm", description="OpenAI-compatible API for a lumenlm model")
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if own_engine:
+            eng.close()
+
+    app = FastAPI(
+        title="lumenlm", description="OpenAI-compatible API for a lumenlm model", lifespan=lifespan
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
-    app.state.worker = worker
+    app.state.engine = eng
 
     # -- errors in OpenAI's shape ------------------------------------------------------
     @app.exception_handler(RequestValidationError)
@@ -98,58 +120,81 @@ def create_app(
         loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
         msg = str(first.get("msg", "invalid request"))
         if msg.startswith("Value error, "):  # our own check; its message names the field
-            return error_response(400, msg.removeprefix("Value error, "), param=loc or None)
+            msg = msg.removeprefix("Value error, ")
+            return error_response(400, msg, param=loc or msg.split(":")[0].split("[")[0])
         return error_response(400, f"{loc or 'body'}: {msg}", param=loc or None)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.type, exc.code, exc.param)
+        return error_response(exc.status, exc.message, exc.type, exc.code, exc.param, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(
+                404,
+                f"Invalid URL ({request.method} {request.url.path}): this server has "
+                "/v1/models, /v1/completions and /v1/chat/completions",
+                code="unknown_url",
+            )
         # keeps the exception's headers: a 405 carries `Allow`
         return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
     # -- request -> rows + params ---------------------------------------------------------
-    def params_for(req: SamplingRequest, max_tokens: int, stop: list[str]) -> SamplingParams:
-        top_k = req.top_k if req.top_k is not None and req.top_k > 0 else None
-        try:
-            return SamplingParams(
-                max_new_tokens=min(max_tokens, max_tokens_cap),
-                temperature=1.0 if req.temperature is None else req.temperature,
-                top_k=top_k,
-                top_p=1.0 if req.top_p is None else req.top_p,
-                min_p=req.min_p or 0.0,
-                repetition_penalty=req.repetition_penalty or 1.0,
-                seed=req.seed,
-                stop=tuple(dict.fromkeys(stop)),
+    def check_model(req: SamplingRequest) -> None:
+        if req.model is not None and req.model != model_name:
+            raise APIError(
+                404,
+                f"The model {req.model!r} does not exist; this server serves {model_name!r} "
+                "(see /v1/models)",
+                code="model_not_found",
+                param="model",
             )
-        except ValueError as exc:
-            raise APIError(400, str(exc)) from None
 
-    def stops(req: SamplingRequest) -> list[str]:
-        s = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(s) > MAX_STOP or any(not x for x in s):
-            raise APIError(400, f"stop: up to {MAX_STOP} non-empty strings", param="stop")
-        return s
+    def params_of(req: SamplingRequest, max_tokens: int, **extra: Any) -> SamplingParams:
+        try:
+            params = to_params(req, max_tokens, max_tokens_cap, extra.pop("stop", ()))
+            return replace(params, **extra) if extra else params
+        except ValueError as exc:
+            raise APIError(400, str(exc), param=str(exc).split(":")[0].split(" ")[0]) from None
+
+    def check_length(prompts: list[list[int]], param: str) -> None:
+        """A prompt the model cannot see whole is refused, as OpenAI does, rather than
+        silently cut (the completion may run past the context: the window slides)."""
+        longest = max((len(p) for p in prompts), default=0)
+        if longest > ctx:
+            raise APIError(
+                400,
+                f"{param}: {longest} tokens, more than this model's context length of "
+                f"{ctx} tokens; shorten it",
+                code="context_length_exceeded",
+                param=param,
+            )
+
+    def check_rows(prompts: list[list[int]], n: int) -> None:
+        if len(prompts) * n > MAX_N:
+            raise APIError(400, f"at most {MAX_N} completions per request (prompts x n)")
 
     def prepare_completion(req: CompletionRequest) -> tuple[list[list[int]], SamplingParams]:
+        check_model(req)
         try:
             prompts = encode_prompts(req.prompt, tokenizer, model.config.vocab_size)  # type: ignore[arg-type]
         except ValueError as exc:
             raise APIError(400, f"prompt: {exc}", param="prompt") from None
         check_length(prompts, "prompt")
-        params = params_for(req, 16 if req.max_tokens is None else req.max_tokens, stops(req))
-        return rows_times_n(prompts, req.n), params
+        check_rows(prompts, req.n)
+        return prompts, params_of(req, 16 if req.max_tokens is None else req.max_tokens)
 
-    def prepare_chat(req: ChatRequest) -> tuple[list[list[int]], SamplingParams]:
+    def prepare_chat(req: ChatRequest) -> tuple[list[int], SamplingParams]:
+        check_model(req)
         max_tokens = (
             req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         )
-        params = params_for(
+        params = params_of(
             req,
             max_tokens_cap if max_tokens is None else max_tokens,
-            stops(req) + list(template.stop),
+            stop=template.stop,
+            stop_token_ids=chat_stop_ids,
         )
         msgs = [
             {
@@ -165,181 +210,230 @@ def create_app(
         check_length(
             [prompt], "messages"
         )  # older turns were dropped; the last ones still do not fit
-        return rows_times_n([prompt], req.n), params
+        check_rows([prompt], req.n)
+        return prompt, params
 
-    def check_length(prompts: list[list[int]], param: str) -> None:
-        """A prompt the model cannot see whole is refused, as OpenAI does, rather than
-        silently cut (the completion may run past the context: the window slides)."""
-        longest = max((len(p) for p in prompts), default=0)
-        if longest > ctx:
-            raise APIError(
-                400,
-                f"{param}: {longest} tokens, more than this model's context length of "
-                f"{ctx} tokens; shorten it",
-                code="context_length_exceeded",
-                param=param,
+    def start(
+        rows: Sequence[Sequence[int]], params: SamplingParams, logprobs: int | None, echo: bool
+    ) -> EngineCall:
+        try:
+            return EngineCall(
+                eng,
+                rows,
+                params,
+                logprobs=logprobs,
+                prompt_logprobs=echo and logprobs is not None,
+                timeout=request_timeout,
             )
-
-    def rows_times_n(prompts: list[list[int]], n: int) -> list[list[int]]:
-        if len(prompts) * n > MAX_N:
-            raise APIError(400, f"at most {MAX_N} completions per request (prompts x n)")
-        return [p for p in prompts for _ in range(n)]
-
-    def run_generate(
-        rows: list[list[int]], params: SamplingParams, cancel: threading.Event
-    ) -> list[Any]:
-        if cancel.is_set():  # the client left while the request was queued
-            return []
-        with model_lock:
-            return generate(model, rows, params, tokenizer=tokenizer, should_stop=cancel.is_set)
-
-    async def generate_unless_gone(
-        request: Request, rows: list[list[int]], params: SamplingParams
-    ) -> list[Any]:
-        """Non-streaming generation on the worker; a client that disconnects cancels it,
-        so an abandoned long request does not hold up the queue."""
-        cancel = threading.Event()
-        fut = asyncio.get_running_loop().run_in_executor(worker, run_generate, rows, params, cancel)
-        try:
-            while True:
-                done, _ = await asyncio.wait({fut}, timeout=0.25)
-                if done:
-                    return fut.result()
-                if await request.is_disconnected():
-                    cancel.set()
-                    return await fut
-        finally:
-            cancel.set()
-
-    # -- streaming -----------------------------------------------------------------------
-    async def events(rows: list[list[int]], params: SamplingParams) -> AsyncIterator[StreamEvent]:
-        """Run stream_generate on the worker thread; yield its events here."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
-        end = object()
-
-        def put(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # loop closed (server shutting down)
-                cancel.set()
-
-        def work() -> None:
-            try:
-                if cancel.is_set():
-                    return
-                with model_lock:
-                    for ev in stream_generate(model, rows, params, tokenizer=tokenizer):
-                        if cancel.is_set():
-                            break
-                        put(ev)
-            except Exception as exc:
-                put(exc)
-            finally:
-                put(end)
-
-        loop.run_in_executor(worker, work)
-        try:
-            while True:
-                item = await queue.get()
-                if item is end:
-                    return
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-        finally:
-            cancel.set()
-
-    def sse(obj: Any) -> str:
-        import json
-
-        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+        except QueueFull:
+            raise APIError(
+                429,
+                f"the server is busy (all {eng.slots} slots in use and the queue full); "
+                f"retry in {RETRY_AFTER_S} s",
+                type_="rate_limit_error",
+                code="server_busy",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
 
     def include_usage(req: SamplingRequest) -> bool:
         return bool((req.stream_options or {}).get("include_usage"))
 
-    def usage(rows: list[list[int]], completion_tokens: int) -> dict[str, int]:
-        prompt_tokens = sum(len(r) for r in rows)
-        return {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-
-    def response_base(prefix: str, obj: str, **extra: Any) -> Callable[[list[dict]], dict]:
-        """`base(choices)`: one response's body (or chunk) around `choices`, with the
-        fields every body and chunk of that response shares, in OpenAI's order."""
-        head = {
-            "id": f"{prefix}-{uuid.uuid4().hex}",
-            "object": obj,
-            "created": int(time.time()),
-            "model": model_name,
-            **extra,
-        }
-        return lambda choices: {**head, "choices": choices}
-
-    def stream_response(
-        req: SamplingRequest,
-        rows: list[list[int]],
-        params: SamplingParams,
-        base: Callable[[list[dict]], dict],
-        make_chunk: Callable[..., dict],
-        first: Sequence[dict] = (),
-    ) -> StreamingResponse:
-        """The server-sent events of one streamed request: `first`, then `make_chunk`'s
-        chunks, a usage chunk if asked, and `[DONE]`."""
-        return StreamingResponse(
-            stream_body(rows, params, base, make_chunk, first, include_usage(req)),
-            media_type="text/event-stream",
+    def timeout_error() -> APIError:
+        return APIError(
+            504,
+            f"the request ran past the server's {request_timeout:g} s timeout; ask for fewer "
+            "tokens or retry later",
+            type_="timeout",
         )
 
-    async def stream_body(
-        rows: list[list[int]],
-        params: SamplingParams,
-        base: Callable[[list[dict]], dict],
-        make_chunk: Callable[..., dict],
-        first: Sequence[dict],
-        with_usage: bool,
-    ) -> AsyncIterator[str]:
-        for c in first:
-            yield sse(c)
+    # -- completions ------------------------------------------------------------------------
+    async def completions(req: CompletionRequest, request: Request) -> Any:
+        prompts, params = await run_in_threadpool(prepare_completion, req)
+        rows = [p for p in prompts for _ in range(req.n)]
+        call = start(rows, params, req.logprobs, req.echo)
+        base = R.response_base(model_name, "cmpl", "text_completion")
+        prompt_tokens = sum(len(p) for p in prompts)
+        echo_text = [tokenizer.decode(r) if req.echo else "" for r in rows]
+        if req.stream:
+            return StreamingResponse(
+                completion_stream(req, call, rows, base, echo_text, prompt_tokens),
+                media_type="text/event-stream",
+            )
+        texts = [[t] for t in echo_text]
+        reasons: list[str | None] = [None] * len(rows)
+        lps: list[list] = [[] for _ in rows]
         counts = [0] * len(rows)
-        agen = events(rows, params)
-        try:
-            async for ev in agen:
-                counts[ev.index] += len(ev.token_ids)
-                if ev.text:
-                    yield sse(make_chunk(ev.index, ev.text, None))
-                if ev.finish_reason is not None:
-                    yield sse(make_chunk(ev.index, None, ev.finish_reason))
-        except Exception as exc:  # the stream has started: report in-band
-            yield sse(
+        async for i, ev in call.events(request.is_disconnected):
+            if ev.error:
+                raise APIError(500, ev.error, type_="server_error")
+            if ev.finish_reason == "timeout":
+                raise timeout_error()
+            texts[i].append(ev.text)
+            counts[i] += len(ev.token_ids)
+            lps[i] += ev.logprobs or []
+            reasons[i] = ev.finish_reason or reasons[i]
+        choices = []
+        for i, seq in enumerate(call.seqs):
+            logprobs = None
+            if req.logprobs is not None:
+                logprobs = R.completion_logprobs(lps[i], token_text, len(echo_text[i]))
+                if req.echo:
+                    echoed = R.echo_logprobs(rows[i], seq.prompt_logprobs or [], token_text)
+                    logprobs = R.merge_completion_logprobs(
+                        echoed, R.completion_logprobs(lps[i], token_text)
+                    )
+            choices.append(
                 {
-                    "error": {
-                        "message": str(exc),
-                        "type": "server_error",
-                        "param": None,
-                        "code": None,
-                    }
+                    "index": i,
+                    "text": "".join(texts[i]),
+                    "logprobs": logprobs,
+                    "finish_reason": reasons[i],
                 }
             )
-        else:
-            if with_usage:
-                yield sse({**base([]), "usage": usage(rows, sum(counts))})
+        return {**base(choices), "usage": R.usage(prompt_tokens, sum(counts))}
+
+    async def completion_stream(
+        req: CompletionRequest,
+        call: EngineCall,
+        rows: list[list[int]],
+        base: Any,
+        echo_text: list[str],
+        prompt_tokens: int,
+    ) -> AsyncIterator[str]:
+        offsets = [len(t) for t in echo_text]
+        counts = [0] * len(rows)
+        for i, text in enumerate(echo_text):
+            if text:
+                lp = None
+                if req.logprobs is not None:
+                    lp = R.echo_logprobs(rows[i], call.seqs[i].prompt_logprobs or [], token_text)
+                yield R.sse(
+                    base([{"index": i, "text": text, "logprobs": lp, "finish_reason": None}])
+                )
+        try:
+            async for i, ev in call.events():
+                if ev.error or ev.finish_reason == "timeout":
+                    yield R.sse_error(ev.error or timeout_error().message)
+                    call.cancel()
+                    break
+                counts[i] += len(ev.token_ids)
+                lp = None
+                if req.logprobs is not None and ev.logprobs:
+                    lp = R.completion_logprobs(ev.logprobs, token_text, offsets[i])
+                    offsets[i] += sum(len(t) for t in lp["tokens"])
+                if ev.text or lp or ev.finish_reason:
+                    choice = {
+                        "index": i,
+                        "text": ev.text,
+                        "logprobs": lp,
+                        "finish_reason": ev.finish_reason,
+                    }
+                    yield R.sse(base([choice]))
+            else:
+                if include_usage(req):
+                    yield R.sse({**base([]), "usage": R.usage(prompt_tokens, sum(counts))})
         finally:
-            await agen.aclose()  # a disconnected client cancels its generation right away
-        yield "data: [DONE]\n\n"
+            call.cancel()  # a disconnected client frees its slots at once
+        yield R.DONE
+
+    # -- chat ----------------------------------------------------------------------------
+    async def chat_completions(req: ChatRequest, request: Request) -> Any:
+        prompt, params = await run_in_threadpool(prepare_chat, req)
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        call = start([prompt] * req.n, params, top, False)
+        base = R.response_base(
+            model_name, "chatcmpl", "chat.completion.chunk", system_fingerprint=None
+        )
+        if req.stream:
+            return StreamingResponse(
+                chat_stream(req, call, base, len(prompt), top), media_type="text/event-stream"
+            )
+        texts: list[list[str]] = [[] for _ in range(req.n)]
+        reasons: list[str | None] = [None] * req.n
+        lps: list[list] = [[] for _ in range(req.n)]
+        counts = [0] * req.n
+        async for i, ev in call.events(request.is_disconnected):
+            if ev.error:
+                raise APIError(500, ev.error, type_="server_error")
+            if ev.finish_reason == "timeout":
+                raise timeout_error()
+            texts[i].append(ev.text)
+            counts[i] += len(ev.token_ids)
+            lps[i] += ev.logprobs or []
+            reasons[i] = ev.finish_reason or reasons[i]
+        choices = [
+            {
+                "index": i,
+                "logprobs": R.chat_logprobs(lps[i], token_text, top) if top is not None else None,
+                "finish_reason": reasons[i],
+                "message": {"role": "assistant", "content": "".join(texts[i]).lstrip(" ")},
+            }
+            for i in range(req.n)
+        ]
+        return {
+            **base(choices),
+            "object": "chat.completion",  # the chunks' object is chat.completion.chunk
+            "usage": R.usage(len(prompt), sum(counts)),
+        }
+
+    async def chat_stream(
+        req: ChatRequest, call: EngineCall, base: Any, prompt_tokens: int, top: int | None
+    ) -> AsyncIterator[str]:
+        started = [False] * req.n
+        counts = [0] * req.n
+        for i in range(req.n):
+            delta = {"role": "assistant", "content": ""}
+            yield R.sse(
+                base([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
+            )
+        try:
+            async for i, ev in call.events():
+                if ev.error or ev.finish_reason == "timeout":
+                    yield R.sse_error(ev.error or timeout_error().message)
+                    call.cancel()
+                    break
+                counts[i] += len(ev.token_ids)
+                text = ev.text
+                if not started[i]:  # drop the space after "Assistant:", as the REPL does
+                    text = text.lstrip(" ")
+                    started[i] = bool(text)
+                lp = (
+                    R.chat_logprobs(ev.logprobs, token_text, top)
+                    if top is not None and ev.logprobs
+                    else None
+                )
+                if text or lp or ev.finish_reason:
+                    delta = {"content": text} if text or not ev.finish_reason else {}
+                    choice = {
+                        "index": i,
+                        "delta": delta,
+                        "logprobs": lp,
+                        "finish_reason": ev.finish_reason,
+                    }
+                    yield R.sse(base([choice]))
+            else:
+                if include_usage(req):
+                    yield R.sse({**base([]), "usage": R.usage(prompt_tokens, sum(counts))})
+        finally:
+            call.cancel()
+        yield R.DONE
 
     # -- routes ----------------------------------------------------------------------------
     def model_card() -> dict[str, Any]:
-        return {"id": model_name, "object": "model", "created": created, "owned_by": "lumenlm"}
+        return {
+            "id": model_name,
+            "object": "model",
+            "created": created,
+            "owned_by": "lumenlm",
+            "context_length": ctx,
+            "max_model_len": ctx,  # vLLM's name for it
+        }
 
     auth = (401,) if api_key else ()
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "model": model_name}
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_name, **eng.stats()}
 
     @app.get("/v1/models", responses=error_responses(*auth))
     async def models() -> dict[str, Any]:
@@ -351,75 +445,13 @@ def create_app(
             raise APIError(404, f"model {name!r} not found", code="model_not_found")
         return model_card()
 
-    @app.post("/v1/completions", responses=error_responses(400, *auth, 413, streams=True))
-    async def completions(req: CompletionRequest, request: Request) -> Any:
-        rows, params = await run_in_threadpool(prepare_completion, req)
-        base = response_base("cmpl", "text_completion")
+    gen_errors = error_responses(400, *auth, 404, 413, 429, 504, streams=True)
+    app.post("/v1/completions", responses=gen_errors)(completions)
+    app.post("/v1/chat/completions", responses=gen_errors)(chat_completions)
+    if ui:
+        from lumenlm.infer.ui import add_ui
 
-        def choice(i: int, text: str | None, reason: str | None) -> dict:
-            return {"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}
-
-        if req.stream:
-
-            def chunk(i: int, text: str | None, reason: str | None) -> dict:
-                return base([choice(i, text, reason)])
-
-            return stream_response(req, rows, params, base, chunk)
-        results = await generate_unless_gone(request, rows, params)
-        return {
-            **base([choice(r.index, r.text, r.finish_reason) for r in results]),
-            "usage": usage(rows, sum(r.completion_tokens for r in results)),
-        }
-
-    @app.post("/v1/chat/completions", responses=error_responses(400, *auth, 413, streams=True))
-    async def chat_completions(req: ChatRequest, request: Request) -> Any:
-        rows, params = await run_in_threadpool(prepare_chat, req)
-        base = response_base("chatcmpl", "chat.completion.chunk", system_fingerprint=None)
-
-        if req.stream:
-            started = [False] * len(rows)
-
-            def chunk(i: int, text: str | None, reason: str | None) -> dict:
-                delta: dict[str, str] = {}
-                if text is not None:
-                    if not started[i]:  # drop the space after "Assistant:", as the REPL does
-                        text = text.lstrip(" ")
-                        started[i] = bool(text)
-                    delta["content"] = text
-                return base(
-                    [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}]
-                )
-
-            first = [
-                base(
-                    [
-                        {
-                            "index": i,
-                            "delta": {"role": "assistant", "content": ""},
-                            "logprobs": None,
-                            "finish_reason": None,
-                        }
-                    ]
-                )
-                for i in range(len(rows))
-            ]
-            return stream_response(req, rows, params, base, chunk, first)
-        results = await generate_unless_gone(request, rows, params)
-        return {
-            **base(
-                [
-                    {
-                        "index": r.index,
-                        "logprobs": None,
-                        "finish_reason": r.finish_reason,
-                        "message": {"role": "assistant", "content": r.text.lstrip(" ")},
-                    }
-                    for r in results
-                ]
-            ),
-            "object": "chat.completion",  # the chunks' object is chat.completion.chunk
-            "usage": usage(rows, sum(r.completion_tokens for r in results)),
-        }
+        add_ui(app, model, model_name=model_name, template=template, api_key=bool(api_key))
 
     keyless = PUBLIC if api_key else None
     app.openapi = openapi_without_422(app, keyless)  # type: ignore[method-assign]
