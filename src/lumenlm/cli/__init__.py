@@ -31,6 +31,7 @@ COMMANDS = [
     "presets",
     "prepare",
     "train",
+    "finetune",
     "runs",
     "eval",
     "generate",
