@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from lumenlm.cli.common import add_command
 from lumenlm.cli.generate import add_model_args
@@ -59,8 +60,45 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="reject larger request bodies with 413, >= 1 (default 1000000)",
     )
     p.add_argument(
+        "--slots",
+        type=int,
+        default=8,
+        help="sequences decoded together in one continuous batch, >= 1 (default 8; "
+        "1 = one at a time)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="sequences waiting for a free slot before requests get 429 with Retry-After, "
+        ">= 0 (default 64)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a request may take, queueing included, before it ends with 504 (default 600)",
+    )
+    p.add_argument("--no-ui", action="store_true", help="do not serve the web playground at /")
+    p.add_argument(
         "--log-level", default="info", choices=LOG_LEVELS, help="uvicorn log level (default info)"
     )
+
+
+CHECKPOINT_NAMES = ("best", "last", "latest", "final")
+
+
+def served_name(model_dir: Path) -> str:
+    """The model id clients see: the model directory's name, or for a run's checkpoint
+    (`RUN/checkpoints/best`, `RUN/checkpoints/step_100`) the run's name."""
+    d = model_dir.resolve()
+    if d.parent.name == "checkpoints" and (
+        d.name in CHECKPOINT_NAMES or d.name.startswith("step_")
+    ):
+        return d.parent.parent.name
+    if d.name in CHECKPOINT_NAMES:
+        return d.parent.name
+    return d.name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +116,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--max-body-bytes must be >= 1, got {args.max_body_bytes}; give the largest "
             "request body to accept, in bytes (default 1000000)"
+        )
+    if args.slots < 1 or args.max_queue < 0:
+        raise ConfigError(
+            f"--slots must be >= 1 and --max-queue >= 0, got {args.slots} and "
+            f"{args.max_queue}; e.g. --slots 8 --max-queue 64"
+        )
+    if not args.request_timeout > 0:
+        raise ConfigError(
+            f"--request-timeout must be > 0 seconds, got {args.request_timeout}; e.g. 600"
         )
     if not 0 <= args.port < 65536:
         raise ConfigError(
@@ -99,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         model = load_model(args.model, args.device, args.dtype, verify=args.verify)
-        name = args.model_name or model.model_dir.resolve().name
+        name = args.model_name or served_name(model.model_dir)
         app = create_app(
             model,
             model.tokenizer,
@@ -107,6 +154,10 @@ def run(args: argparse.Namespace) -> int:
             max_tokens_cap=args.max_tokens_cap,
             api_key=api_key,
             max_body_bytes=args.max_body_bytes,
+            slots=args.slots,
+            max_queue=args.max_queue,
+            request_timeout=args.request_timeout,
+            ui=not args.no_ui,
         )
         url = url_of(sock)  # with --port 0, the port it got
         print(f"serving on {url} (OpenAI base_url {url}/v1; CTRL+C to quit)", file=sys.stderr)

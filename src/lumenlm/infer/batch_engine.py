@@ -342,7 +342,11 @@ class BatchEngine:
                 self._finish(r, "timeout", "")
         for seq in admit:
             if seq.cancelled:
+                seq.finish_reason = "cancelled"
                 seq._emit(Event([], "", "cancelled"))
+            elif seq.deadline is not None and now > seq.deadline:  # it waited too long
+                seq.finish_reason = "timeout"
+                seq._emit(Event([], "", "timeout"))
             else:
                 self._admit(seq)
         if not self.active:
@@ -431,21 +435,25 @@ class BatchEngine:
     def _sample_rows(self, rows: list[int], logits: Tensor) -> None:
         """Sample the next token of cache rows `rows` (logits (len(rows), V)); emit, finish."""
         chosen: dict[int, int] = {}
-        plain_greedy = [
-            j
-            for j, r in enumerate(rows)
-            if self.active[r].seq.params.greedy and self._plain(self.active[r])
-        ]
-        if plain_greedy:
-            picks = logits[plain_greedy].float().argmax(dim=-1).tolist()
-            chosen.update(zip(plain_greedy, picks))
+        groups: dict[tuple, list[int]] = {}  # rows whose processors are the same batch op
         for j, r in enumerate(rows):
-            if j in chosen:
-                continue
             s = self.active[r]
-            chosen[j] = int(
-                sample_next(logits[j : j + 1], s.seq.params, s.seq.generator, s.seen, s.counts)[0]
-            )
+            p = s.seq.params
+            if s.seen is None and s.counts is None and not p.logit_bias:
+                key = ("greedy",) if p.greedy else (p.temperature, p.top_k, p.top_p, p.min_p)
+                groups.setdefault(key, []).append(j)
+            else:  # its own penalties: alone
+                chosen[j] = int(
+                    sample_next(logits[j : j + 1], p, [s.seq.generator], s.seen, s.counts)[0]
+                )
+        for key, js in groups.items():
+            if key == ("greedy",):
+                picks = logits[js].float().argmax(dim=-1).tolist()
+            else:
+                p = self.active[rows[js[0]]].seq.params
+                gens = [self.active[rows[j]].seq.generator for j in js]
+                picks = sample_next(logits[js], p, gens).tolist()  # type: ignore[arg-type]
+            chosen.update(zip(js, picks))
         finished: list[tuple[int, str, str]] = []
         for j, r in enumerate(rows):
             reason = self._emit_token(self.active[r], chosen[j], logits[j])
@@ -453,11 +461,6 @@ class BatchEngine:
                 finished.append((r, reason[0], reason[1]))
         for r, reason, text in sorted(finished, reverse=True):
             self._finish(r, reason, text)
-
-    @staticmethod
-    def _plain(slot: _Slot) -> bool:
-        p = slot.seq.params
-        return slot.seen is None and slot.counts is None and not p.logit_bias
 
     def _emit_token(self, slot: _Slot, t: int, logits: Tensor) -> tuple[str, str] | None:
         """Deliver token `t`; returns (finish reason, text to send with it) at the end."""

@@ -292,11 +292,31 @@ def sample_next(
             probs,
             torch.nn.functional.one_hot(fallback, probs.shape[-1]).to(probs.dtype),
         )
+    return draw(probs, generator)
+
+
+def draw(
+    probs: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None
+) -> Tensor:
+    """One token per row of (B, V) `probs` by inverse CDF: one uniform number per row.
+
+    Exact sampling from the distribution (as llama.cpp's `std::discrete_distribution`)
+    with one random draw per token instead of `torch.multinomial`'s V (its Gumbel trick
+    fills a V-sized exponential tensor, most of a decode step's time for a small model
+    with a large vocabulary). Zero-probability tokens are never picked. With one
+    generator per row, a row's token depends only on its own generator and row.
+    """
+    cdf = probs.float().cumsum(dim=-1)
+    b = probs.shape[0]
     if isinstance(generator, Sequence):
-        return torch.cat(
-            [torch.multinomial(probs[i : i + 1], 1, generator=g) for i, g in enumerate(generator)]
-        ).squeeze(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generator])
+    else:
+        u = torch.rand(b, generator=generator, device=probs.device)
+    target = (u * cdf[:, -1]).unsqueeze(-1)
+    idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    # rounding can put the target at the total: take the last token with any probability
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(dim=-1)
+    return torch.minimum(idx, last)
 
 
 def greedy_fallback(logits: Tensor, processed: Tensor) -> Tensor:
