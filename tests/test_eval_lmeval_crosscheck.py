@@ -16,90 +16,14 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from lmeval_helpers import local_arc_task, offline_hf, train_model, train_tokenizer
 from lumenlm.evaluate import evaluate_tasks
 from lumenlm.evaluate.multiple_choice import tokenizer_encoder
-from lumenlm.model import GPT
-from lumenlm.presets import get_preset
 
 pytestmark = pytest.mark.slow
 
 LIMIT = int(os.environ.get("LUMENLM_CROSSCHECK_LIMIT", "2376"))  # all of ARC-Easy test
-
-UTILS_PY = '''
-def process_docs(dataset):
-    """Official ARC JSONL rows -> the allenai/ai2_arc row layout arc_easy.yaml expects."""
-    def convert(doc):
-        q = doc["question"]
-        return {"id": doc["id"], "question": q["stem"], "answerKey": doc["answerKey"],
-                "choices": {"text": [c["text"] for c in q["choices"]],
-                            "label": [c["label"] for c in q["choices"]]}}
-    return dataset.map(convert, remove_columns=list(dataset.features))
-'''
-
-
-def _train_tokenizer(text: str, path: Path) -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator([text], trainer)
-    tok.save(str(path))
-    return tok
-
-
-def _train_model(preset: str, ids: list[int], steps: int = 200) -> GPT:
-    torch.manual_seed(0)
-    cfg = get_preset(preset).model
-    # 128, not 64: lm-eval refuses a continuation longer than the context (one ARC-Easy
-    # answer is 65 tokens with this tokenizer); 172 questions still need left truncation.
-    cfg.context_length = 128
-    cfg.embd_dropout = cfg.attn_dropout = cfg.resid_dropout = 0.0
-    model = GPT(cfg)
-    data = torch.tensor(ids)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    T = cfg.context_length
-    model.train()
-    for _ in range(steps):
-        starts = torch.randint(0, len(data) - T - 1, (8,))
-        x = torch.stack([data[s : s + T] for s in starts])
-        y = torch.stack([data[s + 1 : s + T + 1] for s in starts])
-        loss = model(x, y).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-def _local_task(task_dir: Path, arc_file: Path) -> str:
-    """An lm-eval task = the installed official arc_easy.yaml with a local dataset."""
-    import lm_eval
-
-    official = Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_easy.yaml"
-    cfg = yaml.safe_load(official.read_text())
-    assert cfg["doc_to_text"] == "Question: {{question}}\nAnswer:"  # what lumenlm uses
-    cfg.pop("tag", None)
-    cfg.update(
-        task="lumenlm_arc_easy_local",
-        dataset_path="json",
-        dataset_name=None,
-        dataset_kwargs={"data_files": {"test": str(arc_file)}},
-        test_split="test",
-    )
-    for key in ("training_split", "validation_split"):
-        cfg.pop(key, None)
-    text = yaml.safe_dump(cfg, sort_keys=False) + "process_docs: !function utils.process_docs\n"
-    task_dir.mkdir(parents=True, exist_ok=True)
-    (task_dir / "lumenlm_arc_easy_local.yaml").write_text(text)
-    (task_dir / "utils.py").write_text(UTILS_PY)
-    return cfg["task"]
 
 
 @pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny"])
@@ -111,9 +35,7 @@ def test_arc_easy_matches_lm_eval(
 
     from lumenlm.export.hf import export_hf
 
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+    offline_hf(monkeypatch, tmp_path)
     arc_dir = shared_data / "arc"
     train_text = "\n".join(
         "Question: {}\nAnswer: {}".format(
@@ -123,8 +45,10 @@ def test_arc_easy_matches_lm_eval(
         for d in map(json.loads, (arc_dir / "ARC-Easy-Train.jsonl").read_text().splitlines())
     )
     tok_path = tmp_path / "tokenizer.json"
-    tok = _train_tokenizer(train_text, tok_path)
-    model = _train_model(preset, tok.encode(train_text).ids)
+    tok = train_tokenizer(train_text, tok_path)
+    # 128, not 64: lm-eval refuses a continuation longer than the context (one ARC-Easy
+    # answer is 65 tokens with this tokenizer); 172 questions still need left truncation.
+    model = train_model(preset, tok.encode(train_text).ids, context_length=128)
     hf_dir = export_hf(model, tmp_path / "hf", tokenizer_path=tok_path)
 
     # ours
@@ -132,7 +56,7 @@ def test_arc_easy_matches_lm_eval(
     ours_items = ours["arc-easy"].items
 
     # reference
-    task_name = _local_task(tmp_path / "tasks", arc_dir / "ARC-Easy-Test.jsonl")
+    task_name = local_arc_task(tmp_path / "tasks", arc_dir / "ARC-Easy-Test.jsonl")
     out = lm_eval.simple_evaluate(
         model="hf",
         model_args=f"pretrained={hf_dir},dtype=float32",

@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         if not harness_names:
             raise ConfigError("--harness needs task names, e.g. --harness arc_easy,piqa")
         from lumenlm.evaluate import harness  # the missing extra fails here, before loading
+
+        harness.check_include_path(args.harness_include)
     device = str(resolve_device(args.device))
     model = load(args.model, device=device, dtype=torch_dtype(args.dtype), verify=args.verify)
     info = {

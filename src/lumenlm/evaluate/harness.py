@@ -192,14 +192,20 @@ def run_harness(
     to run a task on local files. Unknown task names and data that cannot be loaded (an
     offline machine and a hub dataset) are one-line errors.
     """
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
     if not tasks:
         raise ConfigError("no harness task given; name lm-eval tasks, e.g. --harness arc_easy")
-    if include_path is not None and not Path(include_path).is_dir():
-        raise ConfigError(f"--harness-include {include_path}: not a folder of task YAML files")
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    check_include_path(include_path)
+    from lm_eval import simple_evaluate  # seconds: it imports datasets and transformers
+    from lm_eval.tasks import TaskManager
+
+    manager = None
+    if include_path is not None:  # indexing lm-eval's thousands of built-in YAMLs takes
+        # minutes on a small machine: skip it when the local folder has every task
+        manager = TaskManager(include_path=str(include_path), include_defaults=False)
+        if not set(tasks) <= set(manager.all_tasks):
+            manager = None
+    if manager is None:
+        manager = TaskManager(include_path=str(include_path) if include_path else None)
     known = set(manager.all_tasks)
     missing = [t for t in tasks if t not in known]
     if missing:
@@ -223,6 +229,12 @@ def run_harness(
         if type(exc).__module__.split(".")[0] in ("datasets", "huggingface_hub", "requests"):
             raise DataError(_data_hint(exc)) from None
         raise
+
+
+def check_include_path(include_path: str | Path | None) -> None:
+    """A one-line error unless `include_path` is None or a folder (checked before loading)."""
+    if include_path is not None and not Path(include_path).is_dir():
+        raise ConfigError(f"--harness-include {include_path}: not a folder of task YAML files")
 
 
 def _data_hint(exc: BaseException) -> str:
