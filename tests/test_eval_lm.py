@@ -380,3 +380,31 @@ def test_sigterm_during_eval_leaves_no_half_written_report(tmp_path: Path) -> No
     assert proc.returncode == -signal.SIGTERM or proc.returncode == 128 + signal.SIGTERM, err
     assert not out.exists() or json.loads(out.read_text())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.json")]
+
+
+def test_bits_per_byte_without_byte_counts_decodes_the_split(tmp_path: Path) -> None:
+    """An older meta.json (no bytes, no bytes_per_token) still gets bits per byte: the
+    split's bytes are counted by decoding it with the model's tokenizer."""
+    from tokenizers import Tokenizer
+
+    tok_path = make_tokenizer(tmp_path / "tokenizer.json")
+    tok = Tokenizer.from_file(str(tok_path))
+    eot = tok.token_to_id("<|endoftext|>")
+    text = "the cat sat on the mat. a dog ran to the house. " * 12
+    ids = tok.encode(text).ids
+    tokens = np.array([*ids[:200], eot, *ids[:150]])
+    content = [t for t in tokens.tolist() if t != eot]
+    n_bytes = len(tok.decode(content).encode("utf-8"))
+    model = load(model_dir(tmp_path / "model", tok_path))
+    counted = write_dataset(
+        tmp_path / "a", tokens, eot=eot, n_bytes=n_bytes, vocab=300, tokenizer=tok_path
+    )
+    older = write_dataset(tmp_path / "b", tokens, eot=eot, vocab=300, tokenizer=tok_path)
+    meta = json.loads((older / "meta.json").read_text())
+    del meta["bytes_per_token"], meta["splits"]["val"]["bytes"]
+    (older / "meta.json").write_text(json.dumps(meta))
+    assert split_bytes_per_token(meta, "val") is None
+    res, ref = evaluate_lm(model, older, "val"), evaluate_lm(model, counted, "val")
+    assert res.bytes_per_token == pytest.approx(n_bytes / len(content), rel=1e-12)
+    assert res.bits_per_byte == pytest.approx(ref.bits_per_byte, rel=1e-9)
+    assert 0 < res.bits_per_byte < 20

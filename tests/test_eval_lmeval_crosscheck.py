@@ -61,7 +61,7 @@ def test_arc_easy_matches_lm_eval(
         model="hf",
         model_args=f"pretrained={hf_dir},dtype=float32",
         tasks=[task_name],
-        task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False),
         batch_size=32,
         device="cpu",
         limit=LIMIT,

@@ -264,7 +264,7 @@ def test_word_perplexity_equals_lm_eval_on_hf_export(
         model="hf",
         model_args=f"pretrained={hf_dir},dtype=float32",
         tasks=[task],
-        task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False),
         batch_size=32,
         device="cpu",
         log_samples=True,

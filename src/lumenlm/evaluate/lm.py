@@ -12,7 +12,8 @@ default) is non-overlapping windows; the last window may be shorter.
 perplexity = exp(mean token NLL); bits_per_byte = total NLL / (ln 2 * bytes), where
 bytes = scored content tokens * the split's UTF-8 bytes per token from `meta.json`
 (nanochat's vocabulary-independent measure; `<|endoftext|>` targets carry no bytes and
-are left out of both sums).
+are left out of both sums). A meta.json without byte counts (an older `prepare`) gets
+them by decoding the split with the model's tokenizer, so every evaluation reports it.
 
 Two guards keep the numbers honest: a split prepared with a tokenizer other than the
 model's (same size, other ids: the metrics would be plausible and meaningless) is
@@ -25,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -225,6 +227,24 @@ def split_bytes_per_token(meta: dict, split: str) -> float | None:
     return None
 
 
+def decoded_bytes_per_token(tokenizer: Any, tokens: np.ndarray, eot_id: int | None) -> float | None:
+    """UTF-8 bytes per content token of `tokens`, by decoding them (``<|endoftext|>``
+    left out, as `lumenlm prepare` counts): bits per byte for a split whose meta.json
+    predates byte counts. Decoded in chunks; byte-level BPE loses nothing at the seams
+    but a character split across two chunks, which costs at most a few bytes."""
+    ids = np.asarray(tokens)
+    if eot_id is not None:
+        ids = ids[ids != eot_id]
+    if ids.size == 0:
+        return None
+    chunk = 1 << 16
+    n_bytes = sum(
+        len(tokenizer.decode(ids[i : i + chunk].tolist()).encode("utf-8"))
+        for i in range(0, ids.size, chunk)
+    )
+    return n_bytes / ids.size if n_bytes else None
+
+
 def dataset_tokenizer_fingerprint(meta: dict, data_dir: Path) -> str | None:
     """sha256 of the tokenizer a prepared dataset was encoded with: meta.json's record,
     else its tokenizer.json's digest, else None."""
@@ -304,13 +324,18 @@ def evaluate_lm(
     vocab = min(model.config.vocab_size, int(meta["vocab_size"]))  # ids valid for both
     check_ids(tokens, vocab, f"{Path(data_dir) / split}.bin")
     eot = meta.get("eot_id")
+    bpt = split_bytes_per_token(meta, split)
+    if bpt is None and model.tokenizer is not None:  # older meta.json: count the bytes
+        bpt = decoded_bytes_per_token(
+            model.tokenizer, tokens, int(eot) if eot is not None else None
+        )
     return evaluate_tokens(
         model,
         tokens,
         window,
         stride,
         batch_size,
-        split_bytes_per_token(meta, split),
+        bpt,
         progress,
         split,
         int(eot) if eot is not None else None,
