@@ -276,3 +276,27 @@ def test_greedy_fallback_prefers_processed_then_raw_logits() -> None:
     assert greedy_fallback(raw, processed).tolist() == [2, 1, 1, 0]
     weird = torch.tensor([[0.0, inf, 1.0, inf]])  # softmax of this is NaN
     assert sample_next(weird, SamplingParams(), make_generator(0)).tolist() == [1]
+
+
+def test_openai_bias_and_penalties_follow_their_formulas() -> None:
+    """logit_bias adds; presence subtracts once per generated token, frequency per count;
+    both come before the temperature (vLLM's order), and -100 bans a token."""
+    from lumenlm.infer.sampling import process_logits
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 10)
+    counts = torch.zeros(2, 10, dtype=torch.long)
+    counts[0, 3], counts[1, 5] = 2, 1
+    p = SamplingParams(
+        temperature=2.0, presence_penalty=0.5, frequency_penalty=0.25, logit_bias={7: 1.5, 1: -100}
+    )
+    got = process_logits(logits, p, counts=counts)
+    want = logits.clone()
+    want[:, 7] += 1.5
+    want[:, 1] -= 100
+    want -= 0.25 * counts + 0.5 * (counts > 0)
+    torch.testing.assert_close(got, want / 2.0)
+    assert sample_next(logits, SamplingParams(temperature=0, logit_bias={4: 100})).tolist() == [
+        4,
+        4,
+    ]

@@ -211,6 +211,9 @@ def _stream_rows(
         seen = torch.zeros((B, vocab), dtype=torch.bool, device=device)
         for i, row in enumerate(ids):
             seen[i, torch.tensor(row, device=device)] = True
+    counts = None  # generated-token counts, for the presence/frequency penalties
+    if p.counts_tokens:
+        counts = torch.zeros((B, vocab), dtype=torch.long, device=device)
     detoks = [IncrementalDecoder(tok) if tok is not None else None for _ in range(B)]
     matchers = [StopMatcher(p.stop) for _ in range(B)]
     done = [False] * B
@@ -220,7 +223,7 @@ def _stream_rows(
 
     logits = dec.prefill()
     for step in range(p.max_new_tokens):
-        nxt = sample_next(logits, p, gen, seen)
+        nxt = sample_next(logits, p, gen, seen, counts)
         if n_done:
             nxt = torch.where(finished, pad_t, nxt)
         toks = nxt.tolist()
@@ -251,6 +254,8 @@ def _stream_rows(
             return
         if seen is not None:
             seen.scatter_(1, nxt.view(-1, 1), True)
+        if counts is not None:
+            counts.scatter_add_(1, nxt.view(-1, 1), torch.ones_like(nxt).view(-1, 1))
         logits = dec.step(nxt, toks)
 
 
