@@ -19,7 +19,9 @@ transformers = pytest.importorskip("transformers")
 
 def _roundtrip(model: GPT, tmp_path) -> float:
     out = export_hf(model, tmp_path / "hf")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        out, dtype=torch.float32, trust_remote_code=True
+    ).eval()
     x = torch.randint(0, model.config.vocab_size, (2, min(48, model.config.context_length)))
     with torch.no_grad():
         ours = model(x).logits
@@ -69,10 +71,21 @@ def test_llama_with_head_dim_not_d_model_over_heads(tmp_path) -> None:
     assert diff < 1e-4
 
 
-def test_unsupported_architecture_is_refused(tmp_path) -> None:
-    with pytest.raises(LumenError, match="no Hugging Face architecture"):
-        export_hf(GPT(get_preset("lumiere-1m").model), tmp_path / "hf")
-    assert not (tmp_path / "hf").exists()
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},  # Lumiere itself: learned positions + RMSNorm + SwiGLU, d_head 32
+        {"pre_norm": False, "lm_head_bias": True, "tie_embeddings": False},
+        {"positions": "rope", "n_kv_heads": 2, "activation": "gelu_tanh", "d_value": 16},
+    ],
+)
+def test_lumiere_and_other_unstocked_configs_load_as_remote_code(tmp_path, changes) -> None:
+    cfg = get_preset("lumiere-1m").model.with_dropout(0.0).replace(vocab_size=500, **changes)
+    diff, cls = _roundtrip(_perturb(GPT(cfg)), tmp_path)
+    assert cls == "LumenLMForCausalLM"
+    assert diff < 1e-4
+    code = (tmp_path / "hf" / "modeling_lumenlm.py").read_text()
+    assert "lumenlm." not in code.replace("modeling_lumenlm", "").replace("configuration_lumenlm", "")
 
 
 def test_export_never_deletes_foreign_or_source_dirs(tmp_path) -> None:
@@ -83,14 +96,16 @@ def test_export_never_deletes_foreign_or_source_dirs(tmp_path) -> None:
     victim = tmp_path / "victim"
     (victim / "notes").mkdir(parents=True)
     (victim / "notes" / "thesis.txt").write_text("important")
-    with pytest.raises(LumenError, match="not an earlier Hugging Face export"):
+    with pytest.raises(LumenError, match="already exists"):
         export_hf(model, victim)
     assert (victim / "notes" / "thesis.txt").read_text() == "important"
     with pytest.raises(LumenError, match="model's own directory"):
         export_hf(model, tmp_path / "m", force=True)
     assert load(tmp_path / "m").config == model.config
     export_hf(model, tmp_path / "hf")
-    export_hf(model, tmp_path / "hf")  # an earlier export is replaced
+    with pytest.raises(LumenError, match="already exists; choose a new path or pass --force"):
+        export_hf(model, tmp_path / "hf")
+    export_hf(model, tmp_path / "hf", force=True)  # an earlier export is replaced
     export_hf(model, victim, force=True)
     assert not (victim / "notes").exists()
 

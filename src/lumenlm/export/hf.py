@@ -2,14 +2,15 @@
 
 GPT-2 style models (learned positions, LayerNorm, GELU, biased linears, tied)
 become `GPT2LMHeadModel`; Llama style models (RoPE, RMSNorm, SwiGLU, any GQA)
-become `LlamaForCausalLM`. Other combinations (e.g. Lumiere's RMSNorm + SwiGLU +
-learned positions) have no stock transformers class and are refused with a
-one-line reason rather than exported wrongly.
+become `LlamaForCausalLM`. Every other combination (e.g. Lumiere's RMSNorm + SwiGLU +
+learned positions, or a post-norm model) has no stock transformers class: it is
+exported with its own model code (`remote_code/`, torch + transformers only) named in
+config.json's `auto_map`, and loads with `trust_remote_code=True`.
 
-The directory is written by hand (config.json, model.safetensors, tokenizer
-files) so transformers is not needed to export, only to load. Loading with
-`AutoModelForCausalLM.from_pretrained(out)` reproduces our logits (tested to
-< 1e-4 in fp32).
+The directory is written by hand (config.json, model.safetensors, tokenizer files with
+the chat template, the model card as README.md) so transformers is not needed to export,
+only to load. Loading with `AutoModelForCausalLM.from_pretrained(out)` reproduces our
+logits (tested to < 1e-4 in fp32).
 """
 
 from __future__ import annotations
@@ -23,30 +24,41 @@ from typing import Any
 import torch
 
 from lumenlm.config import ModelConfig
-from lumenlm.data.download import sha256_file
-from lumenlm.errors import LumenError, first_line
+from lumenlm.data.chat_template import ChatTemplate
+from lumenlm.errors import ConfigError, LumenError
+from lumenlm.export.hf_tokenizer import write_tokenizer_files
+from lumenlm.export.outputs import (
+    check_out_path,
+    check_tokenizer,
+    default_tokenizer,
+    model_card,
+    ordinary_permissions,
+)
 from lumenlm.fsutil import replace_dir
 from lumenlm.model import GPT
-from lumenlm.modelio import (
-    check_tokenizer_fits,
-    make_temp_dir,
-    model_state_dict,
-    tokenizer_fingerprint,
-    unwrap_model,
-)
+from lumenlm.modelio import make_temp_dir, model_state_dict, unwrap_model
 
 GPT2 = "GPT2LMHeadModel"
 LLAMA = "LlamaForCausalLM"
+REMOTE = "LumenLMForCausalLM"
+"""lumenlm's own model code shipped in the export (`trust_remote_code=True`)."""
 
-_MODEL_TYPES = {GPT2: "gpt2", LLAMA: "llama"}
+_MODEL_TYPES = {GPT2: "gpt2", LLAMA: "llama", REMOTE: "lumenlm"}
+REMOTE_CODE = Path(__file__).parent / "remote_code"
+REMOTE_FILES = ("configuration_lumenlm.py", "modeling_lumenlm.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_lumenlm.LumenLMConfig",
+    "AutoModelForCausalLM": "modeling_lumenlm.LumenLMForCausalLM",
+}
 
 StateDict = dict[str, torch.Tensor]
 Converted = tuple[dict[str, Any], StateDict]
 """An architecture's config.json and its weights under transformers' names."""
 
 
-def hf_architecture(cfg: ModelConfig) -> str:
-    """The transformers class that can hold `cfg` exactly, or raise LumenError saying why not."""
+def stock_architecture(cfg: ModelConfig) -> str:
+    """The built-in transformers class that holds `cfg` exactly (GPT-2 or Llama), or raise
+    LumenError naming what each one needs that `cfg` lacks."""
     problems_gpt2 = _gpt2_problems(cfg)
     if not problems_gpt2:
         return GPT2
@@ -54,9 +66,17 @@ def hf_architecture(cfg: ModelConfig) -> str:
     if not problems_llama:
         return LLAMA
     raise LumenError(
-        "no Hugging Face architecture holds this model exactly: "
+        "no built-in Hugging Face architecture holds this model exactly: "
         f"GPT-2 needs {problems_gpt2[0]}; Llama needs {problems_llama[0]}"
     )
+
+
+def hf_architecture(cfg: ModelConfig) -> str:
+    """The class an export of `cfg` loads as: GPT-2, Llama, or lumenlm's remote code."""
+    try:
+        return stock_architecture(cfg)
+    except LumenError:
+        return REMOTE
 
 
 def _gpt2_problems(cfg: ModelConfig) -> list[str]:
@@ -193,68 +213,42 @@ def _llama_weights(cfg: ModelConfig, sd: StateDict) -> Converted:
     return config, out
 
 
-def _tokenizer_files(tokenizer_path: Path, dst: Path, context_length: int) -> dict[str, int]:
-    """Copy tokenizer.json and write a tokenizer_config.json for PreTrainedTokenizerFast."""
-    shutil.copy2(tokenizer_path, dst / "tokenizer.json")
-    vocab = json.loads(tokenizer_path.read_text()).get("added_tokens", [])
-    specials = {t["content"]: t["id"] for t in vocab if t.get("special")}
-    tok_cfg: dict[str, Any] = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": context_length,
-        "clean_up_tokenization_spaces": False,
-    }
-    ids: dict[str, int] = {}
-    if "<|endoftext|>" in specials:
-        tok_cfg.update(eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-        ids["eos_token_id"] = ids["bos_token_id"] = specials["<|endoftext|>"]
-    if "<|pad|>" in specials:
-        tok_cfg["pad_token"] = "<|pad|>"
-        ids["pad_token_id"] = specials["<|pad|>"]
-    (dst / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
-    (dst / "special_tokens_map.json").write_text(
-        json.dumps({k: v for k, v in tok_cfg.items() if k.endswith("_token")}, indent=2) + "\n"
-    )
-    return ids
+def _remote_weights(cfg: ModelConfig, sd: StateDict) -> Converted:
+    """lumenlm's own names and layout: the remote code is our model written out again."""
+    fields = {k: v for k, v in cfg.to_dict().items() if k not in ("tie_embeddings", "init")}
+    fields.pop("ignore_index")
+    config = _hf_config(REMOTE, cfg, fields)
+    config["auto_map"] = dict(AUTO_MAP)
+    return config, dict(sd)
 
 
-def _check_tokenizer(path: Path, model: GPT) -> None:
-    """The exported tokenizer must be readable and fit the model's vocabulary, as
-    `modelio.load` requires of a model directory's own (`check_tokenizer_fits`)."""
-    from tokenizers import Tokenizer
-
-    if not path.is_file():
-        raise LumenError(f"--tokenizer {path}: no such file; give a tokenizer.json")
-    try:
-        size = Tokenizer.from_file(str(path)).get_vocab_size()
-    except Exception as exc:  # tokenizers raises plain Exception on a bad file
-        raise LumenError(
-            f"--tokenizer {path}: not a valid tokenizer.json ({first_line(exc)})"
-        ) from None
-    saved_with = tokenizer_fingerprint(model) == sha256_file(path)
-    check_tokenizer_fits(size, model.config.vocab_size, path, saved_with)
+def hf_checkpoint(model: torch.nn.Module) -> tuple[str, dict[str, Any], StateDict]:
+    """(architecture, config.json, weights under its names) of `model`, in memory."""
+    inner: GPT = unwrap_model(model)  # type: ignore[assignment]
+    cfg = inner.config
+    arch = hf_architecture(cfg)
+    sd = model_state_dict(inner)
+    convert = {GPT2: _gpt2_weights, LLAMA: _llama_weights, REMOTE: _remote_weights}[arch]
+    config, weights = convert(cfg, sd)
+    config["torch_dtype"] = str(next(iter(sd.values())).dtype).removeprefix("torch.")
+    return arch, config, weights
 
 
-def _check_out_dir(out: Path, model_dir: Path | None, force: bool) -> None:
-    """Never delete what is not ours: the source model, or a directory that is not an
-    earlier Hugging Face export, is only replaced with `force`."""
-    if not out.exists():
-        return
-    if model_dir is not None and out.resolve() == Path(model_dir).resolve():
-        raise LumenError(f"--out {out} is the model's own directory; choose another directory")
-    if not out.is_dir():
-        raise LumenError(f"--out {out} exists and is not a directory")
-    if not any(out.iterdir()) or force:
-        return
-    try:
-        previous = json.loads((out / "config.json").read_text())
-        is_hf_export = isinstance(previous, dict) and "architectures" in previous
-    except (OSError, ValueError):
-        is_hf_export = False
-    if not is_hf_export:
-        raise LumenError(
-            f"--out {out} exists and is not an earlier Hugging Face export; "
-            "choose an empty directory or pass --force to replace it"
+def _card(model: GPT, arch: str) -> str:
+    """The model's own card, else a short one; front matter so the Hub knows the library."""
+    text = model_card(model)
+    if text is None:
+        c = model.config
+        text = (
+            f"# lumenlm model\n\nA decoder-only Transformer trained with lumenlm: {c.n_layers} "
+            f"layers, d_model {c.d_model}, {c.n_heads} heads ({c.n_kv_heads} KV), "
+            f"{c.positions} positions, {c.norm}, {c.activation}, context {c.context_length}, "
+            f"vocabulary {c.vocab_size}; {model.num_parameters():,} parameters.\n"
         )
+    if text.startswith("---\n"):
+        return text
+    tags = "  - lumenlm\n" + ("  - custom_code\n" if arch == REMOTE else "")
+    return f"---\nlibrary_name: transformers\ntags:\n{tags}---\n\n{text}"
 
 
 def export_hf(
@@ -266,40 +260,40 @@ def export_hf(
     """Write `model` as a transformers checkpoint directory (atomically) and return it.
 
     `tokenizer_path` defaults to the tokenizer.json of the directory the model was
-    loaded from, when there is one. An existing `out_dir` is replaced only when it is
-    empty or an earlier export (or with `force`), and never when it is the source.
+    loaded from, when there is one; the chat template is the model's (config.json
+    "chat", else the default). An existing `out_dir` is replaced only when it is empty
+    or with `force`, and never when it is the source. Nothing is left behind on failure.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     inner: GPT = unwrap_model(model)  # type: ignore[assignment]
-    cfg = inner.config
-    arch = hf_architecture(cfg)
-    sd = model_state_dict(inner)
-    config, weights = (_gpt2_weights if arch == GPT2 else _llama_weights)(cfg, sd)
-    config["torch_dtype"] = str(next(iter(sd.values())).dtype).removeprefix("torch.")
-    if tokenizer_path is None and inner.model_dir is not None:
-        cand = inner.model_dir / "tokenizer.json"
-        tokenizer_path = cand if cand.exists() else None
-
-    if tokenizer_path is not None:
-        _check_tokenizer(Path(tokenizer_path), inner)
+    arch, config, weights = hf_checkpoint(inner)
+    tok = default_tokenizer(inner, tokenizer_path)
+    if tok is not None:
+        check_tokenizer(tok, inner)
+    try:
+        template = ChatTemplate.from_meta(inner.meta)
+    except ValueError as exc:
+        raise ConfigError(f'{inner.model_dir}/config.json: {exc}; fix its "chat"') from None
     out = Path(out_dir)
-    _check_out_dir(out, inner.model_dir, force)
+    check_out_path(out, inner.model_dir, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out)
     try:
-        save_file(
-            {k: v.contiguous() for k, v in weights.items()},
-            str(tmp / "model.safetensors"),
-            metadata={"format": "pt"},
-        )
-        if tokenizer_path is not None:
-            config.update(_tokenizer_files(Path(tokenizer_path), tmp, cfg.context_length))
+        blob = save({k: v.contiguous() for k, v in weights.items()}, metadata={"format": "pt"})
+        (tmp / "model.safetensors").write_bytes(blob)
+        if tok is not None:
+            config.update(write_tokenizer_files(tok, tmp, inner.config.context_length, template))
+        if arch == REMOTE:
+            for name in REMOTE_FILES:
+                shutil.copyfile(REMOTE_CODE / name, tmp / name)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         gen = {
             k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config
         }
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        (tmp / "README.md").write_text(_card(inner, arch), encoding="utf-8")
+        ordinary_permissions(tmp)
         replace_dir(tmp, out, out.with_name(f".{out.name}.old.{os.getpid()}"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
