@@ -43,6 +43,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--resume", metavar="RUN_DIR", help="continue a run from its last good checkpoint"
     )
     p.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="start a new run from these weights (a run, model directory or import): "
+        "continued pretraining with a fresh schedule; the data must be prepared with "
+        "--tokenizer MODEL/tokenizer.json",
+    )
+    p.add_argument(
         "--stop-at-step",
         type=int,
         metavar="N",
@@ -88,8 +95,12 @@ def run(args: argparse.Namespace) -> int:
     from lumenlm.train.resolve import parse_set_args
     from lumenlm.train.stop import TrainingInterrupted
 
-    if args.resume is None and args.preset is None and args.config is None:
-        raise ConfigError("give --preset NAME (or --config FILE), or --resume RUN_DIR")
+    if args.resume is None and args.preset is None and args.config is None and not args.init_from:
+        raise ConfigError(
+            "give --preset NAME (or --config FILE), --init-from MODEL, or --resume RUN_DIR"
+        )
+    if args.resume is not None and args.init_from is not None:
+        raise ConfigError("--resume continues a run with its own weights; drop --init-from")
     if args.resume is not None and (args.preset or args.config or args.data):
         raise ConfigError(
             "--resume takes the preset, config and data from the run; drop --preset/--config/--data"
@@ -129,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             strategy=args.strategy,
             progress_bar=not args.no_progress,
             reset_lr_schedule=args.reset_lr_schedule,
+            init_from=args.init_from,
         )
     except TrainingInterrupted as exc:
         if _is_rank0():

@@ -24,7 +24,8 @@ default:
 
 Named templates (`TEMPLATES`, `lumenlm finetune --template NAME`): "plain" is the default
 above; "turns" marks every turn with special tokens, `<|user|>...<|end|>`, and stops at
-`<|end|>`, the single end-of-turn token a fine-tuned model learns to emit. A template's
+`<|end|>`, the single end-of-turn token a fine-tuned model learns to emit (trained
+up to and including it; the newline after it is layout, not trained). A template's
 `special_tokens` are the strings that must be single tokens of the tokenizer; fine-tuning
 adds those missing (see `lumenlm.train.vocab`).
 
@@ -98,7 +99,9 @@ class ChatTemplate:
     ) -> list[Segment]:
         """The text `render` produces, cut into segments that say what is trained: an
         assistant turn is its prefix (not trained), then its content and the template's
-        closing text (trained: the model must learn to end its turn); everything else is
+        closing text up to and including a stop string found in it ("<|end|>" of
+        "<|end|>\\n"; all of the plain template's "\\n"), which is trained (the model must
+        learn to end its turn), then the rest of the closing text. Everything else is
         not trained. Empty segments are left out."""
         out: list[Segment] = []
         for i, m in enumerate(messages):
@@ -112,8 +115,13 @@ class ChatTemplate:
                 if not found:  # no content slot: the whole turn is fixed text
                     out.append(Segment(i, role, fmt, False))
                     continue
+                after = after.replace("{content}", content)
+                cut = min((after.index(t) + len(t) for t in self.stop if t in after), default=None)
+                if cut is None:
+                    cut = len(after)
                 out.append(Segment(i, role, before, False))
-                out.append(Segment(i, role, content + after.replace("{content}", content), True))
+                out.append(Segment(i, role, content + after[:cut], True))
+                out.append(Segment(i, role, after[cut:], False))
             else:
                 out.append(Segment(i, role, fmt.replace("{content}", content), False))
         if add_generation_prompt:

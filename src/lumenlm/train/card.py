@@ -29,8 +29,12 @@ def render_card(
     data: dict[str, Any],
     progress: dict[str, Any],
     curve: str | None = "loss_curve.png",
+    origin: dict[str, Any] | None = None,
 ) -> str:
-    """Markdown card: architecture table, exact parameter count, data, recipe, metrics."""
+    """Markdown card: architecture table, exact parameter count, data, recipe, metrics.
+
+    `origin` (fine-tuning, `--init-from`): the starting weights ("base": path and
+    sha256), and for fine-tuning its data ("finetune": files, template, counts)."""
     m, t = model, train
     attn = "MHA" if m.n_kv_heads == m.n_heads else ("MQA" if m.n_kv_heads == 1 else "GQA")
     dropout = max(m.embd_dropout, m.attn_dropout, m.resid_dropout)
@@ -96,11 +100,21 @@ def render_card(
         )
     if data.get("tokenizer"):
         data_lines.append(f"- Tokenizer: {data['tokenizer']}")
+    for key, label in (("train_trained_tokens", "Trained (assistant) tokens: train"),):
+        if data.get(key) is not None:
+            data_lines.append(
+                f"- {label} {data[key]:,}; validation {data.get('val_trained_tokens', 0):,} "
+                "(the loss and perplexity are over these only)"
+            )
+    start = _origin_lines(origin)
     parts = [
         f"# {name}",
         "",
-        "*A small GPT-style language model trained from scratch with lumenlm.*",
+        "*A small GPT-style language model trained from scratch with lumenlm.*"
+        if not start
+        else "*A small GPT-style language model trained with lumenlm from the weights below.*",
         "",
+        *start,
         "## Model Architecture",
         "",
         table(arch, ("Component", "Value")),
@@ -132,6 +146,42 @@ def render_card(
     return "\n".join(parts)
 
 
+def _origin_lines(origin: dict[str, Any] | None) -> list[str]:
+    """The "Starting weights" (and "Fine-tuning data") sections, or nothing."""
+    if not origin:
+        return []
+    base = origin.get("base") or {}
+    out = [
+        "## Starting weights",
+        "",
+        f"- Model: `{base.get('path')}`",
+        f"- sha256 of model.safetensors: `{base.get('sha256')}`",
+    ]
+    if base.get("added_tokens"):
+        out.append(
+            f"- Special tokens added (rows start at the mean embedding): "
+            f"{', '.join(f'`{t}`' for t in base['added_tokens'])}"
+        )
+    out.append("")
+    ft = origin.get("finetune")
+    if ft:
+        out += ["## Fine-tuning data", ""]
+        out += [f"- `{path}` (sha256 `{digest}`)" for path, digest in ft.get("files", {}).items()]
+        out.append(
+            f"- Conversations: {ft.get('train_conversations', 0):,} train, "
+            f"{ft.get('val_conversations', 0):,} validation ({ft.get('kinds')}); "
+            f"{ft.get('skipped_no_assistant', 0)} skipped without an assistant turn; "
+            f"{ft.get('truncated', 0)} cut at a turn boundary, {ft.get('dropped', 0)} dropped"
+        )
+        out.append(
+            f"- Chat template: {ft.get('template_name')}; loss on "
+            f"{'every token' if ft.get('train_on_prompt') else 'assistant tokens only'}; "
+            f"packed into {ft.get('train_rows', 0):,} train rows with block-diagonal masks"
+        )
+        out.append("")
+    return out
+
+
 def run_card(
     run_dir: Path,
     *,
@@ -144,6 +194,7 @@ def run_card(
     world_size: int,
     data: dict[str, Any],
     curve: str | None = "loss_curve.png",
+    origin: dict[str, Any] | None = None,
 ) -> str:
     """The card of a run in training: `render_card` with its progress and last loss."""
     losses = [r["loss"] for r in read_metrics(run_dir) if r.get("loss") is not None]
@@ -163,4 +214,5 @@ def run_card(
             "best_val_ppl": perplexity(best) if best is not None else None,
         },
         curve=curve,
+        origin=origin,
     )

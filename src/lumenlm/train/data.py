@@ -184,6 +184,8 @@ class TrainData:
         self.val_idx = rank_eval_indices(
             len(self.val), cfg.eval_batches, cfg.batch_size, rank, world
         )
+        self.model_extra: dict[str, object] = {}
+        """config.json keys the checkpoints carry besides the model (e.g. "chat")."""
 
     def notice(self) -> str | None:
         """What the user should know about these windows before training, if anything."""

@@ -21,11 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lumenlm.config import ModelConfig, TrainConfig
-from lumenlm.devices import to_device
 from lumenlm.model import GPT
 from lumenlm.modelio import load_state_into, save_model
 from lumenlm.signals import StopRequest
@@ -37,8 +37,9 @@ from lumenlm.train.checkpoint import Progress
 from lumenlm.train.console import Console, final_message
 from lumenlm.train.data import TrainData
 from lumenlm.train.early_stop import EarlyStopping
+from lumenlm.train.loss import accumulate
 from lumenlm.train.optim import build_optimizer
-from lumenlm.train.precision import autocast, configure_matmul, make_scaler, resolve_precision
+from lumenlm.train.precision import configure_matmul, make_scaler, resolve_precision
 from lumenlm.train.runs import CHECKPOINTS, CURVE, RunFiles, RunRecord
 from lumenlm.train.schedule import lr_at
 from lumenlm.train.stop import (
@@ -50,6 +51,9 @@ from lumenlm.train.stop import (
 )
 from lumenlm.train.validate import validation_loss
 
+if TYPE_CHECKING:
+    from lumenlm.train.sft_data import SFTTrainData
+
 
 class Trainer:
     """Trains one run directory; `fit()` runs the loop until done, stopped or interrupted.
@@ -57,7 +61,10 @@ class Trainer:
     `stop_at_step` and `max_minutes` bound this invocation only (the schedule is
     `train_cfg.max_steps` / `max_epochs`). `on_step(trainer)` runs after every
     optimizer step (tests use it to act mid-run). `record` is the run's config.json
-    (by default the one in `run_dir`, or a new one).
+    (by default the one in `run_dir`, or a new one). `data` replaces the windows of
+    `data_dir` (fine-tuning passes its packed, masked rows); `init_state` are starting
+    weights for a new run (fine-tuning, `--init-from`), and `origin` what the card says
+    about them and the data.
     """
 
     def __init__(
@@ -75,6 +82,9 @@ class Trainer:
         progress_bar: bool = True,
         replan: bool = False,
         on_step: Callable[[Trainer], None] | None = None,
+        data: TrainData | SFTTrainData | None = None,
+        init_state: dict[str, torch.Tensor] | None = None,
+        origin: dict[str, Any] | None = None,
     ) -> None:
         cfg = self.cfg = train_cfg
         self.mcfg = model_cfg
@@ -86,9 +96,10 @@ class Trainer:
         self.console = Console(self.main, progress_bar)
         self.precision = resolve_precision(cfg.precision, self.device)
         # -- data: windows, the resumable batch order, the fixed validation windows --
-        self.data = TrainData(
+        self.data = data or TrainData(
             self.data_dir, model_cfg.context_length, model_cfg.vocab_size, cfg, self.env
         )
+        self.origin = origin
         self.console.notice(self.data.notice() or "")
         self.sampler = self.data.sampler
 
@@ -97,6 +108,8 @@ class Trainer:
         model = GPT(model_cfg)
         if resume_from is not None:
             load_state_into(model, resume_from / "model.safetensors")
+        elif init_state is not None:
+            model.load_state_dict(init_state)
         model.to(self.device)
         self.n_params = model.num_parameters()
         self.mfu = metrics.mfu_meter(model, cfg, self.device, self.precision, self.env.world_size)
@@ -196,20 +209,19 @@ class Trainer:
 
     def _step(self, lr: float) -> tuple[float, float]:
         """One optimizer step over grad_accum micro-batches; (mean loss, grad norm)."""
-        cfg, accum = self.cfg, self.cfg.grad_accum
+        cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=self.device)
-        for m, idx in enumerate(self.sampler.step_indices()):
-            x, y = to_device(*self.data.train.get_batch(idx), self.device)
-            with D.grad_sync(self.model, cfg.strategy, sync=m == accum - 1):
-                with autocast(self.precision, self.device):
-                    loss = self.model(x, y).loss / accum
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-            loss_sum += loss.detach()
+        batches = [self.data.train.get_batch(idx) for idx in self.sampler.step_indices()]
+        loss_sum = accumulate(
+            self.model,
+            batches,
+            env=self.env,
+            precision=self.precision,
+            strategy=cfg.strategy,
+            ignore_index=self.mcfg.ignore_index,
+            scaler=self.scaler,
+        )
         loss_sum = D.all_reduce_mean(loss_sum, self.env)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -326,10 +338,17 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------------
     def evaluate(self) -> float:
-        """Mean cross-entropy over the fixed validation windows (all ranks together)."""
+        """Mean cross-entropy over the trained targets of the fixed validation windows
+        (all ranks together): every token in pretraining, assistant tokens in fine-tuning."""
         d = self.data
         return validation_loss(
-            self.model, d.val, d.val_idx, self.cfg.batch_size, self.precision, self.env
+            self.model,
+            d.val,
+            d.val_idx,
+            self.cfg.batch_size,
+            self.precision,
+            self.env,
+            self.mcfg.ignore_index,
         )
 
     def _evaluate_and_track(self, counted: bool, closing: bool = False) -> tuple[bool, bool]:
@@ -371,9 +390,11 @@ class Trainer:
                 model.load_state_dict(model_sd)
             training = {"run": self.run_dir.name, "step": self.p.step, "train": asdict(self.cfg)}
 
+            extra = {"training": training, **self.data.model_extra}
+
             def write_model(d: Path) -> None:
                 tok = self.data.tokenizer_path
-                save_model(model, d, tokenizer_path=tok, extra={"training": training})
+                save_model(model, d, tokenizer_path=tok, extra=extra)
 
             names = ["last"] + [f"step_{self.p.step}"] * periodic + ["best"] * best
             root, card = self.run_dir / CHECKPOINTS, self._card(curve=None)
@@ -395,6 +416,7 @@ class Trainer:
             precision=self.precision,
             world_size=self.env.world_size,
             data=self.data.card(),
+            origin=self.origin,
             curve=curve,
         )
 

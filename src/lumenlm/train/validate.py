@@ -24,21 +24,29 @@ def validation_loss(
     batch_size: int,
     precision: str,
     env: D.DistEnv,
+    ignore_index: int = -100,
 ) -> float:
-    """Mean next-token cross-entropy over the windows `idx` of `windows` (all ranks)."""
+    """Mean next-token cross-entropy over the trained targets (not `ignore_index`) of the
+    windows `idx` of `windows` (all ranks): a fine-tuning split's batches carry
+    document ids and masked targets, so this is the assistant-token loss there."""
     device = env.device
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # never disturb the training RNG
         for i in range(0, len(idx), batch_size):
-            x, y = to_device(*windows.get_batch(idx[i : i + batch_size]), device)  # type: ignore[attr-defined]
+            batch = windows.get_batch(idx[i : i + batch_size])  # type: ignore[attr-defined]
+            n = int((batch[1] != ignore_index).sum())
+            if n == 0:
+                continue
+            x, y = to_device(batch[0], batch[1], device)
+            doc = {"document_ids": batch[2].to(device)} if len(batch) > 2 else {}
             with autocast(precision, device):
-                loss = model(x, y).loss
-            total[0] += loss.double() * y.numel()
-            total[1] += y.numel()
+                loss = model(x, y, **doc).loss
+            total[0] += loss.double() * n
+            total[1] += n
     D.all_reduce_sum(total, env)
     if hasattr(model, "reshard"):  # FSDP2 keeps the root unsharded after a no-grad forward
         model.reshard()
     model.train()
-    return float(total[0] / total[1])
+    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
