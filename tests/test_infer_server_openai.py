@@ -6,8 +6,6 @@ fields, a wrong model, unknown endpoints, a full queue (429), a client that leav
 from __future__ import annotations
 
 import math
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ import httpx
 import pytest
 import torch
 
-from infer_helpers import _one_thread, make_model_dir, tok_path  # noqa: F401 (fixtures)
+from infer_helpers import _one_thread, make_model_dir, serve_app, tok_path  # noqa: F401
 from lumenlm.infer import generate
 from lumenlm.infer.server import create_app
 from lumenlm.modelio import load
@@ -29,31 +27,9 @@ def model(tmp_path_factory: pytest.TempPathFactory, tok_path: Path):  # noqa: F8
     return load(make_model_dir(tmp_path_factory.mktemp("oai"), "tiny", tok_path))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(app) -> Iterator[str]:
-    import uvicorn
-
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        assert time.time() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server(model) -> Iterator[str]:
-    yield from serve(create_app(model, model.tokenizer, model_name="tiny", max_tokens_cap=64))
+    yield from serve_app(create_app(model, model.tokenizer, model_name="tiny", max_tokens_cap=64))
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +199,7 @@ def test_full_queue_is_429_and_a_disconnect_frees_the_slot(model) -> None:
     app = create_app(
         model, model.tokenizer, model_name="t", slots=1, max_queue=0, max_tokens_cap=100_000
     )
-    for url in serve(app):
+    for url in serve_app(app):
         long = {"prompt": "a", "max_tokens": 100_000, "ignore_eos": True, "stream": True}
         with httpx.stream("POST", url + "/v1/completions", json=long, timeout=60) as r:
             lines = r.iter_lines()

@@ -458,12 +458,15 @@ class BatchEngine:
         for j, r in enumerate(rows):
             reason = self._emit_token(self.active[r], chosen[j], logits[j])
             if reason is not None:
-                finished.append((r, reason[0], reason[1]))
-        for r, reason, text in sorted(finished, reverse=True):
-            self._finish(r, reason, text)
+                finished.append((r, *reason))
+        for r, why, text, lps in sorted(finished, reverse=True, key=lambda f: f[0]):
+            self._finish(r, why, text, lps)
 
-    def _emit_token(self, slot: _Slot, t: int, logits: Tensor) -> tuple[str, str] | None:
-        """Deliver token `t`; returns (finish reason, text to send with it) at the end."""
+    def _emit_token(
+        self, slot: _Slot, t: int, logits: Tensor
+    ) -> tuple[str, str, list[TokenLogprob] | None] | None:
+        """Deliver token `t`; at the end returns (finish reason, text to send with it,
+        logprobs of a stop token: it is not output, but scored, as vLLM reports it)."""
         seq = slot.seq
         lps = None
         if seq.logprobs is not None:
@@ -474,7 +477,7 @@ class BatchEngine:
         slot.generated += 1
         last = slot.generated >= seq.params.max_new_tokens
         if t in slot.stop_ids:
-            return "stop", self._flush(slot)
+            return "stop", self._flush(slot), lps
         seq.completion_tokens += 1
         text, stopped = ("", False)
         if slot.detok is not None:
@@ -486,11 +489,11 @@ class BatchEngine:
         slot.window.append(t)
         if stopped:
             seq._emit(Event([t], text, None, lps))
-            return "stop", ""
+            return "stop", "", None
         if last:
             text += self._flush(slot)
             seq._emit(Event([t], text, None, lps))
-            return ("stop" if slot.matcher.stopped else "length"), ""
+            return ("stop" if slot.matcher.stopped else "length"), "", None
         seq._emit(Event([t], text, None, lps))
         return None
 
@@ -501,10 +504,12 @@ class BatchEngine:
         text, stopped = slot.matcher.feed(slot.detok.flush())
         return text if stopped else text + slot.matcher.finish()
 
-    def _finish(self, row: int, reason: str, text: str) -> None:
+    def _finish(
+        self, row: int, reason: str, text: str, logprobs: list[TokenLogprob] | None = None
+    ) -> None:
         slot = self.active[row]
         slot.seq.finish_reason = reason
-        slot.seq._emit(Event([], text, reason))
+        slot.seq._emit(Event([], text, reason, logprobs))
         moved = self.cache.remove(row)
         if moved is not None:
             self.active[row] = self.active[moved]
