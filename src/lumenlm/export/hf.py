@@ -282,6 +282,8 @@ def export_hf(
     try:
         blob = save({k: v.contiguous() for k, v in weights.items()}, metadata={"format": "pt"})
         (tmp / "model.safetensors").write_bytes(blob)
+        if template != ChatTemplate():
+            config["lumenlm_chat"] = template.to_dict()  # for `lumenlm import`
         if tok is not None:
             config.update(write_tokenizer_files(tok, tmp, inner.config.context_length, template))
         if arch == REMOTE:
