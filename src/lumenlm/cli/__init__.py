@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import keyword
 import os
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ COMMANDS = [
     "chat",
     "serve",
     "export",
+    "import",
     "inspect",
 ]
 
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        module_name = f"lumenlm.cli.{name}"
+        # a keyword command (`import`) lives in a module with a trailing underscore
+        module_name = f"lumenlm.cli.{name}{'_' if keyword.iskeyword(name) else ''}"
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
