@@ -305,6 +305,12 @@ def finetune(
                     model_cfg, train_cfg, run_dir, run_dir, record=record, data=sft,
                     init_state=state, origin=origin, **limits,
                 )  # fmt: skip
+                # the assistant-token loss of the starting weights, for the card
+                origin["finetune"]["base_val_loss"] = trainer.evaluate()
+                console.notice(
+                    f"assistant-token val loss before fine-tuning: "
+                    f"{origin['finetune']['base_val_loss']:.4f}"
+                )
             except BaseException:
                 _discard(run_dir, env)
                 raise
@@ -316,7 +322,10 @@ def finetune(
                 preset=None,
                 data_dir=setup["data"],
                 init_from=origin["base"],
-                finetune=_ft_record(setup, sft),
+                finetune={
+                    **_ft_record(setup, sft),
+                    "base_val_loss": origin["finetune"]["base_val_loss"],
+                },
                 model=model_cfg.to_dict(),
                 train=dataclasses.asdict(train_cfg),
                 total_steps=trainer.p.total_steps,
@@ -374,7 +383,9 @@ def _resume_finetune(
              "val_ratio": float(ft["val_ratio"])}  # fmt: skip
     source = load_source(ft["data"], setup["val_ratio"], train_cfg.seed)
     sft = _sft_data(source, tok, model_cfg, train_cfg, env, setup, run_dir / TOKENIZER_NAME)
-    return {"data": sft, "origin": _ft_origin(doc.get("init_from") or {}, sft, setup)}
+    origin = _ft_origin(doc.get("init_from") or {}, sft, setup)
+    origin["finetune"]["base_val_loss"] = ft.get("base_val_loss")
+    return {"data": sft, "origin": origin}
 
 
 def _resume(

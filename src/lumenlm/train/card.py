@@ -178,6 +178,12 @@ def _origin_lines(origin: dict[str, Any] | None) -> list[str]:
             f"{'every token' if ft.get('train_on_prompt') else 'assistant tokens only'}; "
             f"packed into {ft.get('train_rows', 0):,} train rows with block-diagonal masks"
         )
+        if ft.get("base_val_loss") is not None:
+            before = float(ft["base_val_loss"])
+            out.append(
+                f"- Assistant-token validation loss of the starting weights: {before:.4f} "
+                f"(perplexity {perplexity(before):.2f}); after: see Results"
+            )
         out.append("")
     return out
 
