@@ -10,14 +10,14 @@ requests/s, latency p50 / p99 / max, completion tokens/s and errors (any status 
 Bounded in count and time, and it stops by itself: no request starts after
 `--seconds` or past `--max-requests`; each request has `--timeout`; the whole run
 has a hard limit of seconds + timeout + 60; the server is then stopped (SIGTERM, then
-SIGKILL). Only 127.0.0.1 is used. The server generates on one worker thread, so
-requests queue: latency grows with the client count, throughput does not. The server
+SIGKILL). Only 127.0.0.1 is used. The server decodes up to `--slots` sequences in one
+continuous batch (its default, or this script's `--slots`); the rest queue. The server
 runs with `--server-threads` torch threads (default 1: a tiny model gains nothing from
 more, and on a busy CPU extra threads wait on each other).
 
     .venv/bin/python benchmarks/bench_serve_load.py [--clients 64] [--seconds 60]
         [--max-requests 1000000] [--max-tokens 16] [--stream] [--model DIR]
-        [--server-threads 1] [--json]
+        [--server-threads 1] [--slots N] [--json]
 """
 
 from __future__ import annotations
@@ -74,12 +74,15 @@ def build_tiny_model(out: Path) -> Path:
 class Server:
     """`lumenlm serve MODEL` on 127.0.0.1, port 0; `url` once it prints its address."""
 
-    def __init__(self, model_dir: Path, max_tokens: int, threads: int) -> None:
+    def __init__(
+        self, model_dir: Path, max_tokens: int, threads: int, extra: list[str] | None = None
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if k != "LUMENLM_API_KEY"}
         if threads > 0:  # torch's intra-op threads in the server process
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         cmd = [sys.executable, "-m", "lumenlm", "serve", str(model_dir), "--host", HOST]
         cmd += ["--port", "0", "--log-level", "warning", "--max-tokens-cap", str(max_tokens)]
+        cmd += extra or []
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
         self.url = self._wait_for_address(timeout=180)
         self.log: list[str] = []
@@ -249,6 +252,9 @@ def main() -> None:
         help="torch threads in the server (OMP_NUM_THREADS; default 1, fastest for tiny "
         "models on a shared CPU; 0 = torch's default)",
     )
+    ap.add_argument(
+        "--slots", type=int, default=None, help="the server's --slots (default: its default)"
+    )
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = ap.parse_args()
     if args.clients < 1 or args.seconds <= 0 or args.max_requests < 1 or args.max_tokens < 1:
@@ -256,15 +262,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or build_tiny_model(Path(tmp))
-        server = Server(model_dir, args.max_tokens, args.server_threads)
+        extra = [] if args.slots is None else ["--slots", str(args.slots)]
+        server = Server(model_dir, args.max_tokens, args.server_threads, extra)
         try:
             asyncio.run(wait_healthy(server.url))
             result = asyncio.run(load(args, server.url))
+            asyncio.run(wait_healthy(server.url, timeout=10))  # still healthy after the load
+            result["healthy_after"] = True
         finally:
             server.stop()
     result["cpu"] = f"{cpu_name()}, {os.cpu_count()} logical cores"
     result["model"] = str(args.model) if args.model else "tiny-gpt2 (random), vocab 512"
     result["server_threads"] = args.server_threads or "torch default"
+    result["slots"] = args.slots
     if args.json:
         print(json.dumps(result))
         return

@@ -1,7 +1,8 @@
 """A quick loopback load test of `lumenlm serve` (benchmarks/bench_serve_load.py, small).
 
 8 concurrent clients for 3 seconds against a tiny model on 127.0.0.1, plain and
-streamed: every request must succeed. Slow (a server process per run):
+streamed, and 64 clients for 60 s on 32 slots: every request must succeed and the
+server answers /health afterwards. Slow (a server process per run):
 `pytest -m slow tests/test_infer_server_load.py`. Timings are reported, never asserted.
 """
 
@@ -35,3 +36,14 @@ def test_8_clients_3_seconds_no_errors(model_dir: Path, stream: bool) -> None:
     result = json.loads(run.stdout.strip().splitlines()[-1])
     print(result)  # the numbers, for whoever runs -s
     assert result["requests"] >= 8 and result["errors"] == 0, result
+
+
+def test_64_clients_60_seconds_no_errors(model_dir: Path) -> None:
+    cmd = [sys.executable, str(BENCH), "--clients", "64", "--seconds", "60", "--max-tokens", "16"]
+    cmd += ["--model", str(model_dir), "--json", "--stream", "--slots", "32"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    print(result)
+    assert result["requests"] >= 64 and result["errors"] == 0, result
+    assert result["healthy_after"]
