@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from lumenlm.allocator import tune_malloc
 from lumenlm.errors import LumenError, first_line
 
 COMMANDS = [
@@ -56,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every available subcommand registered."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    common.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc malloc's defaults alone (also LUMENLM_MALLOC=system); by default "
+        "lumenlm keeps freed memory mapped (mallopt) so each training or decoding step does "
+        "not page-fault its temporaries back in: see lumenlm/allocator.py",
+    )
     parser = OneLineParser(
         prog="lumenlm",
         description="Build small GPT-style language models from scratch, end to end.",
@@ -80,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_malloc(enabled=not getattr(args, "system_malloc", False))
     debug = bool(getattr(args, "debug", False)) or os.environ.get("LUMENLM_DEBUG") == "1"
     try:
         result = args.func(args)
