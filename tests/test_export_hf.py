@@ -85,7 +85,9 @@ def test_lumiere_and_other_unstocked_configs_load_as_remote_code(tmp_path, chang
     assert cls == "LumenLMForCausalLM"
     assert diff < 1e-4
     code = (tmp_path / "hf" / "modeling_lumenlm.py").read_text()
-    assert "lumenlm." not in code.replace("modeling_lumenlm", "").replace("configuration_lumenlm", "")
+    assert "lumenlm." not in code.replace("modeling_lumenlm", "").replace(
+        "configuration_lumenlm", ""
+    )
 
 
 def test_export_never_deletes_foreign_or_source_dirs(tmp_path) -> None:
@@ -133,3 +135,42 @@ def test_padded_model_exports_with_its_own_smaller_tokenizer(tmp_path) -> None:
     assert (out / "tokenizer.json").read_bytes() == tok.read_bytes()
     with pytest.raises(LumenError, match="280 tokens, but the model's vocab_size is 320"):
         export_hf(GPT(get_preset("tiny").model.replace(vocab_size=320)), tmp_path / "x", tok)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "lumiere"])
+def test_every_export_tokenizes_chats_and_carries_its_card(tmp_path, arch: str) -> None:
+    """AutoTokenizer encodes our ids, apply_chat_template renders our template, the card
+    is README.md, every file is 0644 (umask 022), and logits match."""
+    import os
+    import stat
+
+    from export_helpers import CONVERSATIONS, TEXTS, arch_model_dir
+    from lumenlm.data.chat_template import TURNS
+    from lumenlm.data.tokenizer import encode
+
+    old = os.umask(0o022)
+    try:
+        model = load(arch_model_dir(tmp_path, arch))
+        out = export_hf(model, tmp_path / "hf")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert set(modes.values()) == {0o644}, modes
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert "# A test card" in (out / "README.md").read_text()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    for text in TEXTS:
+        assert tok(text)["input_ids"] == encode(model.tokenizer, text), text
+    for messages in CONVERSATIONS:
+        for gen in (True, False):
+            ids = tok.apply_chat_template(messages, add_generation_prompt=gen)
+            ids = ids["input_ids"] if hasattr(ids, "keys") else ids  # BatchEncoding in v5
+            text = TURNS.render(messages, add_generation_prompt=gen)
+            assert tok.decode(ids) == text
+            assert model.tokenizer.token_to_id("<|user|>") in ids  # a special token, one id
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    eos = hf.generation_config.eos_token_id  # the turns template ends a reply at <|end|>
+    assert model.tokenizer.token_to_id("<|end|>") in (eos if isinstance(eos, list) else [eos])
+    x = torch.randint(0, model.config.vocab_size, (1, 32))
+    with torch.no_grad():
+        assert (hf(x).logits - model(x).logits).abs().max() < 1e-4
