@@ -1,10 +1,15 @@
-"""`lumenlm inspect MODEL --text TEXT`: attention maps, per-layer states, logit lens."""
+"""`lumenlm inspect MODEL --text TEXT --out DIR`: attention maps, logit lens, per-token
+loss, direct logit attribution, head ablation and induction scores, with an index.html."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from lumenlm.cli.common import add_command, add_model_argument, add_verify_argument, check_positive
+from lumenlm.cli.generate import add_dtype_arg, torch_dtype
+
+_ANALYSES = "attention, logit_lens, token_loss, dla, head_ablation, induction"
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -13,28 +18,43 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         common,
         "inspect",
         run,
-        help="attention maps, per-layer states and logit lens",
-        description="Run MODEL on TEXT and write attention.png (layers x heads), "
-        "logit_lens.png and inspect.json (tokens, attention patterns, residual norms, "
-        "attention entropy, logit-lens top-k per layer).",
+        help="look inside a model on one text (attention, logit lens, attribution, ...)",
+        description="Run MODEL on TEXT and write, into --out: attention.png (layers x "
+        "heads), logit_lens.png/.json, token_loss.html (tokens coloured by loss; hover "
+        "for predictions), dla_heads.png/dla_layers.png (direct logit attribution), "
+        "head_ablation.png (loss change per zeroed head), induction.png (induction-head "
+        "scores on a repeated random sequence), inspect.json (all data) and index.html "
+        "linking them. No page makes a network request. A text longer than the context "
+        "is cropped to its first context_length tokens, with a notice.",
     )
     add_model_argument(p)
     add_verify_argument(p)
     p.add_argument("--text", required=True, help="text to run through the model")
     p.add_argument("--out", default="inspect_out", help="output directory (default: inspect_out)")
     p.add_argument(
-        "--top-k", type=int, default=5, help="logit-lens tokens per position (default 5)"
+        "--analyses",
+        default="all",
+        help=f"comma-separated subset of: {_ANALYSES} (default: all)",
     )
+    p.add_argument(
+        "--top-k", type=int, default=5, help="predictions listed per position (default 5)"
+    )
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_dtype_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumenlm.inspect import write_inspection
+    from lumenlm.inspect import parse_analyses, write_report
     from lumenlm.modelio import check_output_dir, load
 
     check_positive(args, "top_k")
+    analyses = parse_analyses(args.analyses)
     check_output_dir(args.out, "--out")
-    model = load(args.model, verify=args.verify)
-    paths = write_inspection(model, args.text, args.out, top_k=args.top_k)
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
+    model = load(args.model, device=args.device, dtype=torch_dtype(args.dtype), verify=args.verify)
+    report = write_report(model, args.text, args.out, analyses, top_k=args.top_k)
+    if report.notice:
+        print(f"lumenlm inspect: note: {report.notice}", file=sys.stderr)
+    for name, paths in report.files.items():
+        print(f"{name}: {', '.join(str(p) for p in paths)}")
+    print(f"index: {report.index}")
     return 0

@@ -1,0 +1,58 @@
+"""Matplotlib on the headless Agg backend, and the one labelled heat map the analyses share.
+Figures are written with `modelio.save_figure` (atomic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lumenlm.modelio import save_figure
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on Agg (no display needed); imported only when drawing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def heatmap(
+    grid: list[list[float]],
+    path: Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    xticks: list[str] | None = None,
+    yticks: list[str] | None = None,
+    colorbar: str = "",
+    annotate: bool = True,
+) -> None:
+    """A heat map of `grid` (rows x columns) with each cell's value written in it."""
+    plt = pyplot()
+    rows, cols = len(grid), len(grid[0])
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * cols + 2.5), max(2.5, 0.5 * rows + 1.8)))
+    im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(range(cols), xticks if xticks is not None else [str(c) for c in range(cols)])
+    ax.set_yticks(range(rows), yticks if yticks is not None else [str(r) for r in range(rows)])
+    if annotate and rows * cols <= 400:
+        lo, hi = im.get_clim()
+        for r in range(rows):
+            for c in range(cols):
+                v = grid[r][c]
+                dark = (v - lo) / ((hi - lo) or 1.0) < 0.5
+                colour = "white" if (dark and cmap != "RdBu_r") else "black"
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color=colour)
+    cb = fig.colorbar(im, ax=ax)
+    cb.set_label(colorbar)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
