@@ -167,3 +167,45 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().err.count("\n") == 1
     assert cli_main(["generate", str(no_tok), "--prompt", "x", "--top-p", "2"]) != 0
     assert "--top-p" in capsys.readouterr().err
+
+
+def test_a_seed_seeds_the_conversation_once(tok) -> None:  # noqa: F811
+    model = make_model("tiny-gpt2")
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=3, ignore_eos=True)
+
+    def conversation(session: ChatSession) -> list[str]:
+        return ["".join(session.send("hello")) for _ in range(2)]
+
+    a = ChatSession(model, tok, params=params)
+    first = conversation(a)
+    assert first == conversation(ChatSession(model, tok, params=params))  # reproducible
+    # the same prompt twice (history cleared, stream not): the second draw continues the
+    # stream instead of replaying the first (what re-seeding every turn would do)
+    b = ChatSession(model, tok, params=params)
+    one = "".join(b.send("hello"))
+    b.history = []
+    assert "".join(b.send("hello")) != one
+    a.reset()
+    assert conversation(a) == first  # /reset starts the stream again
+
+
+def test_blank_lines_collapse_and_a_stopped_reply_is_kept(tok) -> None:  # noqa: F811
+    from lumenlm.infer.chat import BlankLines
+
+    b = BlankLines()
+    parts = ["\n", "Hi", "\n", "\n", " \n", "\n\n", "  there", "\n\n\n"]
+    assert "".join(b.feed(p) for p in parts) + b.finish() == "Hi\n\n  there"
+    session = ChatSession(make_model("tiny-gpt2"), tok, params=SamplingParams(max_new_tokens=50))
+    reply = session.send("hello")
+    got = next(reply) + next(reply)
+    reply.close()  # what Ctrl-C does
+    assert session.history[-1] == {"role": "assistant", "content": got.strip()}
+
+
+def test_repl_temp_and_help(tok) -> None:  # noqa: F811
+    session = ChatSession(make_model("tiny-gpt2"), tok, params=SamplingParams(max_new_tokens=2))
+    out = io.StringIO()
+    run_repl(session, io.StringIO("/temp 0.3\n/temp hot\n/temp 1000\n/help\n"), out)
+    text = out.getvalue()
+    assert "(temperature 0.3)" in text and session.params.temperature == 0.3
+    assert text.count("/temp X:") == 2 and "(commands: /reset" in text

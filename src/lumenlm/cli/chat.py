@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="interactive chat with a model",
         description="Chat with a model in the terminal using its chat template (default: the "
         "Librarian card's 'User: ...\\nAssistant:'). Replies stream; the history is trimmed to "
-        "fit the context window. Commands: /reset, /system TEXT, /exit. Reads piped stdin too; "
+        "fit the context window. Line editing and history (readline); Ctrl-C stops a reply, "
+        "twice at the prompt quits; --seed seeds the conversation once (/reset starts it "
+        "again). Commands: /reset, /system TEXT, /temp X, /help, /exit. Reads piped stdin too; "
         "input that is not UTF-8 is read with undecodable bytes replaced by U+FFFD, and a line "
         "keeps its first {max_line} characters.",
         formatter_class=LimitsHelp,

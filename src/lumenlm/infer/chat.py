@@ -2,16 +2,25 @@
 
 Templates (how messages become a prompt, how much history fits) are owned by
 `lumenlm.data.chat_template`, shared with fine-tuning and export.
+
+As a person uses it: interactively, lines are read with `input()` and so with
+readline's line editing and history (arrow keys, Ctrl-R); Ctrl-C during a reply stops
+that reply (what was said so far stays in the conversation), Ctrl-C at an empty prompt
+asks once and a second one quits, Ctrl-D quits. A seed seeds the conversation once: its
+replies continue one random stream (a second turn does not replay the first's), and
+`/reset` starts the stream again. Runs of blank lines in a reply print as one blank
+line. Commands: /reset, /system TEXT, /temp X, /help, /exit.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 from lumenlm.data.chat_template import ChatTemplate, render_fitted
-from lumenlm.infer.sampling import SamplingParams
+from lumenlm.infer.sampling import SamplingParams, make_generator
 from lumenlm.infer.text import check_text, replace_invalid
 
 if TYPE_CHECKING:
@@ -38,9 +47,16 @@ class ChatSession:
         )
         self.system = system
         self.history: list[dict[str, str]] = []
+        self.generator = make_generator(self.params.seed)
 
     def reset(self) -> None:
+        """Forget the conversation; a seeded conversation starts its random stream again."""
         self.history = []
+        self.generator = make_generator(self.params.seed)
+
+    def set_temperature(self, value: float) -> None:
+        """Change the temperature for the next replies (ValueError outside its range)."""
+        self.params = replace(self.params, temperature=value)
 
     def messages(self) -> list[dict[str, str]]:
         sys_msg = [{"role": "system", "content": self.system}] if self.system else []
@@ -60,9 +76,8 @@ class ChatSession:
         )
 
     def send(self, user_message: str) -> Iterator[str]:
-        """Stream the reply's text deltas; the turn is added to the history at the end."""
-        from dataclasses import replace
-
+        """Stream the reply's text deltas; the turn is added to the history at the end,
+        also when the caller stops early (Ctrl-C): then with the reply so far."""
         from lumenlm.infer.generate import stream_generate
 
         prompt = self.prompt_for(user_message)
@@ -73,21 +88,66 @@ class ChatSession:
         params = replace(self.params, stop=stop, stop_token_ids=tuple(dict.fromkeys(ids)))
         pieces: list[str] = []
         first = True
-        for ev in stream_generate(self.model, prompt, params, tokenizer=self.tokenizer):
-            text = ev.text
-            if first and text:  # the template ends in "Assistant:"; drop the model's space
-                text = text.lstrip(" ")
-                first = not text
-            if text:
-                pieces.append(text)
-                yield text
-        self.history += [
-            {"role": "user", "content": user_message},
-            {"role": "assistant", "content": "".join(pieces).strip()},
-        ]
+        events = stream_generate(
+            self.model, prompt, params, tokenizer=self.tokenizer, generator=self.generator
+        )
+        try:
+            for ev in events:
+                text = ev.text
+                if first and text:  # the template ends in "Assistant:"; drop the model's space
+                    text = text.lstrip(" ")
+                    first = not text
+                if text:
+                    pieces.append(text)
+                    yield text
+        finally:
+            events.close()
+            self.history += [
+                {"role": "user", "content": user_message},
+                {"role": "assistant", "content": "".join(pieces).strip()},
+            ]
 
 
-HELP = "commands: /reset (forget the conversation), /system TEXT (set; /system alone clears), /exit"
+class BlankLines:
+    """Streamed text with every run of blank lines shown as one blank line, and no
+    blank lines before the first text or after the last (`feed`, then `finish`).
+
+    Newlines and spaces are held back until the next visible character shows whether
+    they separate text (kept, at most two newlines in a row) or end the reply (dropped).
+    """
+
+    def __init__(self) -> None:
+        self.newlines = 0
+        self.space = ""  # spaces/tabs since the last newline, not yet shown
+        self.started = False
+
+    def feed(self, text: str) -> str:
+        out: list[str] = []
+        for ch in text:
+            if ch == "\n":
+                self.newlines += 1
+                self.space = ""  # a line's trailing spaces (or a blank line's) never show
+            elif ch in " \t\r":
+                self.space += ch
+            else:
+                if self.started:
+                    out.append("\n" * min(self.newlines, 2) + self.space)
+                out.append(ch)
+                self.started = True
+                self.newlines, self.space = 0, ""
+        return "".join(out)
+
+    def finish(self) -> str:
+        """End of the reply: what is held back is trailing whitespace, dropped."""
+        self.newlines, self.space = 0, ""
+        return ""
+
+
+HELP = (
+    "commands: /reset (forget the conversation), /system TEXT (set; /system alone clears), "
+    "/temp X (sampling temperature; 0 = greedy), /help, /exit; Ctrl-C stops a reply, "
+    "twice at the prompt quits"
+)
 MAX_LINE = 100_000  # characters of one input line kept; the rest of the line is skipped
 
 
@@ -96,6 +156,7 @@ def run_repl(
 ) -> int:
     """Read user lines, stream replies. Works interactively and with piped stdin.
 
+    Interactive (both ends a terminal): `input()` with readline editing and history.
     Input that is not UTF-8 does not stop the loop: `sys.stdin` is read with
     `errors="replace"` and what is still not valid Unicode is replaced too, so an
     undecodable byte reaches the model as U+FFFD. A line longer than `MAX_LINE`
@@ -108,44 +169,106 @@ def run_repl(
     stdout = stdout or sys.stdout
     interactive = stdin.isatty() and stdout.isatty()
     if interactive:
+        _enable_readline()
         stdout.write(f"lumenlm chat; {HELP}\n")
+    interrupted = False  # the last thing at the prompt was a Ctrl-C
     while True:
-        if interactive:
-            stdout.write("User: ")
-            stdout.flush()
-        line = stdin.readline(MAX_LINE + 1)
-        if not line:  # EOF
+        try:
+            line = _read_line(stdin, stdout, interactive)
+        except KeyboardInterrupt:
+            if interrupted:
+                stdout.write("\n")
+                return 0
+            interrupted = True
+            stdout.write("\n(Ctrl-C again to quit, or type a message)\n")
+            continue
+        interrupted = False
+        if line is None:  # EOF
             if interactive:
                 stdout.write("\n")
             return 0
-        if len(line) > MAX_LINE and not line.endswith("\n"):
-            while (rest := stdin.readline(MAX_LINE)) and not rest.endswith("\n"):
-                pass
-            line = line[:MAX_LINE]
-            stdout.write(f"(line cut to its first {MAX_LINE} characters)\n")
-        msg = replace_invalid(line.rstrip("\r\n"))
+        msg = replace_invalid(line)
         if not msg.strip():
             continue
         if msg.startswith("/"):
-            cmd, _, arg = msg.partition(" ")
-            if cmd in ("/exit", "/quit"):
+            if _command(session, msg, stdout):
                 return 0
-            if cmd == "/reset":
-                session.reset()
-                stdout.write("(conversation reset)\n")
-            elif cmd == "/system":
-                session.system = arg.strip() or None
-                stdout.write(f"(system prompt {'set' if session.system else 'cleared'})\n")
-            else:
-                stdout.write(f"(unknown command {cmd}; {HELP})\n")
-            stdout.flush()
             continue
         if not interactive:
             stdout.write(f"User: {msg}\n")
         stdout.write("Assistant: ")
         stdout.flush()
-        for delta in session.send(msg):
-            stdout.write(delta)
-            stdout.flush()
-        stdout.write("\n")
+        _reply(session, msg, stdout)
+
+
+def _enable_readline() -> None:
+    """Line editing and history for `input()` (absent on some platforms: plain input)."""
+    try:
+        import readline  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _read_line(stdin: TextIO, stdout: TextIO, interactive: bool) -> str | None:
+    """One user line without its newline; None at EOF."""
+    if interactive and stdin is sys.stdin:
+        try:
+            line = input("User: ")
+        except EOFError:
+            return None
+        return line[:MAX_LINE]
+    if interactive:
+        stdout.write("User: ")
         stdout.flush()
+    line = stdin.readline(MAX_LINE + 1)
+    if not line:
+        return None
+    if len(line) > MAX_LINE and not line.endswith("\n"):
+        while (rest := stdin.readline(MAX_LINE)) and not rest.endswith("\n"):
+            pass
+        line = line[:MAX_LINE]
+        stdout.write(f"(line cut to its first {MAX_LINE} characters)\n")
+    return line.rstrip("\r\n")
+
+
+def _command(session: ChatSession, msg: str, stdout: TextIO) -> bool:
+    """Run a /command; True when it ends the chat."""
+    cmd, _, arg = msg.partition(" ")
+    if cmd in ("/exit", "/quit"):
+        return True
+    if cmd == "/reset":
+        session.reset()
+        stdout.write("(conversation reset)\n")
+    elif cmd == "/system":
+        session.system = arg.strip() or None
+        stdout.write(f"(system prompt {'set' if session.system else 'cleared'})\n")
+    elif cmd == "/temp":
+        try:
+            session.set_temperature(float(arg))
+            stdout.write(f"(temperature {session.params.temperature:g})\n")
+        except ValueError as exc:
+            why = str(exc) if arg.strip() else "give a number"
+            stdout.write(f"(/temp X: {why}; e.g. /temp 0.7)\n")
+    elif cmd == "/help":
+        stdout.write(f"({HELP})\n")
+    else:
+        stdout.write(f"(unknown command {cmd}; {HELP})\n")
+    stdout.flush()
+    return False
+
+
+def _reply(session: ChatSession, msg: str, stdout: TextIO) -> None:
+    """Stream one reply; Ctrl-C stops it (the conversation goes on)."""
+    blank = BlankLines()
+    reply = session.send(msg)
+    try:
+        for delta in reply:
+            out = blank.feed(delta)
+            if out:
+                stdout.write(out)
+                stdout.flush()
+    except KeyboardInterrupt:
+        reply.close()
+        stdout.write(" (stopped)")
+    stdout.write(blank.finish() + "\n")
+    stdout.flush()
