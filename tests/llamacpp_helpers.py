@@ -99,7 +99,7 @@ def llama_cpp_tools() -> tuple[dict[str, Path] | None, str]:
     """(tools, "") when llama.cpp is built or builds now, else (None, why not)."""
     try:
         return build(), ""
-    except Exception as exc:  # noqa: BLE001 - any failure becomes the skip reason
+    except Exception as exc:  # any failure becomes the skip reason
         return None, f"llama.cpp could not be built from llama-cpp-python {VERSION}: {exc}"
 
 
