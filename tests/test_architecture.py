@@ -39,8 +39,11 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("errors", frozenset({"errors"})),
 ]
 # Same-layer imports that are allowed: (importer part, imported part).
-# Multiple-choice scoring reuses the inference engine's left padding.
-SIBLING_IMPORTS: frozenset[tuple[str, str]] = frozenset({("evaluate", "infer")})
+# Multiple-choice scoring reuses the inference engine's left padding; the server's
+# playground shows the inspect functions' attention maps, logit lens and token losses.
+SIBLING_IMPORTS: frozenset[tuple[str, str]] = frozenset(
+    {("evaluate", "infer"), ("infer", "inspect")}
+)
 # The public entry points above the CLI: may import anything, imported by nothing.
 FACADE = frozenset({PACKAGE, f"{PACKAGE}.__main__"})
 
