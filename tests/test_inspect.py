@@ -1,72 +1,104 @@
-"""`lumenlm inspect`: attention maps and logit lens agree with the model; bad sizes and
-output paths are refused in one line before any work."""
+"""`lumenlm inspect`: every analysis is written with an index.html that links only local
+files (no network request), --analyses picks a subset, bad input is one line and
+nothing is written, a long text is cropped with a notice."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lumenlm.cli import main
-from lumenlm.inspect import inspect_text
-from lumenlm.model import GPT
-from lumenlm.modelio import load, save_model
-from lumenlm.presets import get_preset
-from model_helpers import one_line_error
+from lumenlm.modelio import load
+from model_helpers import make_tokenizer, model_dir, one_line_error
+
+ALL_FILES = {
+    "attention.png",
+    "logit_lens.png",
+    "logit_lens.json",
+    "token_loss.html",
+    "dla_heads.png",
+    "dla_layers.png",
+    "head_ablation.png",
+    "induction.png",
+    "inspect.json",
+    "index.html",
+}
 
 
-def _model_dir(tmp_path):
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(
-        ["the cat sat on the mat. " * 20, "a dog ran in the park. " * 20], trainer
-    )
-    tok.save(str(tmp_path / "tokenizer.json"))
-    cfg = get_preset("lumiere-1m").model.replace(vocab_size=tok.get_vocab_size())
-    save_model(GPT(cfg), tmp_path / "m", tokenizer_path=tmp_path / "tokenizer.json")
-    return tmp_path / "m"
+@pytest.fixture(scope="module")
+def mdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("inspect")
+    return model_dir(root / "m", tokenizer=make_tokenizer(root / "t.json"), preset="tiny")
 
 
-def test_inspection_matches_model(tmp_path) -> None:
-    model = load(_model_dir(tmp_path))
-    ins = inspect_text(model, "the cat sat on the mat")
-    T = len(ins.ids)
-    assert len(ins.attentions) == 4 and ins.attentions[0].shape == (4, T, T)
-    assert len(ins.hidden_states) == 5
-    # The last logit-lens entry is exactly the model's output distribution.
-    logits = model(torch.tensor([ins.ids])).logits[0]
-    torch.testing.assert_close(
-        ins.lens_logprobs[-1], torch.log_softmax(logits, -1), rtol=1e-5, atol=1e-5
-    )
+def _local_refs_only(page: Path) -> list[str]:
+    text = page.read_text()
+    assert not re.search(r"(https?:)?//", text.replace("<!doctype html>", "")), page
+    refs = re.findall(r"(?:href|src)='([^']+)'", text)
+    for ref in refs:
+        assert ref.startswith("#") or (page.parent / ref).is_file(), ref
+    return refs
 
 
-def test_cli_writes_png_and_json(tmp_path, capsys) -> None:
-    mdir = _model_dir(tmp_path)
-    assert main(["inspect", str(mdir), "--text", "the dog ran", "--out", str(tmp_path / "o")]) == 0
-    doc = json.loads((tmp_path / "o" / "inspect.json").read_text())
-    assert doc["tokens"] and len(doc["layers"]) == 4 and len(doc["logit_lens"]) == 5
-    for name in ("attention.png", "logit_lens.png"):
-        assert (tmp_path / "o" / name).read_bytes()[:4] == b"\x89PNG"
+def test_cli_writes_every_analysis_and_an_index(mdir, tmp_path, capsys) -> None:
+    out = tmp_path / "o"
+    assert main(["inspect", str(mdir), "--text", "the dog ran to the park", "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == ALL_FILES
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    refs = _local_refs_only(out / "index.html")
+    assert ALL_FILES - {"index.html"} <= set(refs)
+    _local_refs_only(out / "token_loss.html")
+    doc = json.loads((out / "inspect.json").read_text())
+    assert set(doc) == {
+        "attention",
+        "logit_lens",
+        "token_loss",
+        "dla",
+        "head_ablation",
+        "induction",
+    }
+    assert doc["attention"]["tokens"] == doc["token_loss"]["tokens"]
+    assert "index:" in capsys.readouterr().out
+
+
+def test_analyses_subset_long_text_and_bf16(mdir, tmp_path, capsys) -> None:
+    out = tmp_path / "o"
+    text = "once upon a time there was a big red book. " * 20  # far past 64 tokens
+    argv = ["inspect", str(mdir), "--text", text, "--out", str(out)]
+    assert main([*argv, "--analyses", "token_loss, attention", "--dtype", "bf16"]) == 0
+    assert {p.name for p in out.iterdir()} == {
+        "token_loss.html",
+        "attention.png",
+        "inspect.json",
+        "index.html",
+    }
+    err = capsys.readouterr().err
+    assert "longer than the context (64); kept the first 64" in err
+    doc = json.loads((out / "inspect.json").read_text())
+    assert len(doc["token_loss"]["tokens"]) == 64 and doc["token_loss"]["notice"]
+    assert "kept the first 64" in (out / "index.html").read_text()
+
+
+@pytest.mark.parametrize("spec", ["attention,nope", "", "logit-lens"])
+def test_unknown_analysis_is_one_line_and_writes_nothing(mdir, tmp_path, capsys, spec) -> None:
+    argv = ["inspect", str(mdir), "--text", "a", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--analyses", spec]) == 2
+    one_line_error(capsys.readouterr().err, "choose from attention, logit_lens")
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("top_k", ["0", "-3", "vocab + 1"])
-def test_top_k_out_of_range_is_one_line(tmp_path, capsys, top_k: str) -> None:
-    mdir = _model_dir(tmp_path)
+def test_top_k_out_of_range_is_one_line(mdir, tmp_path, capsys, top_k: str) -> None:
     vocab = load(mdir).config.vocab_size
     top_k = str(vocab + 1) if top_k == "vocab + 1" else top_k
     argv = ["inspect", str(mdir), "--text", "the dog", "--out", str(tmp_path / "o")]
     assert main([*argv, "--top-k", top_k]) == 2
     one_line_error(capsys.readouterr().err, "--top-k must be", f"got {top_k}")
     assert not (tmp_path / "o").exists()  # refused before anything was written
-    assert main([*argv, "--top-k", str(vocab)]) == 0
 
 
 def test_unwritable_out_refused_before_loading(tmp_path, capsys, monkeypatch) -> None:

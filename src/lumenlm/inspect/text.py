@@ -80,4 +80,4 @@ def top_tokens(logprobs: torch.Tensor, tokenizer: Any, k: int) -> list[list[dict
 
 def rounded(t: torch.Tensor, digits: int = 5) -> Any:
     """A tensor as nested lists of rounded floats (JSON-able, small)."""
-    return torch.round(t.detach().float().cpu(), decimals=digits).tolist()
+    return torch.round(t.detach().double().cpu(), decimals=digits).tolist()
