@@ -38,6 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,6 +200,7 @@ class BatchEngine:
         self.cache = SlotCache(model, slots, self.ctx)
         self.active: list[_Slot] = []  # active[r] decodes in cache row r
         self.waiting: deque[Sequence_] = deque()
+        self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self.steps = 0  # batched decode steps run (for tests and stats)
         self._cond = threading.Condition()
         self._closed = False
@@ -284,6 +286,18 @@ class BatchEngine:
             self._cond.notify()
         return seqs
 
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn()` on the engine thread between two steps (a Future of its result):
+        for other work on the same model, such as inspecting it with hooks, which must
+        not run while a decode step does."""
+        fut: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._calls.append((fn, fut))
+            self._cond.notify()
+        return fut
+
     def stats(self) -> dict[str, int]:
         """Slots, active and waiting sequences, decode steps so far."""
         with self._cond:
@@ -306,13 +320,26 @@ class BatchEngine:
         try:
             while True:
                 with self._cond:
-                    while not self._closed and not self.waiting and not self.active:
+                    while (
+                        not self._closed
+                        and not self.waiting
+                        and not self.active
+                        and not self._calls
+                    ):
                         self._cond.wait()
                     if self._closed:
                         break
                     admit = []
                     while self.waiting and len(self.active) + len(admit) < self.slots:
                         admit.append(self.waiting.popleft())
+                    calls = list(self._calls)
+                    self._calls.clear()
+                for fn, fut in calls:
+                    if fut.set_running_or_notify_cancel():
+                        try:
+                            fut.set_result(fn())
+                        except Exception as exc:  # the caller's error, not the engine's
+                            fut.set_exception(exc)
                 self._iteration(admit)
         except Exception as exc:  # a bug or out of memory: every sequence learns of it
             self._fail_all(f"engine failed: {type(exc).__name__}: {exc}")
@@ -328,6 +355,11 @@ class BatchEngine:
         self.active = []
         self.cache.lengths = []
         self.cache.length = 0
+        with self._cond:
+            calls = list(self._calls)
+            self._calls.clear()
+        for _, fut in calls:
+            fut.cancel()
         for seq in pending:
             seq._emit(Event([], "", None if error else "cancelled", error=error))
 

@@ -10,7 +10,7 @@ cancelled.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from lumenlm.infer.schema import error_response
@@ -62,14 +62,20 @@ PUBLIC = frozenset({"/health"})
 
 
 class APIKeyMiddleware:
-    """ASGI middleware: every request but `PUBLIC` paths needs `Authorization: Bearer KEY`
-    (401 otherwise)."""
+    """ASGI middleware: every request but `public` paths (and those under `public_prefix`)
+    needs `Authorization: Bearer KEY` (401 otherwise)."""
 
-    def __init__(self, app: Any, api_key: str) -> None:
+    def __init__(
+        self, app: Any, api_key: str, public: Collection[str] = PUBLIC, public_prefix: str = ""
+    ) -> None:
         self.app, self.api_key = app, api_key.encode()
+        self.public, self.prefix = frozenset(public), public_prefix
+
+    def _is_public(self, path: str) -> bool:
+        return path in self.public or bool(self.prefix and path.startswith(self.prefix))
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and scope.get("path", "") not in PUBLIC:
+        if scope["type"] == "http" and not self._is_public(scope.get("path", "")):
             got = dict(scope.get("headers") or []).get(b"authorization", b"")
             token = got[7:] if got[:7].lower() == b"bearer " else b""
             if not secrets.compare_digest(token, self.api_key):

@@ -75,7 +75,7 @@ def create_app(
     slots: int = 8,
     max_queue: int = 64,
     request_timeout: float | None = 600.0,
-    ui: bool = False,
+    ui: bool = True,
     engine: BatchEngine | None = None,
 ) -> FastAPI:
     """A FastAPI app serving `model` (see the module docstring). `engine`: an engine to
@@ -104,8 +104,13 @@ def create_app(
         title="lumenlm", description="OpenAI-compatible API for a lumenlm model", lifespan=lifespan
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-    if api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    if api_key:  # the playground's page is public (it holds no data and asks for the key)
+        from lumenlm.infer.ui import PAGE_PATHS, STATIC_PREFIX
+
+        page = (PAGE_PATHS, STATIC_PREFIX) if ui else (frozenset(), "")
+        app.add_middleware(
+            APIKeyMiddleware, api_key=api_key, public=PUBLIC | page[0], public_prefix=page[1]
+        )
     app.state.engine = eng
 
     # -- errors in OpenAI's shape ------------------------------------------------------
@@ -451,7 +456,7 @@ def create_app(
     if ui:
         from lumenlm.infer.ui import add_ui
 
-        add_ui(app, model, model_name=model_name, template=template, api_key=bool(api_key))
+        add_ui(app, model, model_name=model_name, template=template, engine=eng)
 
     keyless = PUBLIC if api_key else None
     app.openapi = openapi_without_422(app, keyless)  # type: ignore[method-assign]
