@@ -27,6 +27,7 @@ import torch
 
 from lumenlm.config import ModelConfig
 from lumenlm.data.download import sha256_file
+from lumenlm.devices import warn_slow_bf16
 from lumenlm.errors import CheckpointError, ConfigError, first_line
 from lumenlm.model import GPT
 
@@ -276,6 +277,8 @@ def load(
     model.tokenizer = tokenizer
     model.meta = doc
     model.model_dir = model_dir
+    if dtype == torch.bfloat16:
+        warn_slow_bf16(device, "--dtype bf16")
     model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     model.eval()
     return model

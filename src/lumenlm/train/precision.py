@@ -1,6 +1,10 @@
 """Mixed precision: autocast context and (for fp16) a gradient scaler.
 
 "auto" picks bf16 on CUDA when the GPU supports it (else fp16) and fp32 on CPU/MPS.
+On a CPU without native bf16 (no AMX-BF16/AVX512-BF16), an explicit bf16 prints a
+one-line warning with the measured slowdown (`devices.warn_slow_bf16`). "auto" stays
+fp32 on every CPU for now: bf16 autocast's speed-up and its loss against fp32 have not
+been measured on a native-bf16 CPU by this project yet (see benchmarks/RESULTS.md).
 bf16 needs no scaler: it has fp32's exponent range. fp16 gradients underflow without
 loss scaling, so fp16 always trains with a `torch.amp.GradScaler` for its device.
 fp16 on CPU is slow on most processors, but it runs the same scaler code path as a
@@ -20,6 +24,7 @@ from typing import Any, get_args
 import torch
 
 from lumenlm.config import Dtype
+from lumenlm.devices import warn_slow_bf16
 from lumenlm.errors import ConfigError
 
 
@@ -33,6 +38,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in get_args(Dtype):
         choices = ", ".join(get_args(Dtype))
         raise ConfigError(f"unknown precision {precision!r}; choose {choices} or auto")
+    if precision == "bf16":
+        warn_slow_bf16(device, "--precision bf16")
     return precision
 
 
