@@ -163,8 +163,8 @@ async function streamReply() {
   } finally {
     item.removeAttribute("aria-busy");
     state.abort = null;
-    setBusy(false);
     if (!reply.content) { chat.messages.pop(); item.remove(); }
+    setBusy(false);
     saveChats();
     $("chat-input").focus();
   }
