@@ -85,7 +85,7 @@ class Event:
     error: str | None = None
 
 
-class Sequence_:
+class SequenceHandle:
     """A submitted sequence: iterate it for its `Event`s, or `cancel()` it.
 
     With `on_event` the events go to that callable (called on the engine thread; the
@@ -149,7 +149,7 @@ class _Slot:
     """Per-sequence decoding state while it holds a slot."""
 
     def __init__(
-        self, seq: Sequence_, tokenizer: Any, stop_ids: set[int], vocab: int, device: Any
+        self, seq: SequenceHandle, tokenizer: Any, stop_ids: set[int], vocab: int, device: Any
     ) -> None:
         p = seq.params
         self.seq = seq
@@ -199,7 +199,7 @@ class BatchEngine:
         self.eos = special_id(self.tokenizer, EOS_TOKEN)
         self.cache = SlotCache(model, slots, self.ctx)
         self.active: list[_Slot] = []  # active[r] decodes in cache row r
-        self.waiting: deque[Sequence_] = deque()
+        self.waiting: deque[SequenceHandle] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self.steps = 0  # batched decode steps run (for tests and stats)
         self._cond = threading.Condition()
@@ -218,7 +218,7 @@ class BatchEngine:
         prompt_logprobs: bool = False,
         timeout: float | None = None,
         on_event: Callable[[Event], None] | None = None,
-    ) -> Sequence_:
+    ) -> SequenceHandle:
         """Queue one sequence; see `submit_many`."""
         [seq] = self.submit_many(
             [prompt],
@@ -241,7 +241,7 @@ class BatchEngine:
         prompt_logprobs: bool = False,
         timeout: float | None = None,
         on_event: Sequence[Callable[[Event], None]] | None = None,
-    ) -> list[Sequence_]:
+    ) -> list[SequenceHandle]:
         """Queue sequences together (all or none: `QueueFull` when they do not fit).
 
         Sequence i samples with seed `params.seed + seed_offset + i` (like row i of
@@ -266,7 +266,7 @@ class BatchEngine:
                 seed = None if params.seed is None else params.seed + seed_offset + i
                 gen = make_generator(seed, self.device)
             seqs.append(
-                Sequence_(
+                SequenceHandle(
                     ids,
                     params,
                     gen,
@@ -364,7 +364,7 @@ class BatchEngine:
             seq._emit(Event([], "", None if error else "cancelled", error=error))
 
     @torch.inference_mode()
-    def _iteration(self, admit: list[Sequence_]) -> None:
+    def _iteration(self, admit: list[SequenceHandle]) -> None:
         now = time.monotonic()
         for r in range(len(self.active) - 1, -1, -1):  # from the end: removal moves the last
             seq = self.active[r].seq
@@ -399,7 +399,7 @@ class BatchEngine:
         self.steps += 1
         self._sample_all(out.logits[:, -1])
 
-    def _admit(self, seq: Sequence_) -> None:
+    def _admit(self, seq: SequenceHandle) -> None:
         slot = _Slot(seq, self.tokenizer, self._stop_ids(seq.params), self.vocab, self.device)
         if seq.params.max_new_tokens == 0:
             if seq.want_prompt_logprobs:

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from lumenlm.infer.batch_engine import BatchEngine, Event, Sequence_
+from lumenlm.infer.batch_engine import BatchEngine, Event, SequenceHandle
 from lumenlm.infer.sampling import SamplingParams
 
 POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is there
@@ -43,7 +43,7 @@ class EngineCall:
 
             return post
 
-        self.seqs: list[Sequence_] = engine.submit_many(
+        self.seqs: list[SequenceHandle] = engine.submit_many(
             rows,
             params,
             logprobs=logprobs,
