@@ -39,9 +39,10 @@ def write(data: dict[str, Any], out: Path) -> list[Path]:
     plt = pyplot()
     n_layers, n_heads, tokens = data["n_layers"], data["n_heads"], data["tokens"]
     T = len(tokens)
-    size = max(2.2, min(4.0, 0.22 * T))
+    size = max(2.5, min(6.0, 0.13 * T))
+    font = max(3.0, min(7.0, 160 / T))
     fig, axes = plt.subplots(
-        n_layers, n_heads, figsize=(size * n_heads + 0.5, size * n_layers + 0.5), squeeze=False
+        n_layers, n_heads, figsize=(size * n_heads + 1, size * n_layers + 1), squeeze=False
     )
     labels = [label(t) for t in tokens]
     for layer in range(n_layers):
@@ -49,11 +50,14 @@ def write(data: dict[str, Any], out: Path) -> list[Path]:
             ax = axes[layer][head]
             ax.imshow(data["patterns"][layer][head], cmap="viridis", vmin=0, vmax=1)
             ax.set_title(f"L{layer} H{head}", fontsize=9)
-            if T <= 24:
-                ax.set_xticks(range(T), labels, rotation=90, fontsize=6)
-                ax.set_yticks(range(T), labels, fontsize=6)
+            # Token labels on the outer axes: keys below the last row, queries left.
+            if layer == n_layers - 1 and T <= 96:
+                ax.set_xticks(range(T), labels, rotation=90, fontsize=font)
             else:
                 ax.set_xticks([])
+            if head == 0 and T <= 96:
+                ax.set_yticks(range(T), labels, fontsize=font)
+            else:
                 ax.set_yticks([])
     fig.suptitle("attention patterns (row: query token, column: key token)", fontsize=10)
     fig.tight_layout()

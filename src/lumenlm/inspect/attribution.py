@@ -88,7 +88,7 @@ def direct_logit_attribution(model: Any, tokenizer: Any, text: str) -> dict[str,
 def write(data: dict[str, Any], out: Path) -> list[Path]:
     """dla_heads.png (last position, layer x head) and dla_layers.png (per layer)."""
     t = len(data["tokens"]) - 1
-    what = f"after {label(data['tokens'][t])!r} -> predicted {label(data['predicted'][t])!r}"
+    what = f"after '{label(data['tokens'][t])}' -> predicted '{label(data['predicted'][t])}'"
     heads = data["heads"][t]
     lim = max(1e-6, max(abs(v) for row in heads for v in row))
     p1, p2 = out / "dla_heads.png", out / "dla_layers.png"

@@ -70,11 +70,15 @@ def induction_scores(
 def write(data: dict[str, Any], out: Path) -> list[Path]:
     """induction.png: the layer x head heat map of scores."""
     path = out / "induction.png"
+    title = (
+        f"induction score: {data['seq_len']} random tokens, repeated\n"
+        f"loss {data['loss_first_half']:.2f} on the first copy, {data['loss_repeat']:.2f} "
+        "on the repeat"
+    )
     heatmap(
         data["scores"],
         path,
-        f"induction score ({data['seq_len']} random tokens x 2; "
-        f"loss {data['loss_first_half']:.2f} -> {data['loss_repeat']:.2f} on the repeat)",
+        title,
         "head",
         "layer",
         cmap="viridis",

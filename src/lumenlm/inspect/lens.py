@@ -55,7 +55,7 @@ def write(data: dict[str, Any], out: Path) -> list[Path]:
     atomic_write_text(json_path, json.dumps(data) + "\n")
     prob = [[pos[0]["prob"] for pos in layer] for layer in data["top"]]
     rows, T = len(prob), len(prob[0])
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * T + 2), 0.55 * rows + 2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * T + 2.5), 0.8 * rows + 2.5))
     im = ax.imshow(prob, cmap="Blues", vmin=0, vmax=1, aspect="auto")
     if T <= 40:
         for r in range(rows):
@@ -66,7 +66,7 @@ def write(data: dict[str, Any], out: Path) -> list[Path]:
                     label(data["top"][r][c][0]["token"])[:8],
                     ha="center",
                     va="center",
-                    fontsize=6,
+                    fontsize=7,
                     color="white" if prob[r][c] > 0.6 else "black",
                 )
     ax.set_yticks(range(rows), data["layers"])

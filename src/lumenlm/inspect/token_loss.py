@@ -5,6 +5,7 @@ The page is self-contained (inline CSS, no script, no network request)."""
 from __future__ import annotations
 
 import html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def render(data: dict[str, Any]) -> str:
             tip = "first token: no prediction"
         else:
             preds = "\n".join(f"  {p['token']!r}  {p['prob']:.3f}" for p in top)
-            tip = f"token {t}: {token!r}\nloss {loss:.3f} (p = {2.718281828**-loss:.3f})\n"
+            tip = f"token {t}: {token!r}\nloss {loss:.3f} (p = {math.exp(-loss):.3g})\n"
             tip += f"predicted:\n{preds}"
         spans.append(
             f'<span class="tok" style="background:{_colour(loss, hi)}">{html.escape(token)}'
