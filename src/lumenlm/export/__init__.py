@@ -5,6 +5,15 @@ remote code); `export_gguf`: GGUF files for llama.cpp; `import_hf`: a local
 transformers checkpoint (GPT-2 or Llama family) into a lumenlm model directory.
 """
 
+from lumenlm.export.gguf import export_gguf, gguf_architecture
 from lumenlm.export.hf import export_hf, hf_architecture, stock_architecture
+from lumenlm.export.hf_import import import_hf
 
-__all__ = ["export_hf", "hf_architecture", "stock_architecture"]
+__all__ = [
+    "export_gguf",
+    "export_hf",
+    "gguf_architecture",
+    "hf_architecture",
+    "import_hf",
+    "stock_architecture",
+]

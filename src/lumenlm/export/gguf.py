@@ -49,7 +49,7 @@ from lumenlm.data.chat_template import ChatTemplate
 from lumenlm.data.tokenizer import EOT, PAD
 from lumenlm.errors import ConfigError, LumenError
 from lumenlm.export.chat_jinja import to_jinja
-from lumenlm.export.hf import GPT2, LLAMA, _gpt2_problems, _llama_problems
+from lumenlm.export.hf import gpt2_problems, llama_problems
 from lumenlm.export.hf_tokenizer import special_tokens
 from lumenlm.export.outputs import (
     check_out_path,
@@ -66,12 +66,11 @@ if TYPE_CHECKING:
 OUTTYPES = ("f32", "f16", "q8_0")
 PRE_TOKENIZER = "gpt-2"
 """llama.cpp's name for the GPT-2 split regex, which is lumenlm's ByteLevel pre-tokenizer."""
-_ARCH_NAMES = {LLAMA: "llama", GPT2: "gpt2"}
 
 
 def gguf_architecture(cfg: ModelConfig) -> str:
     """ "llama" or "gpt2", or raise LumenError naming what each of them needs."""
-    gpt2, llama = _gpt2_problems(cfg), _llama_problems(cfg)
+    gpt2, llama = gpt2_problems(cfg), llama_problems(cfg)
     if not gpt2:
         return "gpt2"
     if not llama:

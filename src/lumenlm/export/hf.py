@@ -59,10 +59,10 @@ Converted = tuple[dict[str, Any], StateDict]
 def stock_architecture(cfg: ModelConfig) -> str:
     """The built-in transformers class that holds `cfg` exactly (GPT-2 or Llama), or raise
     LumenError naming what each one needs that `cfg` lacks."""
-    problems_gpt2 = _gpt2_problems(cfg)
+    problems_gpt2 = gpt2_problems(cfg)
     if not problems_gpt2:
         return GPT2
-    problems_llama = _llama_problems(cfg)
+    problems_llama = llama_problems(cfg)
     if not problems_llama:
         return LLAMA
     raise LumenError(
@@ -79,7 +79,8 @@ def hf_architecture(cfg: ModelConfig) -> str:
         return REMOTE
 
 
-def _gpt2_problems(cfg: ModelConfig) -> list[str]:
+def gpt2_problems(cfg: ModelConfig) -> list[str]:
+    """What GPT-2 (transformers' class, llama.cpp's gpt2) needs that `cfg` lacks; [] = fits."""
     checks = [
         (cfg.positions == "learned", "learned positions"),
         (cfg.norm == "layernorm" and cfg.norm_bias, "LayerNorm with bias"),
@@ -96,7 +97,8 @@ def _gpt2_problems(cfg: ModelConfig) -> list[str]:
     return [need for ok, need in checks if not ok]
 
 
-def _llama_problems(cfg: ModelConfig) -> list[str]:
+def llama_problems(cfg: ModelConfig) -> list[str]:
+    """What Llama (transformers' class, llama.cpp's llama) needs that `cfg` lacks; [] = fits."""
     checks = [
         (cfg.positions == "rope", "RoPE positions"),
         (cfg.norm == "rmsnorm", "RMSNorm"),
