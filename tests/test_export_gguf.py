@@ -36,8 +36,27 @@ def _hf_from_gguf(path, cfg):
     context_length into n_ctx (not n_positions, the position table) and ignores
     feed_forward_length (n_inner), so those two come from the file's own metadata."""
     kw = {}
+    r = gguf.GGUFReader(path)
+    names = {t.name for t in r.tensors}
+    if cfg.positions == "rope" and ("blk.0.attn_q.bias" in names or "blk.0.ffn_up.bias" in names):
+        # No GGUF key says "biases" (llama.cpp looks for the tensors); transformers' llama
+        # config mapping then leaves attention_bias/mlp_bias off and drops the biases.
+        kw["config"] = transformers.LlamaConfig(
+            vocab_size=int(r.fields["llama.vocab_size"].contents()),
+            hidden_size=int(r.fields["llama.embedding_length"].contents()),
+            intermediate_size=int(r.fields["llama.feed_forward_length"].contents()),
+            num_hidden_layers=int(r.fields["llama.block_count"].contents()),
+            num_attention_heads=int(r.fields["llama.attention.head_count"].contents()),
+            num_key_value_heads=int(r.fields["llama.attention.head_count_kv"].contents()),
+            head_dim=int(r.fields["llama.rope.dimension_count"].contents()),
+            max_position_embeddings=int(r.fields["llama.context_length"].contents()),
+            rms_norm_eps=float(r.fields["llama.attention.layer_norm_rms_epsilon"].contents()),
+            rope_theta=float(r.fields["llama.rope.freq_base"].contents()),
+            attention_bias="blk.0.attn_q.bias" in names,
+            mlp_bias="blk.0.ffn_up.bias" in names,
+            tie_word_embeddings="output.weight" not in names,
+        )
     if cfg.positions == "learned":
-        r = gguf.GGUFReader(path)
         kw["config"] = transformers.GPT2Config(
             vocab_size=len(r.fields["tokenizer.ggml.tokens"].data),
             n_positions=int(r.fields["gpt2.context_length"].contents()),
@@ -60,6 +79,7 @@ CASES = {
         "llama",
         {"n_kv_heads": 1, "tie_embeddings": False, "rope_theta": 5e5, "d_head": 32},
     ),
+    "llama-biases": ("llama", {"attn_bias": True, "mlp_bias": True}),
     "gpt2-tanh": ("gpt2", {"activation": "gelu_tanh"}),
 }
 
@@ -106,6 +126,7 @@ def test_reader_and_transformers_agree(tmp_path, case: str) -> None:
         assert _field(r, "tokenizer.ggml.add_bos_token") is False
         assert _field(r, "general.file_type") == {"f32": 0, "f16": 1, "q8_0": 7}[outtype]
         n_tensors = 2 + (0 if cfg.tie_embeddings else 1) + 9 * cfg.n_layers
+        n_tensors += cfg.n_layers * (4 * cfg.attn_bias + 3 * cfg.mlp_bias)
         if a == "gpt2":
             n_tensors = 4 + 12 * cfg.n_layers
         assert len(r.tensors) == n_tensors

@@ -74,8 +74,13 @@ def _greedy(model, ids: list[int], n: int, stop: set[int]) -> list[int]:
 
 @pytest.mark.parametrize(
     "arch,changes",
-    [("llama", {}), ("llama", {"n_kv_heads": 1, "rope_theta": 5e5}), ("gpt2", {})],
-    ids=["llama-gqa", "llama-mqa", "gpt2"],
+    [
+        ("llama", {}),
+        ("llama", {"n_kv_heads": 1, "rope_theta": 5e5}),
+        ("llama", {"attn_bias": True, "mlp_bias": True, "tie_embeddings": False}),
+        ("gpt2", {}),
+    ],
+    ids=["llama-gqa", "llama-mqa", "llama-biases-untied", "gpt2"],
 )
 def test_llama_cpp_tokenizes_and_continues_like_lumenlm(tmp_path, tools, arch, changes) -> None:
     # init_std 0.2: logits far enough apart that greedy choices are not near-ties.
