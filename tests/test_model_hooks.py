@@ -110,6 +110,7 @@ def test_hooks_context_removes_hooks_on_exception() -> None:
         assert model.hook_dict["hook_embed"].active
         _ = 1 / 0
     assert not any(hp.active for hp in model.hook_dict.values())
+    assert model._hook_switch.count == 0  # the forward is back on its unhooked path
     torch.testing.assert_close(model(x).logits, base, rtol=0, atol=0)
     with pytest.raises(ValueError, match="must keep"):
         model.run_with_hooks(x, fwd_hooks=[("blocks.0.attn.hook_z", lambda t, h: t[:, :1])])

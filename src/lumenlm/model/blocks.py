@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from lumenlm.config import ModelConfig
 from lumenlm.model.hook_points import HookPoint
 from lumenlm.model.kv_cache import KVCache
-from lumenlm.model.norms import make_norm
+from lumenlm.model.norms import make_norm, norm
 from lumenlm.model.positions import apply_rope
 
 
@@ -60,23 +60,24 @@ class Attention(nn.Module):
         mask: Tensor | None,
         cache: KVCache | None,
         need_weights: bool,
+        hooked: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.d_head)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.d_head)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.d_value)
-        if self.hook_q.active:
+        if hooked and self.hook_q.active:
             q = self.hook_q(q)
-        if self.hook_k.active:
+        if hooked and self.hook_k.active:
             k = self.hook_k(k)
-        if self.hook_v.active:
+        if hooked and self.hook_v.active:
             v = self.hook_v(v)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-            if self.hook_rot_q.active:
+            if hooked and self.hook_rot_q.active:
                 q = self.hook_rot_q(q.transpose(1, 2)).transpose(1, 2)
-            if self.hook_rot_k.active:
+            if hooked and self.hook_rot_k.active:
                 k = self.hook_rot_k(k.transpose(1, 2)).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
@@ -84,7 +85,8 @@ class Attention(nn.Module):
         is_causal = mask is None and k.shape[2] == T and T > 1
         dropout_p = self.attn_dropout if self.training else 0.0
         weights = None
-        need_weights = need_weights or self.hook_attn_scores.active or self.hook_pattern.active
+        if hooked:
+            need_weights = need_weights or self.hook_attn_scores.active or self.hook_pattern.active
         # Expand K/V so query head h reads KV head h // n_rep: for the explicit path, and
         # on CUDA when there is a mask (only the flash and math kernels take enable_gqa,
         # and flash takes no mask; expanded, the memory-efficient kernel can run).
@@ -99,10 +101,10 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(~causal, float("-inf"))
             elif mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
-            if self.hook_attn_scores.active:
+            if hooked and self.hook_attn_scores.active:
                 scores = self.hook_attn_scores(scores)
             weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-            if self.hook_pattern.active:
+            if hooked and self.hook_pattern.active:
                 weights = self.hook_pattern(weights)
             y = F.dropout(weights, dropout_p, self.training) @ v
         else:
@@ -116,7 +118,7 @@ class Attention(nn.Module):
                 enable_gqa=self.n_rep > 1 and not expand,
             )
         y = y.transpose(1, 2)
-        if self.hook_z.active:
+        if hooked and self.hook_z.active:
             y = self.hook_z(y)
         y = y.reshape(B, T, self.n_heads * self.d_value)
         return self.resid_dropout(self.o_proj(y)), weights
@@ -144,20 +146,20 @@ class MLP(nn.Module):
             self.hook_pre_linear = HookPoint()
         self.hook_post = HookPoint()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, hooked: bool = False) -> Tensor:
         if self.swiglu:
             gate, up = self.gate_proj(x), self.up_proj(x)
-            if self.hook_pre.active:
+            if hooked and self.hook_pre.active:
                 gate = self.hook_pre(gate)
-            if self.hook_pre_linear.active:
+            if hooked and self.hook_pre_linear.active:
                 up = self.hook_pre_linear(up)
             h = F.silu(gate) * up
         else:
             pre = self.up_proj(x)
-            if self.hook_pre.active:
+            if hooked and self.hook_pre.active:
                 pre = self.hook_pre(pre)
             h = F.gelu(pre, approximate=self.approximate)
-        if self.hook_post.active:
+        if hooked and self.hook_post.active:
             h = self.hook_post(h)
         return self.dropout(self.down_proj(h))
 
@@ -189,31 +191,35 @@ class Block(nn.Module):
         mask: Tensor | None,
         cache: KVCache | None,
         need_weights: bool,
+        hooked: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        if self.hook_resid_pre.active:
+        """`hooked`: some hook is attached to the model (else no hook point is looked at)."""
+        if hooked and self.hook_resid_pre.active:
             x = self.hook_resid_pre(x)
         if self.pre_norm:
-            a, w = self.attn(self.attn_norm(x), rope, mask, cache, need_weights)
-            if self.hook_attn_out.active:
+            a, w = self.attn(
+                norm(self.attn_norm, x, hooked), rope, mask, cache, need_weights, hooked
+            )
+            if hooked and self.hook_attn_out.active:
                 a = self.hook_attn_out(a)
             x = x + a
-            if self.hook_resid_mid.active:
+            if hooked and self.hook_resid_mid.active:
                 x = self.hook_resid_mid(x)
-            m = self.mlp(self.mlp_norm(x))
-            if self.hook_mlp_out.active:
+            m = self.mlp(norm(self.mlp_norm, x, hooked), hooked)
+            if hooked and self.hook_mlp_out.active:
                 m = self.hook_mlp_out(m)
             x = x + m
         else:
-            a, w = self.attn(x, rope, mask, cache, need_weights)
-            if self.hook_attn_out.active:
+            a, w = self.attn(x, rope, mask, cache, need_weights, hooked)
+            if hooked and self.hook_attn_out.active:
                 a = self.hook_attn_out(a)
-            x = self.attn_norm(x + a)
-            if self.hook_resid_mid.active:
+            x = norm(self.attn_norm, x + a, hooked)
+            if hooked and self.hook_resid_mid.active:
                 x = self.hook_resid_mid(x)
-            m = self.mlp(x)
-            if self.hook_mlp_out.active:
+            m = self.mlp(x, hooked)
+            if hooked and self.hook_mlp_out.active:
                 m = self.hook_mlp_out(m)
-            x = self.mlp_norm(x + m)
-        if self.hook_resid_post.active:
+            x = norm(self.mlp_norm, x + m, hooked)
+        if hooked and self.hook_resid_post.active:
             x = self.hook_resid_post(x)
         return x, w

@@ -36,7 +36,7 @@ from lumenlm.model.blocks import Block
 from lumenlm.model.hook_points import HookPoint
 from lumenlm.model.hooked_model import HookedModel
 from lumenlm.model.kv_cache import KVCache
-from lumenlm.model.norms import RMSNorm, make_norm
+from lumenlm.model.norms import RMSNorm, make_norm, norm
 from lumenlm.model.positions import document_positions, rope_cos_sin
 
 if TYPE_CHECKING:
@@ -170,8 +170,9 @@ class GPT(HookedModel):
         default_positions = position_ids is None
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=idx.device).expand(B, T)
+        hooked = self._hook_switch.count > 0  # one look: no hook point is touched otherwise
         x = self.tok_emb(idx)
-        if self.hook_embed.active:
+        if hooked and self.hook_embed.active:
             x = self.hook_embed(x)
         rope = None
         if self.pos_emb is not None:
@@ -184,7 +185,7 @@ class GPT(HookedModel):
                     f"(context_length={cfg.context_length}); crop the input"
                 )
             pos = self.pos_emb(position_ids)
-            if self.hook_pos_embed.active:
+            if hooked and self.hook_pos_embed.active:
                 pos = self.hook_pos_embed(pos)
             x = x + pos
         else:
@@ -201,14 +202,14 @@ class GPT(HookedModel):
         for block in self.blocks:
             if return_hidden_states:
                 hidden.append(x)
-            x, w = block(x, rope, mask, cache, return_attentions)
+            x, w = block(x, rope, mask, cache, return_attentions, hooked)
             if w is not None:
                 attns.append(w)
         if return_hidden_states:
             hidden.append(x)
         if cache is not None:
             cache.length += T
-        x = self.final_norm(x)
+        x = norm(self.final_norm, x, hooked)
         if last_only:
             x = x[:, -1:]
         logits = self.lm_head(x)

@@ -39,12 +39,39 @@ def tl_name(module_path: str) -> str:
     return module_path
 
 
+class HookSwitch:
+    """How many hooks `add_hook` has attached to one model's hook points. The model
+    reads it once per forward: at zero it looks at no hook point at all."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class _Handle:
+    """`add_hook`'s handle: `remove()` detaches the hook and counts it off, once."""
+
+    def __init__(self, handle: RemovableHandle, switch: HookSwitch) -> None:
+        self.handle, self.switch, self.removed = handle, switch, False
+
+    def remove(self) -> None:
+        if not self.removed:
+            self.removed = True
+            self.handle.remove()
+            self.switch.count = max(0, self.switch.count - 1)
+
+
 class HookPoint(nn.Module):
-    """An identity the model calls only when a hook is attached; `name` is set by the model."""
+    """An identity the model calls only when a hook is attached; `name` and `switch` are
+    set by the model. Attach hooks with `add_hook` (or the model's `hooks()`), which
+    counts them on the switch: a hook registered with `register_forward_hook` directly
+    is not counted, and does not run while no counted hook is attached."""
 
     def __init__(self) -> None:
         super().__init__()
         self.name = ""
+        self.switch = HookSwitch()
 
     @property
     def active(self) -> bool:
@@ -54,7 +81,7 @@ class HookPoint(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x
 
-    def add_hook(self, fn: HookFn) -> RemovableHandle:
+    def add_hook(self, fn: HookFn) -> _Handle:
         """Attach `fn(activation, hook)`; a returned tensor replaces the activation."""
 
         def call(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
@@ -66,7 +93,9 @@ class HookPoint(nn.Module):
                 )
             return new
 
-        return self.register_forward_hook(call)
+        handle = _Handle(self.register_forward_hook(call), self.switch)
+        self.switch.count += 1
+        return handle
 
     def extra_repr(self) -> str:
         return self.name

@@ -14,21 +14,23 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from lumenlm.errors import ConfigError
 from lumenlm.model.activation_cache import ActivationCache
-from lumenlm.model.hook_points import HookFn, HookPoint, NameFilter, tl_name
+from lumenlm.model.hook_points import HookFn, HookPoint, HookSwitch, NameFilter, tl_name
 
 
 class HookedModel(nn.Module):
     """The hook API shared by `GPT`: name lookup, the hooks context, run_with_*."""
 
     def name_hook_points(self) -> None:
-        """Give every HookPoint its TransformerLens name (call once, after building)."""
+        """Give every HookPoint its TransformerLens name and the model's switch (call
+        once, after building)."""
+        self._hook_switch = HookSwitch()
         for path, module in self.named_modules():
             if isinstance(module, HookPoint):
                 module.name = tl_name(path)
+                module.switch = self._hook_switch
 
     @property
     def hook_dict(self) -> dict[str, HookPoint]:
@@ -58,7 +60,7 @@ class HookedModel(nn.Module):
         removed on leaving it, also when it raises. All names are checked before any
         hook is attached."""
         resolved = [(self.hook_points(names), fn) for names, fn in fwd_hooks]
-        handles: list[RemovableHandle] = []
+        handles: list[Any] = []
         try:
             for points, fn in resolved:
                 handles.extend(hp.add_hook(fn) for hp in points)
@@ -71,6 +73,7 @@ class HookedModel(nn.Module):
         """Remove every hook from every hook point (e.g. after `hp.add_hook` by hand)."""
         for hp in self.hook_dict.values():
             hp._forward_hooks.clear()
+        self._hook_switch.count = 0
 
     def run_with_hooks(
         self,

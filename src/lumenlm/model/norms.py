@@ -2,8 +2,8 @@
 
 `hook_scale` is the divisor (LayerNorm: sqrt(var + eps); RMSNorm: sqrt(mean(x^2) + eps)),
 shape (batch, pos, 1); `hook_normalized` is the normalised input *before* the weight
-and bias, as in TransformerLens. With no hook attached the forward is the plain fused
-computation of before, so an unhooked model runs exactly as it did.
+and bias, as in TransformerLens. `forward` is the plain fused computation of
+before; the model calls `forward_hooked` only while a hook is attached to it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         dtype = x.dtype
         x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+    def forward_hooked(self, x: Tensor) -> Tensor:
+        """`forward` through the hook points (the same numbers when no hook edits them)."""
+        dtype = x.dtype
+        x32 = x.float()
         ms = x32.pow(2).mean(-1, keepdim=True) + self.eps
         if self.hook_scale.active:
             x32 = x32 / self.hook_scale(ms.sqrt())
@@ -47,7 +54,8 @@ class LayerNorm(nn.LayerNorm):
         self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_hooked(self, x: Tensor) -> Tensor:
+        """`forward` through the hook points (unfused, so within rounding of it)."""
         if not (self.hook_scale.active or self.hook_normalized.active):
             return super().forward(x)
         centred = x - x.mean(-1, keepdim=True)
@@ -55,6 +63,13 @@ class LayerNorm(nn.LayerNorm):
         normed = self.hook_normalized(centred / scale)
         out = normed * self.weight
         return out + self.bias if self.bias is not None else out
+
+
+def norm(module: nn.Module, x: Tensor, hooked: bool) -> Tensor:
+    """Apply a norm (or nn.Identity), through its hook points only when `hooked`."""
+    if hooked and isinstance(module, (RMSNorm, LayerNorm)):
+        return module.forward_hooked(x)
+    return module(x)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
