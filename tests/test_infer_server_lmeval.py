@@ -105,5 +105,5 @@ def test_local_completions_scores_arc_like_lumenlm_eval(
     print(
         f"server: lm-eval acc {res['acc,none']:.4f} acc_norm {res['acc_norm,none']:.4f}; "
         f"lumenlm eval {ours['arc-easy'].acc:.4f}/{ours['arc-easy'].acc_norm:.4f}; "
-        f"max |dll| {max_diff:.2e}"
+        f"max |dll| {max_diff:.2e} ({cut} truncated questions not compared)"
     )
