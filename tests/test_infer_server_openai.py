@@ -174,9 +174,13 @@ def test_logit_bias_and_penalties_are_applied(client, model) -> None:
         ({"prompt": "x", "best_of": 3}, "best_of"),
         ({"prompt": "x", "response_format": {"type": "json_object"}}, "response_format"),
         ({"prompt": "x", "tools": []}, "tools"),
+        ({"prompt": "x", "logit_bias": {"99999": 5}}, "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"cat": 5}}, "logit_bias"),
     ],
 )
-def test_unimplemented_fields_are_400_naming_them(server: str, body: dict, field: str) -> None:
+def test_unimplemented_fields_and_bad_values_are_400_naming_them(
+    server: str, body: dict, field: str
+) -> None:
     r = httpx.post(server + "/v1/completions", json=body)
     assert r.status_code == 400 and field in r.json()["error"]["message"]
     assert r.json()["error"]["param"] == field

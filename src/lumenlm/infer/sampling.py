@@ -125,12 +125,15 @@ class SamplingParams:
             raise ValueError(f"stop token id must be >= 0, got {bad[0]}")
 
     def check_vocab(self, vocab_size: int) -> None:
-        """Raise ValueError when a stop token or the EOS id is outside the vocabulary."""
-        ids = [
-            *self.stop_token_ids,
-            *([] if self.eos_token_id is None else [self.eos_token_id]),
-            *self.logit_bias,
-        ]
+        """Raise ValueError when a stop token, the EOS id or a `logit_bias` token is
+        outside the vocabulary."""
+        biased = [int(t) for t in self.logit_bias if not 0 <= int(t) < vocab_size]
+        if biased:
+            raise ValueError(
+                f"logit_bias: token id {biased[0]} is outside the vocabulary "
+                f"(ids 0 to {vocab_size - 1})"
+            )
+        ids = [*self.stop_token_ids, *([] if self.eos_token_id is None else [self.eos_token_id])]
         bad = [int(t) for t in ids if not 0 <= int(t) < vocab_size]
         if bad:
             raise ValueError(

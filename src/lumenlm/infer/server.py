@@ -159,7 +159,9 @@ def create_app(
     def params_of(req: SamplingRequest, max_tokens: int, **extra: Any) -> SamplingParams:
         try:
             params = to_params(req, max_tokens, max_tokens_cap, extra.pop("stop", ()))
-            return replace(params, **extra) if extra else params
+            params = replace(params, **extra) if extra else params
+            params.check_vocab(model.config.vocab_size)  # logit_bias ids
+            return params
         except ValueError as exc:
             raise APIError(400, str(exc), param=str(exc).split(":")[0].split(" ")[0]) from None
 
