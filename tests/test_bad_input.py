@@ -411,7 +411,7 @@ CASES: list[Case] = [
     Case(
         "export {model} --format onnx --out {here}/out",
         "unknown export format",
-        r"argument --format: invalid choice: 'onnx' \(choose from '?hf'?\)",
+        r"argument --format: invalid choice: 'onnx' \(choose from '?hf'?, '?gguf'?\)",
     ),
     Case(
         "runs {here}/none",
