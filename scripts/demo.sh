@@ -33,6 +33,6 @@ echo "== chat (piped)"
 printf 'Tell me a story about a cat.\n/exit\n' | $BIN/lumenlm chat "$RUN" --max-new-tokens 40 --seed 0
 
 echo "== export to Hugging Face format"
-$BIN/lumenlm export "$RUN" --format hf --out "$OUT/hf"
+$BIN/lumenlm export "$RUN" --format hf --out "$OUT/hf" --force
 
 echo "== done: model card at $RUN/README.md"
