@@ -2,7 +2,7 @@
 was before hook points (src/lumenlm/model.py at a git revision, loaded as a module).
 
 Same weights (the state dicts have the same keys), same inputs, same process, repeats
-interleaved (A B A B ...); reports medians and the ratio (before / now: 1.00 = the same
+interleaved, alternating which runs first (A B B A ...); reports medians and the ratio (before / now: 1.00 = the same
 speed, > 1 = now is faster). Also shows what an attached hook costs (a cache of every
 hook point) for scale. Modes: forward (inference), fwd+bwd (training, with loss), and
 one-token decode steps over a KV cache (generation).
@@ -100,9 +100,10 @@ def main() -> None:
             t_hooked: list[float] = []
             for fn in (m_now[mode], m_before[mode]):  # warm-up
                 fn()
-            for _ in range(args.repeats):
-                t_before.append(timed(m_before[mode], "cpu")[0])
-                t_now.append(timed(m_now[mode], "cpu")[0])
+            for i in range(args.repeats):  # ABBA: neither side always runs first
+                pair = [(m_before[mode], t_before), (m_now[mode], t_now)]
+                for fn, times in pair if i % 2 == 0 else pair[::-1]:
+                    times.append(timed(fn, "cpu")[0])
             if mode == "forward":
                 for _ in range(max(3, args.repeats // 3)):
                     with torch.inference_mode():
