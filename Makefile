@@ -10,10 +10,12 @@ DATA ?= $(if $(LUMENLM_DATA),$(LUMENLM_DATA),../shared/data)
 .PHONY: demo test lint venv clean
 
 $(VENV)/.stamp: pyproject.toml
+	@echo "== building .venv (Python venv, $(TORCH_SPEC), lumenlm and its dependencies; about 2 minutes the first time)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
 	@$(BIN)/pip install -q -e ".[dev]"
 	@touch $@
+	@echo "== .venv ready: run commands as .venv/bin/lumenlm ... (or: source .venv/bin/activate)"
 
 venv: $(VENV)/.stamp
 
