@@ -165,11 +165,12 @@ def _origin_lines(origin: dict[str, Any] | None) -> list[str]:
     out.append("")
     ft = origin.get("finetune")
     if ft:
+        kinds = ", ".join(f"{k} {v:,}" for k, v in sorted((ft.get("kinds") or {}).items()))
         out += ["## Fine-tuning data", ""]
         out += [f"- `{path}` (sha256 `{digest}`)" for path, digest in ft.get("files", {}).items()]
         out.append(
             f"- Conversations: {ft.get('train_conversations', 0):,} train, "
-            f"{ft.get('val_conversations', 0):,} validation ({ft.get('kinds')}); "
+            f"{ft.get('val_conversations', 0):,} validation ({kinds}); "
             f"{ft.get('skipped_no_assistant', 0)} skipped without an assistant turn; "
             f"{ft.get('truncated', 0)} cut at a turn boundary, {ft.get('dropped', 0)} dropped"
         )
