@@ -134,3 +134,15 @@ def test_a_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, fmt: str) -> 
             hf_import.import_hf(hf, tmp_path / "o")
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.gguf").exists()
     assert _leftovers(tmp_path) == []
+
+
+def test_outtype_without_gguf_is_refused(tmp_path, capsys) -> None:
+    mdir = arch_model_dir(tmp_path, "llama")
+    assert main(["export", str(mdir), "--outtype", "q8_0", "--out", str(tmp_path / "o")]) == 2
+    one_line_error(capsys.readouterr().err, "--outtype is for --format gguf")
+    assert not (tmp_path / "o").exists()
+    out = tmp_path / "m.gguf"
+    assert (
+        main(["export", str(mdir), "--format", "gguf", "--outtype", "q8_0", "--out", str(out)]) == 0
+    )
+    assert "(q8_0)" in capsys.readouterr().out and out.is_file()

@@ -31,7 +31,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "--outtype",
         choices=["f32", "f16", "q8_0"],
-        default="f32",
         help="GGUF tensor type (default: f32); norms and biases stay f32",
     )
     p.add_argument("--tokenizer", help="tokenizer.json to include (default: the model's own)")
@@ -47,12 +46,15 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.out, "--out")
         model = load(args.model, verify=args.verify)
         arch = gguf_architecture(model.config)
-        out = export_gguf(
-            model, args.out, args.outtype, tokenizer_path=args.tokenizer, force=args.force
-        )
-        print(f"exported {arch} ({args.outtype}) to {out}")
+        outtype = args.outtype or "f32"
+        out = export_gguf(model, args.out, outtype, tokenizer_path=args.tokenizer, force=args.force)
+        print(f"exported {arch} ({outtype}) to {out}")
         return 0
+    from lumenlm.errors import ConfigError
     from lumenlm.export.hf import export_hf, hf_architecture
+
+    if args.outtype is not None:
+        raise ConfigError("--outtype is for --format gguf; a Hugging Face export keeps the dtype")
 
     check_output_dir(args.out, "--out")
     model = load(args.model, verify=args.verify)
