@@ -107,3 +107,17 @@ def test_unwritable_out_refused_before_loading(tmp_path, capsys, monkeypatch) ->
     for out in (tmp_path / "afile", tmp_path / "afile" / "o"):
         assert main(["inspect", str(tmp_path), "--text", "a", "--out", str(out)]) == 2
         one_line_error(capsys.readouterr().err, f"--out {out}")
+
+
+def test_a_failing_analysis_leaves_whole_files_and_no_index(mdir, tmp_path, monkeypatch) -> None:
+    from lumenlm.inspect import write_report
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("killed mid-report")
+
+    monkeypatch.setattr("lumenlm.inspect.ablation.compute", fail)
+    out = tmp_path / "o"
+    with pytest.raises(RuntimeError, match="mid-report"):
+        write_report(load(mdir), "the cat sat", out, "attention,head_ablation")
+    assert [p.name for p in out.iterdir()] == ["attention.png"]  # no temp file, no index
+    assert (out / "attention.png").read_bytes()[:4] == b"\x89PNG"
