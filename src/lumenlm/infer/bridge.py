@@ -12,8 +12,9 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from lumenlm.infer.batch_engine import BatchEngine, Event, SequenceHandle
+from lumenlm.infer.batch_engine import BatchEngine
 from lumenlm.infer.sampling import SamplingParams
+from lumenlm.infer.sequence import Event, SequenceHandle
 
 POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is there
 

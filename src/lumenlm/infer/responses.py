@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lumenlm.infer.batch_engine import TokenLogprob
+from lumenlm.infer.sequence import TokenLogprob
 
 
 def sse(obj: Any) -> str:
