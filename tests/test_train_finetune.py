@@ -247,7 +247,7 @@ def dataclass_replace(cfg: ModelConfig, **kw: object) -> ModelConfig:
 # -- whole runs ----------------------------------------------------------------------
 
 SETS = {"max_steps": 4, "batch_size": 2, "eval_interval": 2, "checkpoint_interval": 2,
-        "warmup_steps": 2, "seed": 3}  # fmt: skip
+        "log_interval": 1, "warmup_steps": 2, "seed": 3}  # fmt: skip
 
 
 def _finetune(base: Path, data: Path, out: Path, stop: int | None = None, **kw: object) -> Path:
@@ -380,3 +380,56 @@ def test_skipped_conversations_are_a_notice(
     err = capsys.readouterr().err
     assert "1 conversation(s) without an assistant turn skipped" in err
     assert "added special token(s) <|end|>" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process(
+    base: Path, chat_file: Path, tmp_path: Path, strategy: str
+) -> None:
+    """The trained-token count is all-reduced: 2 ranks x batch 2 x accumulation 2 train
+    exactly what 1 process x batch 4 x accumulation 2 trains, although the ranks' rows
+    hold different numbers of assistant tokens."""
+    import os
+    import subprocess
+    import sys
+
+    from train_helpers import only_run
+
+    if not torch.distributed.is_available():
+        pytest.skip("no torch.distributed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = str(Path(sys.executable).parent / "lumenlm")
+
+    def argv(out: Path, batch: int) -> list[str]:
+        # eval_batches 1: the same 4 validation rows on either side (a world size that
+        # does not divide the rows drops the remainder, as in pretraining)
+        sets = {**SETS, "batch_size": batch, "grad_accum": 2, "eval_batches": 1}
+        return ["finetune", str(base), "--data", str(chat_file), "--out", str(out),
+                "--template", "turns", "--device", "cpu", "--no-progress",
+                "--strategy", strategy, "--val-ratio", "0.3",
+                *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]  # fmt: skip
+
+    one = subprocess.run(
+        [sys.executable, script, *argv(tmp_path / "one", 4)], capture_output=True, text=True,
+        env=env, timeout=600,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         script, *argv(tmp_path / "two", 2)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[:1500]
+    ra, rb = only_run(tmp_path / "one"), only_run(tmp_path / "two")
+
+    def losses(run: Path) -> list[float]:
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r.get("loss", r.get("val_loss")) for r in recs]
+
+    a, b = losses(ra), losses(rb)
+    assert len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b)) < 1e-5, (a, b)
+    wa = load(ra / "checkpoints/last").state_dict()
+    wb = load(rb / "checkpoints/last").state_dict()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
