@@ -234,7 +234,7 @@ CASES: list[Case] = [
     Case(
         "train --data {data} --out {here}/runs",
         "no preset",
-        r"give --preset NAME \(or --config FILE\), or --resume RUN_DIR",
+        r"give --preset NAME \(or --config FILE\), --init-from MODEL, or --resume RUN_DIR",
     ),
     Case(
         f"{T.replace('tiny', 'nope')}",
@@ -371,7 +371,49 @@ CASES: list[Case] = [
     Case(
         "eval {model} --device cpu",
         "eval with nothing to evaluate",
-        r"nothing to evaluate: give --data DIR and/or --tasks LIST",
+        r"nothing to evaluate: give --data DIR, --tasks LIST and/or --harness LIST",
+    ),
+    Case(
+        "finetune {model} --data {here}/chats.jsonl --out {here}/runs --device cpu",
+        "finetune on a malformed JSONL line",
+        r"chats.jsonl:2: not valid JSON \(.*\); fix or remove this line",
+        setup=write(
+            "chats.jsonl",
+            '{"messages": [{"role": "user", "content": "hi"}, '
+            '{"role": "assistant", "content": "hello"}]}\n{"messages": [\n',
+        ),
+    ),
+    Case(
+        "finetune {model} --data {here}/empty.jsonl --out {here}/runs --device cpu",
+        "finetune on an empty file",
+        r"empty",
+        setup=write("empty.jsonl", ""),
+    ),
+    Case(
+        "finetune {model} --data {here}/c.jsonl --template {here}/t.json --out {here}/r",
+        "finetune with a template without an assistant role",
+        r"assistant",
+        setup=lambda here, ws: (
+            write(
+                "c.jsonl",
+                '{"messages": [{"role": "user", "content": "hi"}, '
+                '{"role": "assistant", "content": "hello"}]}\n',
+            )(here, ws),
+            write("t.json", '{"user": "U: {content}\\n", "assistant": "A:\\n"}')(here, ws),
+        ),
+    ),
+    Case(
+        "import {here}/hf --out {here}/m",
+        "import of an architecture lumenlm does not hold",
+        r"architecture 'MistralForCausalLM' is not supported; lumenlm imports GPT2LMHeadModel",
+        setup=write(
+            "hf/config.json", '{"model_type": "mistral", "architectures": ["MistralForCausalLM"]}'
+        ),
+    ),
+    Case(
+        "inspect {model} --text hi --analyses attention,nosuch --out {here}/ins",
+        "inspect unknown analysis",
+        r"nosuch",
     ),
     Case(
         "eval {model} --tasks nosuch --device cpu",

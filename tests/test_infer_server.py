@@ -258,10 +258,9 @@ def test_prompt_longer_than_the_context_is_refused(
 
 
 def test_generate_in_bf16(model_dir: Path, capsys) -> None:
-    fp32 = cli_generate(model_dir, capsys, "--prompt", "Once upon", "--max-new-tokens", "6")
-    bf16 = cli_generate(
-        model_dir, capsys, "--prompt", "Once upon", "--max-new-tokens", "6", "--dtype", "bf16"
-    )
+    args = ("--prompt", "Once upon", "--max-new-tokens", "6", "--ignore-eos")
+    fp32 = cli_generate(model_dir, capsys, *args)
+    bf16 = cli_generate(model_dir, capsys, *args, "--dtype", "bf16")
     assert bf16["completion_tokens"] == fp32["completion_tokens"] == 6
     from lumenlm.cli.generate import load_model
 

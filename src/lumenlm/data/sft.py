@@ -83,14 +83,19 @@ def _chat_messages(doc: dict[str, object], where: str) -> list[Message]:
     out = []
     for j, m in enumerate(messages, 1):
         if not isinstance(m, dict):
-            raise DataError(f"{where}: message {j} is not an object with role and content")
+            raise DataError(
+                f"{where}: message {j} is not an object with role and content; fix or remove "
+                "this line"
+            )
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
             raise DataError(
                 f"{where}: message {j} has role {role!r}; use system, user or assistant"
             )
         if not isinstance(content, str):
-            raise DataError(f'{where}: message {j} ("{role}") has no string "content"')
+            raise DataError(
+                f'{where}: message {j} ("{role}") has no string "content"; fix or remove this line'
+            )
         out.append({"role": str(role), "content": content})
     return out
 
@@ -100,9 +105,13 @@ def parse_line(line: str, where: str) -> tuple[list[Message], str]:
     try:
         doc = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        raise DataError(
+            f"{where}: not valid JSON ({exc.msg}, column {exc.colno}); fix or remove this line"
+        ) from None
     if not isinstance(doc, dict):
-        raise DataError(f"{where}: a line must be a JSON object, got {type(doc).__name__}")
+        raise DataError(
+            f"{where}: a line must be a JSON object, got {type(doc).__name__}; fix or remove it"
+        )
     if "messages" in doc:
         return _chat_messages(doc, where), "chat"
     if "instruction" in doc or "output" in doc:

@@ -90,7 +90,8 @@ def _architecture(doc: dict[str, Any], hf_dir: Path) -> str:
     if arch not in SUPPORTED:
         raise ConfigError(
             f"{hf_dir}/config.json: architecture {arch or doc.get('model_type')!r} is not "
-            f"supported; lumenlm imports {', '.join(SUPPORTED)}"
+            f"supported; lumenlm imports {', '.join(SUPPORTED)} (use a checkpoint of one of "
+            "those families)"
         )
     return arch
 
