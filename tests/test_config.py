@@ -140,7 +140,7 @@ def test_bad_choice_is_one_line_listing_the_choices(cls, name: str, literal: str
 def test_bad_schedule_via_set() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"^train\.schedule='cosin' is not one of 'cosine', 'constant', 'linear'$",
+        match=r"^train\.schedule='cosin' is not one of 'cosine', 'constant', 'linear', 'wsd'$",
     ):
         apply_overrides(TrainConfig(), {"schedule": "cosin"}, prefix="train.")
 
@@ -175,7 +175,7 @@ def test_field_docs_reads_name_type_default() -> None:
     by_name = {d.name: d for d in field_docs(TrainConfig)}
     assert by_name["max_steps"].type == "int | None" and by_name["max_steps"].default is None
     assert "Schedule length" in by_name["max_steps"].doc
-    assert by_name["schedule"].choices == ("cosine", "constant", "linear")
+    assert by_name["schedule"].choices == ("cosine", "constant", "linear", "wsd")
     assert by_name["lr"].default == 3e-4 and by_name["lr"].choices == ()
 
     class Plain:  # a field with no docstring is simply absent

@@ -23,8 +23,9 @@ Init = Literal["gpt2", "normal"]
 """Weight initialization scheme."""
 
 # -- training ------------------------------------------------------------------------
-Schedule = Literal["cosine", "constant", "linear"]
-"""Learning-rate shape after warmup (`lumenlm.train.schedule.lr_at`)."""
+Schedule = Literal["cosine", "constant", "linear", "wsd"]
+"""Learning-rate shape after warmup (`lumenlm.train.schedule.lr_at`); "wsd" is
+warmup-stable-decay, whose decay ends with a `--max-minutes` budget."""
 Dtype = Literal["fp32", "bf16", "fp16"]
 """A concrete numeric precision: training autocast, or inference weights (`--dtype`)."""
 Precision = Literal["auto", Dtype]

@@ -49,7 +49,14 @@ class TrainConfig:
     """Optimizer steps of linear warmup from lr / warmup_steps up to lr; 0 starts at lr."""
     schedule: Schedule = "cosine"
     """Learning-rate shape after warmup: cosine or linear decay to the floor
-    (min_lr_ratio) at the last planned step, or constant at lr."""
+    (min_lr_ratio) at the last planned step, constant at lr, or wsd
+    (warmup-stable-decay): constant at lr, then a linear decay to the floor over the
+    last decay_fraction of the run."""
+    decay_fraction: float = 0.2
+    """wsd only: the share of the run spent decaying, in (0, 1]. With --max-minutes the
+    decay starts once 1 - decay_fraction of the time is spent and is sized from the
+    measured step rate to end when the time does (the run then finishes); without, it
+    is the last decay_fraction of the planned steps after warmup."""
     max_epochs: int = 1
     """Passes over the training windows, when max_steps is None: the run then plans
     max_epochs * steps-per-epoch steps. Ignored when max_steps is set."""
@@ -163,6 +170,10 @@ class TrainConfig:
             )
         if self.grad_clip is not None and self.grad_clip < 0:
             raise ConfigError(f"train.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
+        if not (0.0 < self.decay_fraction <= 1.0):
+            raise ConfigError(
+                f"train.decay_fraction must be in (0, 1], got {self.decay_fraction}; use e.g. 0.2"
+            )
         check_choice("train.schedule", self.schedule, Schedule)
         check_choice("train.precision", self.precision, Precision)
         check_choice("train.early_stopping_on", self.early_stopping_on, EarlyStoppingOn)

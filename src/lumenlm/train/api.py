@@ -69,6 +69,7 @@ def train(
     reset_lr_schedule: bool = False,
     max_steps: int | None = None,
     init_from: str | Path | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Path:
     """Train a new run under `out_dir` (or resume `resume`) and return the run directory.
 
@@ -82,8 +83,8 @@ def train(
     `max_steps=` is the deprecated name of `stop_at_step=`. `init_from` (a run, a model
     directory or an import) starts a new run from those weights (continued pretraining):
     the architecture is the model's, the schedule is fresh, and the data must be encoded
-    with the model's tokenizer. Under torchrun, every rank calls this; only rank 0
-    writes files.
+    with the model's tokenizer. `clock` times `max_minutes` (tests simulate time with
+    it). Under torchrun, every rank calls this; only rank 0 writes files.
     """
     if max_steps is not None:
         warnings.warn(
@@ -109,6 +110,7 @@ def train(
         "stop_at_step": stop_at_step,
         "max_minutes": max_minutes,
         "on_step": on_step,
+        "clock": clock,
     }
     with contextlib.ExitStack() as held:  # the run's lock, released however this ends
         try:

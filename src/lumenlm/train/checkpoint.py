@@ -68,6 +68,9 @@ class Progress:
     """Wall time spent training, summed over invocations."""
     total_steps: int = 0
     """Planned optimizer steps: the schedule's length."""
+    decay_steps: int | None = None
+    """The warmup-stable-decay decay's length in steps, fixed when a `--max-minutes`
+    budget started it (total_steps then ends with it); None: planned from the steps."""
     best_val_loss: float | None = None
     """Best of all evaluations: picks checkpoints/best."""
     best_step: int | None = None

@@ -124,7 +124,7 @@ def resume_overrides(
 
 
 # The learning-rate schedule's keys: `--reset-lr-schedule` lets a resume change them.
-LR_KEYS = frozenset({"lr", "min_lr_ratio", "warmup_steps", "schedule"})
+LR_KEYS = frozenset({"lr", "min_lr_ratio", "warmup_steps", "schedule", "decay_fraction"})
 
 
 def check_matches_checkpoint(

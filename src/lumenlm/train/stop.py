@@ -9,6 +9,7 @@ and a name is always read back through the enum, never by position.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from enum import IntEnum
 from pathlib import Path
 
@@ -117,24 +118,34 @@ class TimeBudget:
     """`--max-minutes` for the whole invocation, its closing evaluation included.
 
     The closing evaluation's cost is estimated from the training steps timed so far (a
-    forward pass is about a third of a training micro-step).
+    forward pass is about a third of a training micro-step). `clock` is the time source
+    (seconds), injectable so that tests simulate time instead of waiting for it.
     """
 
-    def __init__(self, max_minutes: float | None) -> None:
+    def __init__(self, max_minutes: float | None, clock: Callable[[], float] = time.time) -> None:
         self.limit_s = None if max_minutes is None else max_minutes * 60
-        self.start = time.time()
+        self.now = clock
+        self.start = clock()
         self.train_s, self.steps = 0.0, 0
 
     def step_done(self, seconds: float) -> None:
         self.train_s += seconds
         self.steps += 1
 
+    def elapsed(self) -> float:
+        """Seconds since this invocation's budget started."""
+        return self.now() - self.start
+
+    def reserve(self, micro_batches_per_step: int, eval_batches: int) -> float:
+        """Estimated seconds of the closing evaluation (`eval_batches` batches)."""
+        if not (self.steps and eval_batches):
+            return 0.0
+        return eval_batches * self.train_s / self.steps / micro_batches_per_step / 3
+
     def used_up(self, micro_batches_per_step: int, eval_batches: int) -> bool:
         """True once the time spent plus the closing evaluation's reaches the limit
         (`eval_batches` is 0 when the last step was already evaluated)."""
         if self.limit_s is None:
             return False
-        reserve = 0.0
-        if self.steps and eval_batches:
-            reserve = eval_batches * self.train_s / self.steps / micro_batches_per_step / 3
-        return time.time() - self.start + reserve >= self.limit_s
+        reserve = self.reserve(micro_batches_per_step, eval_batches)
+        return self.elapsed() + reserve >= self.limit_s

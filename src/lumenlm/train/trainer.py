@@ -41,7 +41,7 @@ from lumenlm.train.loss import accumulate
 from lumenlm.train.optim import build_optimizer
 from lumenlm.train.precision import configure_matmul, make_scaler, resolve_precision
 from lumenlm.train.runs import CHECKPOINTS, CURVE, RunFiles, RunRecord
-from lumenlm.train.schedule import lr_at
+from lumenlm.train.schedule import lr_at, plan_decay
 from lumenlm.train.stop import (
     StopReason,
     TimeBudget,
@@ -64,7 +64,7 @@ class Trainer:
     (by default the one in `run_dir`, or a new one). `data` replaces the windows of
     `data_dir` (fine-tuning passes its packed, masked rows); `init_state` are starting
     weights for a new run (fine-tuning, `--init-from`), and `origin` what the card says
-    about them and the data.
+    about them and the data. `clock` times the `max_minutes` budget (tests inject one).
     """
 
     def __init__(
@@ -82,6 +82,7 @@ class Trainer:
         progress_bar: bool = True,
         replan: bool = False,
         on_step: Callable[[Trainer], None] | None = None,
+        clock: Callable[[], float] = time.time,
         data: TrainData | SFTTrainData | None = None,
         init_state: dict[str, torch.Tensor] | None = None,
         origin: dict[str, Any] | None = None,
@@ -93,6 +94,7 @@ class Trainer:
         self.device, self.main = self.env.device, self.env.is_main
         self.files = RunFiles(record or RunRecord.open(self.run_dir, write=self.main), self.main)
         self.stop_at_step, self.max_minutes, self.on_step = stop_at_step, max_minutes, on_step
+        self.clock = clock
         self.console = Console(self.main, progress_bar)
         self.precision = resolve_precision(cfg.precision, self.device)
         # -- data: windows, the resumable batch order, the fixed validation windows --
@@ -138,7 +140,7 @@ class Trainer:
                     f"{cfg.schedule} learning-rate schedule is re-planned from step "
                     f"{self.p.step} (the lr may jump)"
                 )
-                self.p.total_steps = planned
+                self.p.total_steps, self.p.decay_steps = planned, None
         self.stop = StopRequest()
 
     # =============================================================================
@@ -171,13 +173,14 @@ class Trainer:
         setup += f"{self.env.world_size} process(es), {where}"
         self.console.announce(self.run_dir, self.n_params, self.device, setup, sampler, p)
         bar = self.console.progress_bar(p)
-        self.budget, self.since_log = TimeBudget(self.max_minutes), metrics.Throughput()
+        self.budget = TimeBudget(self.max_minutes, self.clock)
+        self.since_log = metrics.Throughput()
         elapsed0 = p.elapsed_s
         self.model.train()
         with self.stop:
             try:
                 while (reason := self._should_stop()) is None:
-                    t_step = time.time()
+                    t_step = self.budget.now()
                     lr = lr_at(
                         p.step,
                         lr=cfg.lr,
@@ -185,13 +188,16 @@ class Trainer:
                         warmup_steps=cfg.warmup_steps,
                         min_lr_ratio=cfg.min_lr_ratio,
                         schedule=cfg.schedule,
+                        decay_fraction=cfg.decay_fraction,
+                        decay_steps=p.decay_steps,
                     )
                     loss, grad_norm = self._step(lr)
                     p.step += 1
                     p.tokens_seen += sampler.windows_per_step * self.mcfg.context_length
                     epoch_end = sampler.advance()
-                    p.elapsed_s = elapsed0 + time.time() - self.budget.start
-                    self.budget.step_done(time.time() - t_step)
+                    p.elapsed_s = elapsed0 + self.budget.elapsed()
+                    self.budget.step_done(self.budget.now() - t_step)
+                    self._plan_decay(bar)
                     self._log_step(loss, grad_norm, lr)
                     if bar is not None:
                         bar.update(1)
@@ -206,6 +212,37 @@ class Trainer:
                 if bar is not None:
                     bar.close()
         return self._leave(reason)
+
+    def _plan_decay(self, bar: Any) -> None:
+        """Under `--max-minutes`, fix a wsd schedule's decay (its start is now, its length
+        from the measured step rate) once 1 - decay_fraction of the time is spent; the
+        run's planned end becomes the decay's end, and both are saved for resume."""
+        p, cfg, budget = self.p, self.cfg, self.budget
+        if cfg.schedule != "wsd" or budget.limit_s is None or p.decay_steps is not None:
+            return
+        if p.step < cfg.warmup_steps:
+            return
+        eval_batches = -(-len(self.data.val_idx) // cfg.batch_size)
+        planned = plan_decay(
+            p.step,
+            p.total_steps,
+            elapsed_s=budget.elapsed(),
+            limit_s=budget.limit_s,
+            steps_done=budget.steps,
+            decay_fraction=cfg.decay_fraction,
+            reserve_s=budget.reserve(cfg.grad_accum, eval_batches),
+        )
+        if self.env.enabled:  # one clock decides for every rank
+            planned = D.broadcast_object(planned, self.env)
+        if planned is None:
+            return
+        p.total_steps, p.decay_steps = planned
+        if bar is not None:
+            bar.total = p.total_steps
+        self.console.notice(
+            f"wsd: the learning-rate decay starts at step {p.step} and ends at step "
+            f"{p.total_steps} ({p.decay_steps} steps, sized to end within --max-minutes)"
+        )
 
     def _step(self, lr: float) -> tuple[float, float]:
         """One optimizer step over grad_accum micro-batches; (mean loss, grad norm)."""
