@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from lumenlm.config import ModelConfig
 from lumenlm.model.blocks import Block
+from lumenlm.model.chunked_loss import linear_cross_entropy
 from lumenlm.model.hook_points import HookPoint
 from lumenlm.model.hooked_model import HookedModel
 from lumenlm.model.kv_cache import KVCache
@@ -47,12 +48,15 @@ if TYPE_CHECKING:
 class ModelOutput:
     """Logits (B, T, V), loss if targets were given, and optional internals.
 
+    `logits` is None only when the caller asked for the loss alone
+    (`forward(..., targets=..., return_logits=False)`): the chunked loss never builds them.
+
     `hidden_states[i]` is the residual stream entering block i; the last entry is
     the output of the final block (before the final norm), n_layers + 1 in all.
     `attentions[i]` is block i's attention probabilities (B, n_heads, T, S).
     """
 
-    logits: Tensor
+    logits: Tensor | None
     loss: Tensor | None = None
     hidden_states: list[Tensor] | None = None
     attentions: list[Tensor] | None = None
@@ -138,6 +142,7 @@ class GPT(HookedModel):
         return_hidden_states: bool = False,
         return_attentions: bool = False,
         last_only: bool = False,
+        return_logits: bool = True,
     ) -> ModelOutput:
         """Run the model on token ids `idx` (B, T).
 
@@ -150,6 +155,10 @@ class GPT(HookedModel):
             earlier tokens with the same id, and positions restart at each change
             of id (unless `position_ids` is given). Not with a cache or a mask.
         last_only: compute logits for the last position only (generation).
+        return_logits: with targets, False returns the loss only (`logits=None`),
+            computed by the chunked linear + cross-entropy (`model.chunked_loss`: one
+            chunk of logits at a time, same loss and gradients). Under torch.compile the
+            plain path is traced instead (inductor fuses it itself).
         return_hidden_states / return_attentions: see `ModelOutput`; the hook points
             (`run_with_cache`) give the same tensors and more, by name.
         """
@@ -212,6 +221,16 @@ class GPT(HookedModel):
         x = norm(self.final_norm, x, hooked)
         if last_only:
             x = x[:, -1:]
+        if targets is not None and not return_logits and not torch.compiler.is_compiling():
+            loss = linear_cross_entropy(
+                x, self.lm_head.weight, self.lm_head.bias, targets, ignore_index=cfg.ignore_index
+            )
+            return ModelOutput(
+                logits=None,
+                loss=loss,
+                hidden_states=hidden if return_hidden_states else None,
+                attentions=attns if return_attentions else None,
+            )
         logits = self.lm_head(x)
         loss = None
         if targets is not None:

@@ -68,9 +68,11 @@ def accumulate(
         doc = batch[2].to(device) if len(batch) > 2 else None
         with D.grad_sync(model, strategy, sync=m == last):
             with autocast(precision, device):
-                out = model(x, y, document_ids=doc) if doc is not None else model(x, y)
+                # the loss alone: the chunked linear + cross-entropy, no full logits
+                extra = {"document_ids": doc} if doc is not None else {}
+                out = model(x, y, return_logits=False, **extra)
             if n_m == 0 or total == 0:  # nothing trained here: a zero that still backpropagates
-                loss = out.logits.float().sum() * 0.0
+                loss = (out.loss if out.logits is None else out.logits.float().sum()) * 0.0
             else:
                 loss = out.loss / (total / (n_m * env.world_size))
             if scaler is not None:

@@ -42,7 +42,7 @@ def validation_loss(
             x, y = to_device(batch[0], batch[1], device)
             doc = {"document_ids": batch[2].to(device)} if len(batch) > 2 else {}
             with autocast(precision, device):
-                loss = model(x, y, **doc).loss
+                loss = model(x, y, return_logits=False, **doc).loss  # chunked loss
             total[0] += loss.double() * n
             total[1] += n
     D.all_reduce_sum(total, env)

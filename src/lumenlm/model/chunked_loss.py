@@ -1,0 +1,166 @@
+"""Chunked linear + cross-entropy: the vocabulary projection and the loss, one chunk of
+rows at a time, so the full (N, V) logits never exist.
+
+Why: in the small presets the vocabulary projection and the cross-entropy are most of a
+training step, and the plain path writes and re-reads the full fp32 logits several times
+(the logits, their log-softmax, the gradient of each). Here each chunk of rows computes
+`logits = h @ W^T (+ b)` in the compute dtype (the autocast dtype when autocast is on, as
+`nn.Linear` would), the log-sum-exp and the loss in fp32, and, when a gradient is needed,
+the gradient of the chunk's logits right away (`softmax - onehot`, scaled by 1 / the
+trained-target count): `grad_h` for the chunk and the chunk's share of `grad_W` (and
+`grad_b`) are taken from it while it is still in cache. Backward then only scales those
+by the incoming scalar gradient. That is the same number of matmuls as the plain path
+(three), with one chunk of logits in memory instead of about four full copies; the
+design of Liger's fused linear cross-entropy, written for the CPU.
+
+Semantics equal `F.cross_entropy(logits.float(), targets, ignore_index=...)` with mean
+reduction over the trained targets (parity is tested in tests/test_model_loss_chunked.py),
+with one exception: when no target is trained the loss is 0 with zero gradients, where
+F.cross_entropy gives nan (0 / 0). Double backward is not supported.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
+"""Logit elements per chunk (4M floats, 16 MB in fp32): measured fastest on CPU among
+2^19..2^23 for the librarian head (benchmarks/bench_loss_chunked.py --sweep); smaller
+chunks make the matmuls too thin to run at full speed."""
+
+MIN_CHUNK_ROWS = 256
+"""Fewer rows than this per chunk and the matmuls lose more than the cache gains."""
+
+
+def chunk_rows_for(
+    vocab_size: int, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, min_rows: int = MIN_CHUNK_ROWS
+) -> int:
+    """Rows per chunk: about `chunk_elements` logits, but at least `min_rows` rows."""
+    return max(1, min_rows, chunk_elements // max(1, vocab_size))
+
+
+def _chunks(n: int, rows: int) -> list[tuple[int, int]]:
+    return [(s, min(n, s + rows)) for s in range(0, n, rows)]
+
+
+def _chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """(rows, V) logits in the inputs' dtype, upcast to fp32 (a no-op when already fp32)."""
+    logits = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
+    return logits.float()
+
+
+def _chunk_nll_sum(logits: Tensor, targets: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """(sum of the chunk's trained-target NLL, the chunk's log-sum-exp per row)."""
+    lse = torch.logsumexp(logits, dim=-1)
+    safe = torch.where(valid, targets, 0)
+    picked = logits.gather(1, safe[:, None]).squeeze(1)
+    return torch.where(valid, lse - picked, 0.0).sum(), lse
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Forward computes the loss and all gradients chunk by chunk; backward scales them."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        h: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        targets: Tensor,
+        ignore_index: int,
+        chunk_rows: int,
+    ) -> Tensor:
+        n = h.shape[0]
+        valid = targets != ignore_index
+        inv = 1.0 / valid.sum().clamp(min=1).to(torch.float32)  # stays on the device: no sync
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_w else None
+        grad_b = (
+            torch.zeros(weight.shape[0], dtype=torch.float32, device=h.device)
+            if need_b and bias is not None
+            else None
+        )
+        low = h.dtype != torch.float32
+        loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+        for s, e in _chunks(n, chunk_rows):
+            hc, tc, vc = h[s:e], targets[s:e], valid[s:e]
+            safe = torch.where(vc, tc, 0)[:, None]
+            # log-softmax in one fused kernel; the NLL is read off it
+            logp = torch.log_softmax(_chunk_logits(hc, weight, bias), dim=-1)
+            loss_sum -= torch.where(vc, logp.gather(1, safe).squeeze(1), 0.0).sum()
+            # d loss / d logits = (softmax - onehot(target)) * valid / count. The per-row
+            # factor is applied to the (rows, D) operands, not to the (rows, V) gradient.
+            g = logp.exp_()
+            g.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=g.dtype))
+            scale = vc.to(torch.float32) * inv
+            if grad_b is not None:
+                grad_b += scale @ g
+            gc = g.to(h.dtype) if low else g
+            sc = scale.to(h.dtype)[:, None]
+            if grad_h is not None:
+                torch.mm(gc, weight, out=grad_h[s:e])
+                grad_h[s:e].mul_(sc)
+            if grad_w is not None:
+                if low:
+                    grad_w += (gc.t() @ (hc * sc)).float()
+                else:
+                    grad_w.addmm_(gc.t(), hc * sc)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)  # type: ignore[attr-defined]
+        return loss_sum * inv
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        grad_h, grad_w, grad_b = ctx.saved_tensors  # type: ignore[attr-defined]
+        dt_w, dt_b = ctx.dtypes  # type: ignore[attr-defined]
+        go = grad_out.float()
+        out_h = (grad_h * go.to(grad_h.dtype)) if grad_h is not None else None
+        out_w = (grad_w * go).to(dt_w) if grad_w is not None else None
+        out_b = (grad_b * go).to(dt_b) if grad_b is not None else None
+        return out_h, out_w, out_b, None, None, None
+
+
+def linear_cross_entropy(
+    h: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    *,
+    ignore_index: int = -100,
+    chunk_rows: int | None = None,
+) -> Tensor:
+    """Mean cross-entropy of `h @ weight.T + bias` against `targets` over the targets
+    that are not `ignore_index`, without materialising the full logits.
+
+    h: (..., D) hidden states; weight: (V, D) (a tied embedding works: its gradient
+    flows to the shared parameter); targets: (...) ids. Under autocast the matmuls run
+    in the autocast dtype and the log-sum-exp in fp32, as `nn.Linear` + `.float()` do.
+    """
+    d = h.shape[-1]
+    h2 = h.reshape(-1, d)
+    t = targets.reshape(-1)
+    if t.shape[0] != h2.shape[0]:
+        raise ValueError(f"{h2.shape[0]} hidden rows but {t.shape[0]} targets")
+    dev = h.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        h2, weight = h2.to(dt), weight.to(dt)
+        bias = bias.to(dt) if bias is not None else None
+    elif weight.dtype != h2.dtype:
+        h2 = h2.to(weight.dtype)
+    rows = chunk_rows or chunk_rows_for(weight.shape[0])
+    with torch.autocast(dev, enabled=False):
+        if torch.is_grad_enabled() and any(
+            x is not None and x.requires_grad for x in (h2, weight, bias)
+        ):
+            return _LinearCrossEntropy.apply(h2, weight, bias, t, ignore_index, rows)
+        # No gradient needed (evaluation): the loss only, one chunk at a time.
+        valid = t != ignore_index
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for s, e in _chunks(h2.shape[0], rows):
+            total += _chunk_nll_sum(_chunk_logits(h2[s:e], weight, bias), t[s:e], valid[s:e])[0]
+        return total / valid.sum().clamp(min=1).to(torch.float32)
