@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from lumenlm.allocator import tune_malloc
+from lumenlm.devices import configure_threads
 from lumenlm.errors import LumenError, first_line
 
 COMMANDS = [
@@ -42,6 +43,7 @@ COMMANDS = [
     "export",
     "import",
     "inspect",
+    "reproduce",
 ]
 
 
@@ -63,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave glibc malloc's defaults alone (also LUMENLM_MALLOC=system); by default "
         "lumenlm keeps freed memory mapped (mallopt) so each training or decoding step does "
         "not page-fault its temporaries back in: see lumenlm/allocator.py",
+    )
+    common.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the cores this "
+        "process may use: affinity, cgroup CPU quota, physical cores, not hyperthreads)",
     )
     parser = OneLineParser(
         prog="lumenlm",
@@ -91,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_malloc(enabled=not getattr(args, "system_malloc", False))
     debug = bool(getattr(args, "debug", False)) or os.environ.get("LUMENLM_DEBUG") == "1"
     try:
+        configure_threads(getattr(args, "threads", None))
         result = args.func(args)
         return int(result or 0)
     except LumenError as exc:
