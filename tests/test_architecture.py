@@ -31,6 +31,7 @@ PACKAGE = "lumenlm"
 # Top to bottom. A "part" is a folder (package) or top-level module of src/lumenlm.
 LAYERS: list[tuple[str, frozenset[str]]] = [
     ("entry", frozenset({"cli"})),
+    ("pipelines", frozenset({"reproduce"})),
     ("features", frozenset({"train", "evaluate", "infer", "export", "inspect"})),
     ("model storage", frozenset({"modelio"})),
     ("core", frozenset({"model", "data"})),
