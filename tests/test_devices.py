@@ -69,3 +69,54 @@ def test_unknown_flags_trust_the_probe(cpu, capsys) -> None:
 def test_the_probe_measures_a_real_ratio() -> None:
     ratio = devices.bf16_slowdown.__wrapped__(size=128, repeats=1)
     assert ratio > 0
+
+
+# -- CPU threads ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def threads():
+    """Restore torch's thread count after a test that sets it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_usable_cores_never_exceed_the_affinity_mask() -> None:
+    import os
+
+    n = devices.usable_cpu_cores()
+    assert 1 <= n <= len(os.sched_getaffinity(0))
+
+
+def test_a_cgroup_quota_caps_the_cores(monkeypatch) -> None:
+    monkeypatch.setattr(devices, "_cgroup_cpu_quota", lambda: 1.5)
+    monkeypatch.setattr(devices, "_physical_cores", lambda cpus: 64)
+    assert devices.usable_cpu_cores() == 1
+    monkeypatch.setattr(devices, "_cgroup_cpu_quota", lambda: None)
+    assert devices.usable_cpu_cores() == 64
+
+
+def test_cgroup_v2_quota_is_read(tmp_path, monkeypatch) -> None:
+    real = devices.Path
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    monkeypatch.setattr(
+        devices, "Path", lambda p: tmp_path / "cpu.max" if p.endswith("cpu.max") else real(p)
+    )
+    assert devices._cgroup_cpu_quota() == 2.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert devices._cgroup_cpu_quota() is None
+
+
+def test_thread_choice_order(monkeypatch, threads) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LUMENLM_THREADS", raising=False)
+    monkeypatch.setattr(devices, "usable_cpu_cores", lambda: 1)
+    assert devices.configure_threads() == (1, "usable cores")
+    assert torch.get_num_threads() == 1
+    assert devices.configure_threads(2) == (2, "--threads")
+    assert torch.get_num_threads() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert devices.configure_threads() == (2, "OMP_NUM_THREADS")  # the user's choice stands
+    with pytest.raises(devices.ConfigError):
+        devices.configure_threads(0)

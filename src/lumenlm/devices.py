@@ -6,14 +6,20 @@ AMX-BF16 or AVX512-BF16 run bf16 matmuls natively (several times fp32's speed); 
 is a trap. `cpu_bf16_native` reads the flags; `bf16_slowdown` times a small probe matmul
 once per process; `warn_slow_bf16` turns that into the one-line warning that `train
 --precision bf16` and `--dtype bf16` print on such a CPU.
+
+`configure_threads` sizes torch's CPU thread pool from the cores the process may use
+(affinity mask, cgroup CPU quota, physical cores), which torch itself does not read.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -129,3 +135,87 @@ def warn_slow_bf16(device: torch.device | str, what: str) -> str | None:
     )
     print(line, file=sys.stderr)
     return line
+
+
+# -- CPU threads -----------------------------------------------------------------------
+# torch sizes its intra-op pool from the CPUs it can see, not from the CPUs it may use:
+# in a container with a CPU quota (cgroup cpu.max / cfs_quota_us) or a restricted
+# affinity mask it starts more OpenMP threads than it gets cores, and every parallel
+# region then waits for the thread that was descheduled. On hyperthreaded CPUs the
+# second thread of a core shares its FMA units, so matmuls gain nothing from it.
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs allowed by the cgroup's CPU quota (v2 `cpu.max`, v1 `cfs_quota_us`), or None."""
+    candidates = [
+        ("/sys/fs/cgroup/cpu.max", None),
+        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+        (
+            "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us",
+            "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us",
+        ),
+    ]
+    for quota_path, period_path in candidates:
+        try:
+            text = Path(quota_path).read_text().split()
+            if period_path is None:
+                quota, period = text[0], text[1]
+            else:
+                quota, period = text[0], Path(period_path).read_text().split()[0]
+        except (OSError, IndexError):
+            continue
+        if quota == "max" or int(quota) <= 0:
+            return None
+        return int(quota) / int(period)
+    return None
+
+
+def _physical_cores(cpus: set[int]) -> int | None:
+    """Distinct (package, core) pairs among `cpus` (Linux sysfs), or None if unknown."""
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            core = (topo / "core_id").read_text().strip()
+            package = (topo / "physical_package_id").read_text().strip()
+        except OSError:
+            return None
+        cores.add((package, core))
+    return len(cores) or None
+
+
+def usable_cpu_cores() -> int:
+    """Cores this process may run on: its affinity mask, capped by the cgroup CPU quota,
+    counting physical cores (not hyperthreads) where the topology is readable."""
+    try:
+        cpus = set(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = set(range(os.cpu_count() or 1))
+    n = _physical_cores(cpus) or len(cpus)
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, max(1, math.floor(quota)))
+    return max(1, n)
+
+
+def configure_threads(threads: int | None = None) -> tuple[int, str]:
+    """Set torch's intra-op threads for a lumenlm process; returns (threads, why).
+
+    An explicit `threads` (`--threads`) wins; then the user's own OMP_NUM_THREADS (or
+    LUMENLM_THREADS), which is left to torch; else the usable physical cores.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}; pass a positive count")
+        torch.set_num_threads(threads)
+        return threads, "--threads"
+    if os.environ.get("LUMENLM_THREADS"):
+        n = int(os.environ["LUMENLM_THREADS"])
+        torch.set_num_threads(max(1, n))
+        return max(1, n), "LUMENLM_THREADS"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads(), "OMP_NUM_THREADS"
+    n = usable_cpu_cores()
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return n, "usable cores"

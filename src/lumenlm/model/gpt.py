@@ -157,8 +157,8 @@ class GPT(HookedModel):
         last_only: compute logits for the last position only (generation).
         return_logits: with targets, False returns the loss only (`logits=None`),
             computed by the chunked linear + cross-entropy (`model.chunked_loss`: one
-            chunk of logits at a time, same loss and gradients). Under torch.compile the
-            plain path is traced instead (inductor fuses it itself).
+            chunk of logits at a time, same loss and gradients). Under torch.compile and
+            in fp16 the plain path is taken (and its logits are returned).
         return_hidden_states / return_attentions: see `ModelOutput`; the hook points
             (`run_with_cache`) give the same tensors and more, by name.
         """
@@ -221,7 +221,7 @@ class GPT(HookedModel):
         x = norm(self.final_norm, x, hooked)
         if last_only:
             x = x[:, -1:]
-        if targets is not None and not return_logits and not torch.compiler.is_compiling():
+        if targets is not None and not return_logits and self._chunked_loss_applies(x):
             loss = linear_cross_entropy(
                 x, self.lm_head.weight, self.lm_head.bias, targets, ignore_index=cfg.ignore_index
             )
@@ -245,6 +245,18 @@ class GPT(HookedModel):
             hidden_states=hidden if return_hidden_states else None,
             attentions=attns if return_attentions else None,
         )
+
+    @staticmethod
+    def _chunked_loss_applies(x: Tensor) -> bool:
+        """Whether `return_logits=False` takes the chunked loss: not under torch.compile
+        (inductor fuses the plain path itself) and not in fp16, where a GradScaler's large
+        scale meets the head's gradients at another point than in the plain path, so
+        overflow-skipped steps would differ from it (fp16 keeps the plain path)."""
+        if torch.compiler.is_compiling():
+            return False
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        return dtype != torch.float16
 
     @staticmethod
     def _attention_mask(
