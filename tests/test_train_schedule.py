@@ -119,3 +119,42 @@ def test_resume_mid_decay_is_bit_identical(dataset: Path, budgeted: Path, tmp_pa
     train(resume=run, device="cpu", progress_bar=False)  # no budget: the recorded plan
     assert_same_state(run, budgeted)
     assert _train_lrs(run) == _train_lrs(budgeted)
+
+
+def test_progress_bar_under_a_budget_counts_the_budget_not_the_schedule() -> None:
+    from lumenlm.train.checkpoint import Progress
+    from lumenlm.train.console import Console
+
+    p = Progress(step=10, total_steps=5260)
+    bar = Console(True, True).progress_bar(p, max_minutes=3)
+    try:
+        assert bar.total == 180 and bar.unit == "s"  # the ETA is what the 3 minutes leave
+        Console.advance(bar, p, 60.7, {"loss": "1.0"})
+        assert bar.n == 60 and "10/5260" in bar.postfix
+        Console.advance(bar, p, 999.0, {})
+        assert bar.n == 180
+    finally:
+        bar.close()
+    plain = Console(True, True).progress_bar(p)
+    try:
+        assert plain.total == 5260 and plain.n == 10
+        Console.advance(plain, p, 1.0, {})
+        assert plain.n == 11
+    finally:
+        plain.close()
+
+
+def test_card_of_a_paused_run_shows_its_closing_evaluation(budgeted: Path, tmp_path: Path) -> None:
+    from lumenlm.train.card import render_card
+
+    run = budgeted
+    card = (run / "README.md").read_text()
+    assert 'load("PATH")' not in card and str(run.resolve()) in card
+    # a paused run: no best chosen, but a closing evaluation was logged
+    from lumenlm.config import ModelConfig, TrainConfig
+
+    text = render_card(
+        name="r", model=ModelConfig(), train=TrainConfig(), n_params=1, data={},
+        progress={"best_val_loss": None, "last_val_loss": 5.92, "last_val_step": 7},
+    )  # fmt: skip
+    assert "| Last val loss | 5.9200 |" in text and "Best val loss | n/a" not in text

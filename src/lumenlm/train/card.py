@@ -30,12 +30,16 @@ def render_card(
     progress: dict[str, Any],
     curve: str | None = "loss_curve.png",
     origin: dict[str, Any] | None = None,
+    path: str | None = None,
 ) -> str:
     """Markdown card: architecture table, exact parameter count, data, recipe, metrics.
+
+    `path` is where the model loads from, for "How to Use" (default: `name`).
 
     `origin` (fine-tuning, `--init-from`): the starting weights ("base": path and
     sha256), and for fine-tuning its data ("finetune": files, template, counts)."""
     m, t = model, train
+    name_path = path or name
     attn = "MHA" if m.n_kv_heads == m.n_heads else ("MQA" if m.n_kv_heads == 1 else "GQA")
     dropout = max(m.embd_dropout, m.attn_dropout, m.resid_dropout)
     arch = [
@@ -86,6 +90,13 @@ def render_card(
         ("Best val perplexity", _fmt(progress.get("best_val_ppl"))),
         ("Best at step", progress.get("best_step")),
     ]
+    if progress.get("best_val_loss") is None and progress.get("last_val_loss") is not None:
+        # a paused run's closing evaluation picks no best: show it rather than "n/a"
+        results[-3:] = [
+            ("Last val loss", _fmt(progress["last_val_loss"])),
+            ("Last val perplexity", _fmt(perplexity(progress["last_val_loss"]))),
+            ("Evaluated at step", progress.get("last_val_step")),
+        ]
 
     def table(rows: list[tuple[str, Any]], head: tuple[str, str]) -> str:
         lines = [f"| {head[0]} | {head[1]} |", "| --- | --- |"]
@@ -139,7 +150,14 @@ def render_card(
         "",
         "```python",
         "from lumenlm.modelio import load",
-        'model = load("PATH")  # this directory, or the run directory',
+        "from lumenlm.infer import SamplingParams, generate",
+        f'model = load("{name_path}")',
+        'print(generate(model, "Once upon a time", SamplingParams(max_new_tokens=60), '
+        "tokenizer=model.tokenizer)[0].text)",
+        "```",
+        "",
+        "```bash",
+        f'lumenlm generate {name_path} --prompt "Once upon a time"',
         "```",
         "",
     ]
@@ -204,7 +222,9 @@ def run_card(
     origin: dict[str, Any] | None = None,
 ) -> str:
     """The card of a run in training: `render_card` with its progress and last loss."""
-    losses = [r["loss"] for r in read_metrics(run_dir) if r.get("loss") is not None]
+    records = read_metrics(run_dir)
+    losses = [r["loss"] for r in records if r.get("loss") is not None]
+    evals = [r for r in records if r.get("val_loss") is not None]
     best = progress.best_val_loss
     return render_card(
         name=run_dir.name,
@@ -219,7 +239,10 @@ def run_card(
             "world_size": world_size,
             "loss": losses[-1] if losses else None,
             "best_val_ppl": perplexity(best) if best is not None else None,
+            "last_val_loss": evals[-1]["val_loss"] if evals else None,
+            "last_val_step": evals[-1]["step"] if evals else None,
         },
         curve=curve,
         origin=origin,
+        path=str(Path(run_dir).resolve()),
     )

@@ -42,14 +42,27 @@ class Console:
             f"starting at step {progress.step}"
         )
 
-    def progress_bar(self, progress: Progress) -> Any:
-        """A tqdm bar over the planned steps (None when hidden or not the main process)."""
+    def progress_bar(self, progress: Progress, max_minutes: float | None = None) -> Any:
+        """A tqdm bar (None when hidden or not the main process): over the planned steps,
+        or, under `--max-minutes`, over the budget's seconds, so that its ETA is the time
+        the budget has left and not that of a schedule the budget will cut short."""
         if not self.show_bar:
             return None
         from tqdm.auto import tqdm
 
         # In a log file (not a terminal) a redraw every second would flood it.
         interval = 1.0 if sys.stderr.isatty() else 30.0
+        if max_minutes is not None:
+            bar = tqdm(
+                total=round(max_minutes * 60),
+                desc="train (time budget)",
+                unit="s",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                mininterval=interval,
+            )
+            bar.budgeted = True
+            return bar
         return tqdm(
             total=progress.total_steps,
             initial=progress.step,
@@ -59,6 +72,18 @@ class Console:
             dynamic_ncols=True,
             mininterval=interval,
         )
+
+    @staticmethod
+    def advance(bar: Any, progress: Progress, elapsed_s: float, postfix: dict[str, Any]) -> None:
+        """Move the bar after a step: one step, or to the budget's seconds spent (with the
+        step count in the postfix)."""
+        if getattr(bar, "budgeted", False):
+            bar.update(max(0, min(bar.total, int(elapsed_s)) - bar.n))
+            postfix = {"step": f"{progress.step}/{progress.total_steps}", **postfix}
+        else:
+            bar.total = max(bar.total, progress.total_steps)
+            bar.update(1)
+        bar.set_postfix(postfix, refresh=False)
 
 
 def final_message(reason: StopReason, progress: Progress, run_dir: Path) -> str:

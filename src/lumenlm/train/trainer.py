@@ -172,7 +172,7 @@ class Trainer:
         setup = f"{self.precision}{', compiled' if cfg.compile else ''}, "
         setup += f"{self.env.world_size} process(es), {where}"
         self.console.announce(self.run_dir, self.n_params, self.device, setup, sampler, p)
-        bar = self.console.progress_bar(p)
+        bar = self.console.progress_bar(p, self.max_minutes)
         self.budget = TimeBudget(self.max_minutes, self.clock)
         self.since_log = metrics.Throughput()
         elapsed0 = p.elapsed_s
@@ -197,12 +197,11 @@ class Trainer:
                     epoch_end = sampler.advance()
                     p.elapsed_s = elapsed0 + self.budget.elapsed()
                     self.budget.step_done(self.budget.now() - t_step)
-                    self._plan_decay(bar)
+                    self._plan_decay()
                     self._log_step(loss, grad_norm, lr)
                     if bar is not None:
-                        bar.update(1)
                         postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "epoch": sampler.epoch}
-                        bar.set_postfix(postfix, refresh=False)
+                        self.console.advance(bar, p, self.budget.elapsed(), postfix)
                     if self._at_boundary(epoch_end):
                         reason = StopReason.EARLY_STOPPED
                         break
@@ -213,7 +212,7 @@ class Trainer:
                     bar.close()
         return self._leave(reason)
 
-    def _plan_decay(self, bar: Any) -> None:
+    def _plan_decay(self) -> None:
         """Under `--max-minutes`, fix a wsd schedule's decay (its start is now, its length
         from the measured step rate) once 1 - decay_fraction of the time is spent; the
         run's planned end becomes the decay's end, and both are saved for resume."""
@@ -237,8 +236,6 @@ class Trainer:
         if planned is None:
             return
         p.total_steps, p.decay_steps = planned
-        if bar is not None:
-            bar.total = p.total_steps
         self.console.notice(
             f"wsd: the learning-rate decay starts at step {p.step} and ends at step "
             f"{p.total_steps} ({p.decay_steps} steps, sized to end within --max-minutes)"
