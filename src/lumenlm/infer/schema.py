@@ -17,9 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Annotated, Any, ClassVar, Literal
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lumenlm.infer.sampling import (
     LOGIT_BIAS_RANGE,
@@ -330,3 +332,40 @@ def openapi_without_422(
         return app.openapi_schema
 
     return openapi
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's `{"error": {...}}` shape: validation errors as 400 (not
+    FastAPI's 422), `APIError`s as they are, unknown paths as a 404 naming the endpoints,
+    and other HTTP errors (405 with its `Allow`) with their headers."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        if first.get("type") == "json_invalid":
+            return error_response(
+                400, f"body: invalid JSON ({first.get('ctx', {}).get('error', 'decode error')})"
+            )
+        loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        msg = str(first.get("msg", "invalid request"))
+        if msg.startswith("Value error, "):  # our own check; its message names the field
+            msg = msg.removeprefix("Value error, ")
+            return error_response(400, msg, param=loc or msg.split(":")[0].split("[")[0])
+        return error_response(400, f"{loc or 'body'}: {msg}", param=loc or None)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.type, exc.code, exc.param, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(
+                404,
+                f"Invalid URL ({request.method} {request.url.path}): this server has "
+                "/v1/models, /v1/completions and /v1/chat/completions",
+                code="unknown_url",
+            )
+        # keeps the exception's headers: a 405 carries `Allow`
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
