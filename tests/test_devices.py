@@ -111,6 +111,11 @@ def test_cgroup_v2_quota_is_read(tmp_path, monkeypatch) -> None:
 def test_thread_choice_order(monkeypatch, threads) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LUMENLM_THREADS", raising=False)
+    monkeypatch.setattr(devices, "usable_cpu_cores", lambda: 2)
+    monkeypatch.setattr(devices, "_host_saturated", lambda: True)
+    assert devices.configure_threads() == (1, "busy host")
+    monkeypatch.setattr(devices, "_host_saturated", lambda: False)
+    assert devices.configure_threads() == (2, "usable cores")
     monkeypatch.setattr(devices, "usable_cpu_cores", lambda: 1)
     assert devices.configure_threads() == (1, "usable cores")
     assert torch.get_num_threads() == 1

@@ -202,7 +202,8 @@ def configure_threads(threads: int | None = None) -> tuple[int, str]:
     """Set torch's intra-op threads for a lumenlm process; returns (threads, why).
 
     An explicit `threads` (`--threads`) wins; then the user's own OMP_NUM_THREADS (or
-    LUMENLM_THREADS), which is left to torch; else the usable physical cores.
+    LUMENLM_THREADS), which is left to torch; else the usable physical cores, halved when
+    the host is already saturated (`_host_saturated`).
     """
     if threads is not None:
         if threads < 1:
@@ -215,7 +216,20 @@ def configure_threads(threads: int | None = None) -> tuple[int, str]:
         return max(1, n), "LUMENLM_THREADS"
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads(), "OMP_NUM_THREADS"
-    n = usable_cpu_cores()
+    n, why = usable_cpu_cores(), "usable cores"
+    if n > 1 and _host_saturated():
+        n, why = max(1, n // 2), "busy host"
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
-    return n, "usable cores"
+    return n, why
+
+
+def _host_saturated() -> bool:
+    """Whether other work already keeps every CPU busy (1-minute load average at or past
+    the CPU count). Then OpenMP barriers wait on descheduled threads: measured on a 2-core
+    EPYC at load ~7 (benchmarks/bench_threads.py), a librarian-1.3m step took 1.53 s with
+    1 thread and 3.53 s with 2, so a saturated host gets half the threads."""
+    try:
+        return os.getloadavg()[0] >= (os.cpu_count() or 1)
+    except (AttributeError, OSError):  # Windows
+        return False
