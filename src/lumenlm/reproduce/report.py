@@ -173,7 +173,8 @@ def model_card(
         tasks_note = (
             "ARC and HellaSwag: zero-shot multiple choice, each choice scored by the sum of "
             "its token log-likelihoods given the question (accuracy; acc_norm divides by "
-            "the choice's length in bytes), on the test files for ARC and the validation "
+            "the choice's length in characters, as lm-eval does), on the test files for ARC and the "
+            "validation "
             "items for HellaSwag; WikiText: document-level rolling windows on the test "
             "file, words counted on the original text (lm-evaluation-harness's `wikitext`)."
         )
