@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,11 @@ import torch
 from data_helpers import shared_data_dir
 
 # Tests share 2 loaded cores, and tiny models are overhead-bound: one intra-op thread
-# is fastest and steady. Set at import, so module-scoped fixtures run with it too.
+# is fastest and steady. Set at import, so module-scoped fixtures run with it too, and
+# for the CLI (which sizes torch's pool itself: devices.configure_threads), in process
+# and in the `lumenlm` subprocesses the tests start.
 torch.set_num_threads(1)
+os.environ.setdefault("LUMENLM_THREADS", "1")
 
 
 @pytest.fixture

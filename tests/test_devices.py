@@ -112,9 +112,6 @@ def test_thread_choice_order(monkeypatch, threads) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LUMENLM_THREADS", raising=False)
     monkeypatch.setattr(devices, "usable_cpu_cores", lambda: 2)
-    monkeypatch.setattr(devices, "_host_saturated", lambda: True)
-    assert devices.configure_threads() == (1, "busy host")
-    monkeypatch.setattr(devices, "_host_saturated", lambda: False)
     assert devices.configure_threads() == (2, "usable cores")
     monkeypatch.setattr(devices, "usable_cpu_cores", lambda: 1)
     assert devices.configure_threads() == (1, "usable cores")
@@ -123,5 +120,10 @@ def test_thread_choice_order(monkeypatch, threads) -> None:
     assert torch.get_num_threads() == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert devices.configure_threads() == (2, "OMP_NUM_THREADS")  # the user's choice stands
+    monkeypatch.setenv("LUMENLM_THREADS", "1")
+    assert devices.configure_threads() == (1, "LUMENLM_THREADS")
+    monkeypatch.setenv("LUMENLM_THREADS", "two")
+    with pytest.raises(devices.ConfigError, match="LUMENLM_THREADS must be a positive integer"):
+        devices.configure_threads()
     with pytest.raises(devices.ConfigError):
         devices.configure_threads(0)

@@ -201,35 +201,29 @@ def usable_cpu_cores() -> int:
 def configure_threads(threads: int | None = None) -> tuple[int, str]:
     """Set torch's intra-op threads for a lumenlm process; returns (threads, why).
 
-    An explicit `threads` (`--threads`) wins; then the user's own OMP_NUM_THREADS (or
-    LUMENLM_THREADS), which is left to torch; else the usable physical cores, halved when
-    the host is already saturated (`_host_saturated`).
+    An explicit `threads` (`--threads`) wins; then LUMENLM_THREADS; then the user's own
+    OMP_NUM_THREADS, which is left to torch; else the usable physical cores.
+
+    The choice never depends on how busy the host is at start-up: the thread count can
+    change the order of floating-point reductions, and a run and its resume must compute
+    the same numbers. On a host that other jobs already keep busy, fewer threads are much
+    faster (a librarian-1.3m step: 1.53 s with 1 thread, 3.53 s with 2, on a 2-core EPYC at
+    load ~7, benchmarks/bench_threads.py): pass `--threads 1` there.
     """
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {threads}; pass a positive count")
         torch.set_num_threads(threads)
         return threads, "--threads"
-    if os.environ.get("LUMENLM_THREADS"):
-        n = int(os.environ["LUMENLM_THREADS"])
-        torch.set_num_threads(max(1, n))
-        return max(1, n), "LUMENLM_THREADS"
+    env = os.environ.get("LUMENLM_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ConfigError(f"LUMENLM_THREADS must be a positive integer, got {env!r}; fix it")
+        torch.set_num_threads(int(env))
+        return int(env), "LUMENLM_THREADS"
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads(), "OMP_NUM_THREADS"
-    n, why = usable_cpu_cores(), "usable cores"
-    if n > 1 and _host_saturated():
-        n, why = max(1, n // 2), "busy host"
+    n = usable_cpu_cores()
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
-    return n, why
-
-
-def _host_saturated() -> bool:
-    """Whether other work already keeps every CPU busy (1-minute load average at or past
-    the CPU count). Then OpenMP barriers wait on descheduled threads: measured on a 2-core
-    EPYC at load ~7 (benchmarks/bench_threads.py), a librarian-1.3m step took 1.53 s with
-    1 thread and 3.53 s with 2, so a saturated host gets half the threads."""
-    try:
-        return os.getloadavg()[0] >= (os.cpu_count() or 1)
-    except (AttributeError, OSError):  # Windows
-        return False
+    return n, "usable cores"

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from lumenlm.allocator import tune_malloc
-from lumenlm.devices import configure_threads
 from lumenlm.errors import LumenError, first_line
 
 COMMANDS = [
@@ -101,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_malloc(enabled=not getattr(args, "system_malloc", False))
     debug = bool(getattr(args, "debug", False)) or os.environ.get("LUMENLM_DEBUG") == "1"
     try:
+        from lumenlm.devices import configure_threads  # imports torch: not for --help
+
         configure_threads(getattr(args, "threads", None))
         result = args.func(args)
         return int(result or 0)
