@@ -416,6 +416,11 @@ CASES: list[Case] = [
         r"nosuch",
     ),
     Case(
+        "presets --threads 0",
+        "--threads 0 (any command)",
+        r"--threads must be >= 1, got 0; pass a positive count",
+    ),
+    Case(
         "eval {model} --tasks nosuch --device cpu",
         "eval unknown task",
         r"unknown task 'nosuch'; use one of: arc-easy",
