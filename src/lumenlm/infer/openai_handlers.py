@@ -184,19 +184,7 @@ class OpenAIHandlers:
                 self.completion_stream(req, call, rows, base, echo_text, prompt_tokens),
                 media_type="text/event-stream",
             )
-        texts = [[t] for t in echo_text]
-        reasons: list[str | None] = [None] * len(rows)
-        lps: list[list] = [[] for _ in rows]
-        counts = [0] * len(rows)
-        async for i, ev in call.events(request.is_disconnected):
-            if ev.error:
-                raise APIError(500, ev.error, type_="server_error")
-            if ev.finish_reason == "timeout":
-                raise self.timeout_error()
-            texts[i].append(ev.text)
-            counts[i] += len(ev.token_ids)
-            lps[i] += ev.logprobs or []
-            reasons[i] = ev.finish_reason or reasons[i]
+        texts, reasons, lps, counts = await self.collect(call, request, echo_text)
         choices = []
         for i, seq in enumerate(call.seqs):
             logprobs = None
@@ -216,6 +204,27 @@ class OpenAIHandlers:
                 }
             )
         return {**base(choices), "usage": R.usage(prompt_tokens, sum(counts))}
+
+    async def collect(
+        self, call: EngineCall, request: Request, starts: list[str]
+    ) -> tuple[list[list[str]], list[str | None], list[list], list[int]]:
+        """A whole (not streamed) answer: per row its text pieces (after `starts[i]`),
+        finish reason, token logprobs and token count. An engine error is a 500, the
+        deadline a 504; a client that went away cancels the call."""
+        texts = [[t] for t in starts]
+        reasons: list[str | None] = [None] * len(starts)
+        lps: list[list] = [[] for _ in starts]
+        counts = [0] * len(starts)
+        async for i, ev in call.events(request.is_disconnected):
+            if ev.error:
+                raise APIError(500, ev.error, type_="server_error")
+            if ev.finish_reason == "timeout":
+                raise self.timeout_error()
+            texts[i].append(ev.text)
+            counts[i] += len(ev.token_ids)
+            lps[i] += ev.logprobs or []
+            reasons[i] = ev.finish_reason or reasons[i]
+        return texts, reasons, lps, counts
 
     async def completion_stream(
         self,
@@ -276,19 +285,7 @@ class OpenAIHandlers:
             return StreamingResponse(
                 self.chat_stream(req, call, base, len(prompt), top), media_type="text/event-stream"
             )
-        texts: list[list[str]] = [[] for _ in range(req.n)]
-        reasons: list[str | None] = [None] * req.n
-        lps: list[list] = [[] for _ in range(req.n)]
-        counts = [0] * req.n
-        async for i, ev in call.events(request.is_disconnected):
-            if ev.error:
-                raise APIError(500, ev.error, type_="server_error")
-            if ev.finish_reason == "timeout":
-                raise self.timeout_error()
-            texts[i].append(ev.text)
-            counts[i] += len(ev.token_ids)
-            lps[i] += ev.logprobs or []
-            reasons[i] = ev.finish_reason or reasons[i]
+        texts, reasons, lps, counts = await self.collect(call, request, [""] * req.n)
         choices = [
             {
                 "index": i,
