@@ -203,14 +203,28 @@ def _fresh(
     if base is not None:
         record.update(init_from=base.provenance)
     record.update(
-        # `lumenlm.modelio.load(run_dir)` resolves checkpoints/best (else last).
+        **_run_fields(run_dir, trainer, env, model_cfg, train_cfg),
+        preset=resolved.preset,
+        data_dir=str(data_dir),
+        data_sha256=data_fingerprint(meta),
+    )
+    return trainer
+
+
+def _run_fields(
+    run_dir: Path,
+    trainer: Trainer,
+    env: Any,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+) -> dict[str, Any]:
+    """The config.json fields every new run starts with (pretraining and fine-tuning);
+    `lumenlm.modelio.load(run_dir)` resolves checkpoints/best (else last)."""
+    return dict(
         format="lumenlm",
         format_version=1,
         kind="run",
         run_id=run_dir.name,
-        preset=resolved.preset,
-        data_dir=str(data_dir),
-        data_sha256=data_fingerprint(meta),
         model=model_cfg.to_dict(),
         train=dataclasses.asdict(train_cfg),
         total_steps=trainer.p.total_steps,
@@ -221,7 +235,6 @@ def _fresh(
         created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         status="running",
     )
-    return trainer
 
 
 def _new_run(
@@ -317,10 +330,7 @@ def finetune(
                 _discard(run_dir, env)
                 raise
             record.update(
-                format="lumenlm",
-                format_version=1,
-                kind="run",
-                run_id=run_dir.name,
+                **_run_fields(run_dir, trainer, env, model_cfg, train_cfg),
                 preset=None,
                 data_dir=setup["data"],
                 init_from=origin["base"],
@@ -328,15 +338,6 @@ def finetune(
                     **_ft_record(setup, sft),
                     "base_val_loss": origin["finetune"]["base_val_loss"],
                 },
-                model=model_cfg.to_dict(),
-                train=dataclasses.asdict(train_cfg),
-                total_steps=trainer.p.total_steps,
-                world_size=env.world_size,
-                device=str(env.device),
-                precision=trainer.precision,
-                parameters=trainer.n_params,
-                created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                status="running",
             )
             return trainer.fit()
         finally:
