@@ -48,8 +48,10 @@ if TYPE_CHECKING:
 class ModelOutput:
     """Logits (B, T, V), loss if targets were given, and optional internals.
 
-    `logits` is None only when the caller asked for the loss alone
-    (`forward(..., targets=..., return_logits=False)`): the chunked loss never builds them.
+    `logits` is None only when the caller asked for no logits (`return_logits=False`):
+    with targets the chunked loss never builds them; without targets `final_hidden` is
+    the head's input (the final norm's output, (B, T, D)), so the caller can run the
+    vocabulary projection itself, one chunk of rows at a time (chunked evaluation).
 
     `hidden_states[i]` is the residual stream entering block i; the last entry is
     the output of the final block (before the final norm), n_layers + 1 in all.
@@ -60,6 +62,7 @@ class ModelOutput:
     loss: Tensor | None = None
     hidden_states: list[Tensor] | None = None
     attentions: list[Tensor] | None = None
+    final_hidden: Tensor | None = None
 
 
 class GPT(HookedModel):
@@ -158,7 +161,8 @@ class GPT(HookedModel):
         return_logits: with targets, False returns the loss only (`logits=None`),
             computed by the chunked linear + cross-entropy (`model.chunked_loss`: one
             chunk of logits at a time, same loss and gradients). Under torch.compile and
-            in fp16 the plain path is taken (and its logits are returned).
+            in fp16 the plain path is taken (and its logits are returned). Without
+            targets, False returns `final_hidden` (the head's input) and no logits.
         return_hidden_states / return_attentions: see `ModelOutput`; the hook points
             (`run_with_cache`) give the same tensors and more, by name.
         """
@@ -221,6 +225,13 @@ class GPT(HookedModel):
         x = norm(self.final_norm, x, hooked)
         if last_only:
             x = x[:, -1:]
+        if targets is None and not return_logits:
+            return ModelOutput(
+                logits=None,
+                hidden_states=hidden if return_hidden_states else None,
+                attentions=attns if return_attentions else None,
+                final_hidden=x,
+            )
         if targets is not None and not return_logits and self._chunked_loss_applies(x):
             loss = linear_cross_entropy(
                 x, self.lm_head.weight, self.lm_head.bias, targets, ignore_index=cfg.ignore_index
