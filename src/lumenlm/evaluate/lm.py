@@ -19,6 +19,13 @@ Two guards keep the numbers honest: a split prepared with a tokenizer other than
 model's (same size, other ids: the metrics would be plausible and meaningless) is
 refused by fingerprint, the sha256 of tokenizer.json on both sides; and a non-finite
 loss (nan/inf logits: corrupt weights, an overflowing dtype) is an error, never a number.
+
+The full (tokens, V) logits never exist: the model returns its final hidden states and
+the vocabulary projection runs one chunk of rows at a time (`model.chunked_loss.
+linear_token_scores`), keeping per token only the NLL (fp32) and the target's rank (how
+many logits are strictly greater than the target's; top-k accuracy is rank < k, so a
+target tied for k-th place counts as a hit). That equals top-k membership wherever the
+logits have no ties, and costs one comparison pass instead of a top-k per row.
 """
 
 from __future__ import annotations
@@ -30,12 +37,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lumenlm.data.download import sha256_file
 from lumenlm.data.tokens import check_ids, load_split, read_meta
 from lumenlm.errors import ConfigError, DataError, LumenError
 from lumenlm.model import GPT
+from lumenlm.model.chunked_loss import linear_token_scores, token_scores
 from lumenlm.modelio import TOKENIZER_NAME, tokenizer_fingerprint
 
 TOPK = (1, 5, 10)
@@ -141,33 +148,17 @@ def evaluate_tokens(
                 group.append(spans[i + len(group)])
             x = torch.stack([data[b:e] for b, e, _ in group]).to(device)
             y = torch.stack([data[b + 1 : e + 1] for b, e, _ in group]).to(device)
-            logits = model(x).logits
-            # Row by row (peak memory of one row's log-softmax), positions >= the row's
-            # `first` only (earlier ones were scored by the previous window). The sums
-            # stay on the device: one host sync per batch, not several per row.
-            rows = []
-            for row, (_, _, first) in enumerate(group):
-                lg = logits[row, first:].float()
-                tg = y[row, first:]
-                nll = F.cross_entropy(lg, tg, reduction="none").double()
-                content = (
-                    tg != eot_id if eot_id is not None else torch.ones_like(tg, dtype=torch.bool)
-                )
-                top = lg.topk(min(max(TOPK), lg.shape[-1]), dim=-1).indices
-                match = top == tg[:, None]
-                rows.append(
-                    torch.stack(
-                        [
-                            nll.sum(),
-                            torch.where(content, nll, 0.0).sum(),  # no boolean indexing: no sync
-                            content.sum().double(),
-                            *(match[:, :k].any(-1).sum().double() for k in TOPK),
-                        ]
-                    )
-                )
-            batch_nll, batch_content_nll, batch_content, *batch_hits = (
-                torch.stack(rows).sum(0).tolist()
+            nll, rank, content = _score_batch(model, x, y, [f for _, _, f in group], eot_id)
+            nll = nll.double()
+            sums = torch.stack(
+                [
+                    nll.sum(),
+                    torch.where(content, nll, 0.0).sum(),  # no boolean indexing: no sync
+                    content.sum().double(),
+                    *((rank < k).sum().double() for k in TOPK),
+                ]
             )
+            batch_nll, batch_content_nll, batch_content, *batch_hits = sums.tolist()  # 1 sync
             batch_n = sum(y.shape[1] - first for _, _, first in group)  # known on the host
             if not math.isfinite(batch_nll):
                 raise LumenError(
@@ -202,6 +193,29 @@ def evaluate_tokens(
         bytes_per_token=bytes_per_token,
         split=split,
     )
+
+
+def _score_batch(
+    model: GPT, x: torch.Tensor, y: torch.Tensor, firsts: list[int], eot_id: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(NLL fp32, target rank, is-content) of the scored targets of a batch: row r's
+    positions >= firsts[r], rows concatenated. A GPT gives its final hidden states and the
+    vocabulary projection runs one chunk of rows at a time (`linear_token_scores`: one
+    chunk of logits in memory, no top-k); any other model (wrappers, test doubles) is
+    scored from the logits its forward returns, with the same per-token function."""
+    targets = torch.cat([y[r, f:] for r, f in enumerate(firsts)])
+    if isinstance(model, GPT):
+        h = model(x, return_logits=False).final_hidden
+        assert h is not None  # return_logits=False without targets always sets it
+        picked = torch.cat([h[r, f:] for r, f in enumerate(firsts)])
+        nll, rank = linear_token_scores(picked, model.lm_head.weight, model.lm_head.bias, targets)
+    else:
+        logits = model(x).logits
+        nll, rank = token_scores(torch.cat([logits[r, f:] for r, f in enumerate(firsts)]), targets)
+    content = (
+        targets != eot_id if eot_id is not None else torch.ones_like(targets, dtype=torch.bool)
+    )
+    return nll, rank, content
 
 
 # ----------------------------------------------------------------------------- prepared data

@@ -23,10 +23,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from lumenlm.errors import ConfigError, LumenError
 from lumenlm.model import GPT
+from lumenlm.model.chunked_loss import linear_token_scores
 
 Span = tuple[int, int, int]  # (begin, end, first scored offset) over [prefix] + tokens
 
@@ -66,8 +66,10 @@ def rolling_loglikelihoods(
     """The log-likelihood (natural log, summed over tokens) of each token list.
 
     Windows of all documents are batched together (right-padded: causal attention makes
-    the padding invisible to real positions); log-softmax runs in float32 row by row and
-    sums in float64. A non-finite sum is an error, never a number.
+    the padding invisible to real positions); the vocabulary projection runs one chunk
+    of scored positions at a time (`linear_token_scores`: the full logits never exist),
+    each token's NLL in float32, the sums in float64. A non-finite sum is an error,
+    never a number.
     """
     from tqdm import tqdm
 
@@ -92,13 +94,22 @@ def rolling_loglikelihoods(
             x = torch.zeros(len(batch), width, dtype=torch.long)
             for row, (d, (begin, end, _)) in enumerate(batch):
                 x[row, : end - begin] = torch.tensor(streams[d][begin:end])
-            logits = model(x.to(device)).logits
-            sums = []
+            h = model(x.to(device), return_logits=False).final_hidden
+            assert h is not None  # return_logits=False without targets always sets it
+            picked, targets, owner = [], [], []
             for row, (d, (begin, end, first)) in enumerate(batch):
-                targets = torch.tensor(streams[d][begin + 1 + first : end + 1], device=device)
-                lg = logits[row, first : end - begin].float()
-                sums.append(-F.cross_entropy(lg, targets, reduction="sum").double())
-            values = torch.stack(sums).tolist()  # one host sync per batch
+                picked.append(h[row, first : end - begin])
+                targets.extend(streams[d][begin + 1 + first : end + 1])
+                owner.extend([row] * (end - begin - first))
+            nll, _ = linear_token_scores(
+                torch.cat(picked),
+                model.lm_head.weight,
+                model.lm_head.bias,
+                torch.tensor(targets, device=device),
+            )
+            sums = torch.zeros(len(batch), dtype=torch.float64, device=device)
+            sums.index_add_(0, torch.tensor(owner, device=device), nll.double())
+            values = (-sums).tolist()  # one host sync per batch
             for (d, _), value in zip(batch, values):
                 if not math.isfinite(value):
                     raise LumenError(

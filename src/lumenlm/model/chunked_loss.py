@@ -17,6 +17,15 @@ Semantics equal `F.cross_entropy(logits.float(), targets, ignore_index=...)` wit
 reduction over the trained targets (parity is tested in tests/test_model_loss_chunked.py),
 with one exception: when no target is trained the loss is 0 with zero gradients, where
 F.cross_entropy gives nan (0 / 0). Double backward is not supported.
+
+Evaluation (`linear_token_scores`) runs the same projection chunk by chunk without a
+gradient and keeps two numbers per token instead of a row of logits: the NLL (fp32
+log-sum-exp minus the target's logit) and the target's rank, the number of logits
+strictly greater than the target's. Top-k accuracy is rank < k: one comparison pass over
+the chunk, no sort and no top-k. Tie rule: logits equal to the target's do not count
+against it (a target tied for k-th place is a top-k hit). Without ties this is exactly
+membership in `torch.topk(logits, k)`; with ties torch.topk picks among the tied ids by
+its own order, so the rank rule is the deterministic one (tests/test_eval_chunked.py).
 """
 
 from __future__ import annotations
@@ -164,3 +173,52 @@ def linear_cross_entropy(
         for s, e in _chunks(h2.shape[0], rows):
             total += _chunk_nll_sum(_chunk_logits(h2[s:e], weight, bias), t[s:e], valid[s:e])[0]
         return total / valid.sum().clamp(min=1).to(torch.float32)
+
+
+def token_scores(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row NLL (fp32) and target rank (int64) of (rows, V) `logits` against (rows,)
+    `targets`; see the module docstring for the rank and its tie rule. A non-finite
+    logit makes the row's NLL non-finite (nan or inf), never a plausible number."""
+    logits = logits.float()
+    picked = logits.gather(1, targets[:, None])
+    nll = torch.logsumexp(logits, dim=-1) - picked.squeeze(1)
+    rank = (logits > picked).sum(dim=-1)
+    return nll, rank
+
+
+@torch.no_grad()
+def linear_token_scores(
+    h: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    *,
+    chunk_rows: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`token_scores` of `h @ weight.T + bias` one chunk of rows at a time: at most one
+    chunk of logits (about `DEFAULT_CHUNK_ELEMENTS` floats) exists at once.
+
+    h: (N, D) hidden states (the head's input); weight: (V, D); targets: (N,). Returns
+    the NLL (N,) in fp32 and the rank (N,) in int64. The logits are computed in the
+    inputs' dtype (the autocast dtype under autocast), as `nn.Linear` does, then scored
+    in fp32: the same numbers as `token_scores(lm_head(h), targets)`.
+    """
+    if h.dim() != 2 or targets.shape != h.shape[:1]:
+        raise ValueError(
+            f"need (N, D) hidden states and (N,) targets, got {h.shape}, {targets.shape}"
+        )
+    dev = h.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        h, weight = h.to(dt), weight.to(dt)
+        bias = bias.to(dt) if bias is not None else None
+    elif weight.dtype != h.dtype:
+        h = h.to(weight.dtype)
+    n = h.shape[0]
+    nll = torch.empty(n, dtype=torch.float32, device=h.device)
+    rank = torch.empty(n, dtype=torch.int64, device=h.device)
+    rows = chunk_rows or chunk_rows_for(weight.shape[0])
+    with torch.autocast(dev, enabled=False):
+        for s, e in _chunks(n, rows):
+            nll[s:e], rank[s:e] = token_scores(_chunk_logits(h[s:e], weight, bias), targets[s:e])
+    return nll, rank
