@@ -1,0 +1,370 @@
+"""Statistics and the Markdown section of `python -m benchmarks`.
+
+Why apart from the runner: the numbers and their presentation are checked by fast
+tests (tests/test_benchmarks_suite.py) without running a benchmark. `results` is the
+JSON document the runner collects (and `--out` writes): for each preset, setting and
+toolkit, the worker results of every round, or the error or the reason it was skipped.
+
+A figure is tokens/s: a task's tokens over the median of its timed calls in one round;
+a table cell is the median over rounds with the [min-max] over rounds, and a ratio is
+lumenlm's median over the peer's, with the min-max of the per-round ratios (rounds
+interleave the toolkits, so a round's ratio compares runs minutes apart at most).
+The section sits between START and END in benchmarks/RESULTS.md and is replaced there
+in place, atomically; the rest of the file is left alone.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+START = "<!-- bench:start -->"
+END = "<!-- bench:end -->"
+PEERS = ("hf", "nanogpt")
+NAMES = {"lumenlm": "lumenlm", "hf": "HF", "nanogpt": "nanoGPT"}
+SETTING_TITLES = {
+    "default": "(a) as each user gets it by default",
+    "equal": "(b) equal settings",
+}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median and range of per-round values."""
+
+    median: float
+    lo: float
+    hi: float
+    n: int
+
+
+def summarize(values: list[float]) -> Summary | None:
+    """Median, min and max of `values`; None for no values."""
+    if not values:
+        return None
+    return Summary(statistics.median(values), min(values), max(values), len(values))
+
+
+def round_rate(task: dict[str, Any]) -> float:
+    """tokens/s of one task in one round: its tokens over the median timed call."""
+    return task["tokens"] / statistics.median(task["times"])
+
+
+def tasks(shape: dict[str, Any]) -> list[str]:
+    """The task keys a worker result holds, in table order."""
+    return ["train", "eval", "prefill", *(f"decode_{b}" for b in shape["decode_batches"])]
+
+
+def task_label(task: str, shape: dict[str, Any]) -> str:
+    """A task's name with its shape, e.g. "decode b8 (16+64)"."""
+    B, T = shape["batch"], shape["context"]
+    if task == "train":
+        return f"train step {B}x{T}"
+    if task == "eval":
+        return f"eval {B}x{T}"
+    if task == "prefill":
+        return f"prefill 1x{shape['prefill']}"
+    b = task.removeprefix("decode_")
+    return f"decode b{b} ({shape['prompt']}+{shape['new_tokens']})"
+
+
+def rates(entry: dict[str, Any] | None, task: str) -> list[float]:
+    """Per-round tokens/s of `task` in a toolkit entry (none if it failed or was skipped)."""
+    if not entry or entry.get("error") or entry.get("skip"):
+        return []
+    return [round_rate(r[task]) for r in entry.get("rounds", []) if task in r]
+
+
+def ratio(ours: list[float], peer: list[float]) -> tuple[float, float, float] | None:
+    """(ratio of medians, min and max of the per-round ratios) of ours over the peer's."""
+    if not ours or not peer:
+        return None
+    per_round = [a / b for a, b in zip(ours, peer)]
+    return statistics.median(ours) / statistics.median(peer), min(per_round), max(per_round)
+
+
+def fmt_rate(s: Summary | None) -> str:
+    if s is None:
+        return "-"
+    if s.n == 1:
+        return f"{s.median:,.0f}"
+    return f"{s.median:,.0f} [{s.lo:,.0f}-{s.hi:,.0f}]"
+
+
+def fmt_ratio(r: tuple[float, float, float] | None) -> str:
+    if r is None:
+        return "-"
+    med, lo, hi = r
+    return f"**{med:.2f}x**" + (f" ({lo:.2f}-{hi:.2f})" if lo != hi else "")
+
+
+def _cell(entry: dict[str, Any] | None, task: str) -> str:
+    if entry is None:
+        return "-"
+    if entry.get("skip"):
+        return "-"
+    if entry.get("error"):
+        return "failed"
+    return fmt_rate(summarize(rates(entry, task)))
+
+
+def peak_summary(results: dict[str, Any]) -> dict[str, float]:
+    """Best matmul FLOP/s per precision over all rounds (the roof MFU is measured against)."""
+    best: dict[str, float] = {}
+    for r in results.get("peak", []):
+        for precision, flops in r.items():
+            best[precision] = max(best.get(precision, 0.0), flops)
+    return best
+
+
+def _flag(flags: list[str], name: str) -> str:
+    return f"{name} {'yes' if name in flags else 'no'}"
+
+
+def header(results: dict[str, Any]) -> list[str]:
+    m = results["meta"]
+    hw = m["hardware"]
+    native = {True: "yes", False: "none", None: "unknown"}[hw["bf16_native"]]
+    flags = ", ".join(_flag(hw["flags"], f) for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
+    peaks = peak_summary(results)
+    peak_text = (
+        "; ".join(f"{p} {v / 1e9:,.1f} GFLOP/s" for p, v in sorted(peaks.items())) or "not measured"
+    )
+    lines = [
+        f"## One command, every toolkit: `python -m benchmarks` ({m['date']})",
+        "",
+        f"`{m['command']}`",
+        "",
+        f"- CPU: {hw['cpu']}, {hw['usable_cores']} usable cores of {hw['cpu_count']} "
+        f"({m['threads']} torch threads in every worker); {flags}; native bf16: {native}"
+        + (f"; GPU: {hw['gpu']}" if hw.get("gpu") else ""),
+        f"- torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}; "
+        f"nanoGPT: {m['nanogpt'] or 'not given (--nanogpt PATH)'}",
+        f"- {m['repeats']} interleaved rounds; in each, every (toolkit, setting, preset) runs in "
+        f"a process of its own: {m['warmup']} warm-up call(s), then the median of "
+        f"{m['iters']} timed calls (training: {m['train_warmup']} warm-up step(s) after the first"
+        f"{', calls of under ' + str(m['min_s']) + ' s repeated' if m['min_s'] else ''}). Cells: tokens/s, "
+        "median [min-max] over rounds; ratios: lumenlm / peer, the ratio of medians "
+        "(min-max of the per-round ratios); > 1 means lumenlm is faster.",
+        f"- Matmul peak ({m['peak_size']}^3, best of {m['peak_repeats']} per round, best "
+        f"round), measured in the same run: {peak_text}.",
+        "- Tasks: training step = forward, loss, backward, clip at 1.0, AdamW step, zero_grad "
+        "(B x T tokens); eval = forward and per-token loss, no grad; prefill = one prompt "
+        "into the KV cache and one new token (nanoGPT has no cache: one forward); decode = "
+        "greedy, exactly N new tokens, EOS ignored, whole call (prompt included), fp32 weights.",
+        "",
+    ]
+    if m.get("nice"):
+        lines.insert(3, f"(run under `nice -n {m['nice']}` on a shared host)")
+    return lines
+
+
+def settings_table(results: dict[str, Any]) -> list[str]:
+    lines = ["| toolkit | setting | precision | allocator | optimizer | loss | compile |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for toolkit in ("lumenlm", *PEERS):
+        for setting in SETTING_TITLES:
+            entry = _first_entry(results, setting, toolkit)
+            if entry is None:
+                continue
+            s, r = entry["settings"], entry["rounds"][0]
+            notes = r.get("notes", {})
+            precision = r.get("precision", s["precision"])
+            if s["precision"] == "auto":
+                precision = f"{precision} (auto)"
+            same = " (same runs as (a))" if entry.get("same_as") else ""
+            lines.append(
+                f"| {NAMES[toolkit]} | {setting}{same} | {precision} | {r.get('allocator')} | "
+                f"{notes.get('optimizer', s['optimizer'])} | {notes.get('loss', '')} | "
+                f"{'yes' if s['compile'] else 'no'} |"
+            )
+    return lines
+
+
+def _first_entry(results: dict[str, Any], setting: str, toolkit: str) -> dict[str, Any] | None:
+    for preset in results["cases"].values():
+        entry = preset.get(setting, {}).get(toolkit)
+        if entry and entry.get("rounds") and not entry.get("error"):
+            return entry
+    return None
+
+
+def speed_table(results: dict[str, Any], setting: str) -> list[str]:
+    peers = [p for p in PEERS if any(
+        setting in c and p in c[setting] for c in results["cases"].values())]  # fmt: skip
+    head = "| preset | task | lumenlm | " + " | ".join(
+        f"{NAMES[p]} | lumenlm / {NAMES[p]}" for p in peers
+    )
+    lines = [head + " |", "|---|---|" + "---:|" * (1 + 2 * len(peers))]
+    for preset, case in results["cases"].items():
+        shape = results["presets"][preset]["shape"]
+        entries = case.get(setting, {})
+        for task in tasks(shape):
+            ours = rates(entries.get("lumenlm"), task)
+            row = [preset, task_label(task, shape), _cell(entries.get("lumenlm"), task)]
+            for p in peers:
+                row += [
+                    _cell(entries.get(p), task),
+                    fmt_ratio(ratio(ours, rates(entries.get(p), task))),
+                ]
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def mfu_table(results: dict[str, Any]) -> list[str]:
+    peaks = peak_summary(results)
+    lines = [
+        "| preset | setting | toolkit | precision | tokens/s | GFLOP/token | GFLOP/s | CPU MFU | "
+        "device MFU | first step s |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for preset, case in results["cases"].items():
+        info = results["presets"][preset]
+        fpt = info["flops_per_token"]
+        for setting, entries in case.items():
+            for toolkit, entry in entries.items():
+                s = summarize(rates(entry, "train"))
+                if s is None:
+                    continue
+                precision = entry["rounds"][0].get("precision", "?")
+                peak = peaks.get(precision)
+                achieved = s.median * fpt
+                mfu = f"{achieved / peak:.1%}" if peak else "-"
+                device_peak = results["meta"].get("device_peak", {}).get(precision)
+                dmfu = f"{achieved / device_peak:.1%}" if device_peak else "-"
+                first = statistics.median(r["train"]["first_step_s"] for r in entry["rounds"])
+                lines.append(
+                    f"| {preset} | {setting} | {NAMES[toolkit]} | {precision} | {s.median:,.0f} | "
+                    f"{fpt / 1e9:.4f} | {achieved / 1e9:,.1f} | {mfu} | {dmfu} | {first:.2f} |"
+                )
+    return lines
+
+
+def leading_equal(ours: list[list[int]], theirs: list[list[int]]) -> int:
+    """How many leading new tokens agree in every row (the shorter row bounds it)."""
+    n = min((min(len(a), len(b)) for a, b in zip(ours, theirs)), default=0)
+    for k in range(n):
+        if any(a[k] != b[k] for a, b in zip(ours, theirs)):
+            return k
+    return n
+
+
+def check_table(results: dict[str, Any]) -> list[str]:
+    """First-step training loss, eval loss and greedy ids of each toolkit, side by side."""
+    lines = [
+        "| preset | setting | first-step loss: lumenlm / HF / nanoGPT | eval loss: lumenlm / HF / "
+        "nanoGPT | greedy ids equal to lumenlm's (HF; nanoGPT) |",
+        "|---|---|---|---|---|",
+    ]
+    for preset, case in results["cases"].items():
+        shape = results["presets"][preset]["shape"]
+        for setting, entries in case.items():
+            first = [_value(entries.get(t), "train", "first_loss") for t in ("lumenlm", *PEERS)]
+            ev = [_value(entries.get(t), "eval", "loss") for t in ("lumenlm", *PEERS)]
+            ours = entries.get("lumenlm")
+            same = []
+            for p in PEERS:
+                parts = []
+                for b in shape["decode_batches"]:
+                    key = f"decode_{b}"
+                    a, c = _ids(ours, key), _ids(entries.get(p), key)
+                    if a is None or c is None:
+                        continue
+                    k = leading_equal(a, c)
+                    parts.append(
+                        f"b{b} "
+                        + (
+                            "yes"
+                            if k == shape["new_tokens"]
+                            else f"first {k}/{shape['new_tokens']}"
+                        )
+                    )
+                same.append(", ".join(parts) or "-")
+            lines.append(
+                f"| {preset} | {setting} | {' / '.join(first)} | {' / '.join(ev)} | {'; '.join(same)} |"
+            )
+    return lines
+
+
+def _value(entry: dict[str, Any] | None, task: str, key: str) -> str:
+    if not entry or not entry.get("rounds") or entry.get("error"):
+        return "-"
+    return f"{entry['rounds'][0][task][key]:.6f}"
+
+
+def _ids(entry: dict[str, Any] | None, key: str) -> list[list[int]] | None:
+    if not entry or not entry.get("rounds") or entry.get("error"):
+        return None
+    return entry["rounds"][0][key]["ids"]
+
+
+def notes(results: dict[str, Any]) -> list[str]:
+    """Skipped and failed cells, with the reason, and per-toolkit notes."""
+    out = []
+    for preset, case in results["cases"].items():
+        for setting, entries in case.items():
+            for toolkit, entry in entries.items():
+                if entry.get("skip"):
+                    out.append(f"- {preset}, {NAMES[toolkit]}: - ({entry['skip']})")
+                elif entry.get("error"):
+                    out.append(f"- {preset}, {setting}, {NAMES[toolkit]}: failed: {entry['error']}")
+                elif entry.get("rounds") and setting == "default":
+                    extra = {k: v for k, v in entry["rounds"][0].get("notes", {}).items()
+                             if k not in ("loss", "optimizer")}  # fmt: skip
+                    if extra:
+                        text = ", ".join(f"{k}: {v}" for k, v in extra.items())
+                        out.append(f"- {preset}, {NAMES[toolkit]}: {text}")
+    return sorted(set(out), key=out.index)
+
+
+def render(results: dict[str, Any]) -> str:
+    """The whole Markdown section, markers included."""
+    lines = [START, *header(results), "### Settings", "", *settings_table(results), ""]
+    for setting, title in SETTING_TITLES.items():
+        if any(setting in c for c in results["cases"].values()):
+            lines += [f"### {title}", "", *speed_table(results, setting), ""]
+    lines += [
+        "### Training FLOP/s against the matmul peak of the same run",
+        "",
+        "FLOPs per token: 6 x matmul weights + 12 x layers x T x d_model "
+        "(`lumenlm.train.metrics.flops_per_token`, T = the benchmark's context). CPU MFU "
+        "divides by the matmul peak above for the same precision; device MFU by the data-sheet "
+        "peak on CUDA (`guess_peak_flops`). The first step includes compilation where on.",
+        "",
+        *mfu_table(results),
+        "",
+        "### The same computation, checked in this run",
+        "",
+        "Same weights (HF: `lumenlm.export.hf.export_hf` of ours; nanoGPT: that export mapped "
+        "into its state dict) and the same tokens: the first training step's loss and the "
+        "evaluation loss agree to float rounding, and the greedy ids match token for token.",
+        "",
+        *check_table(results),
+        "",
+    ]
+    extra = notes(results)
+    if extra:
+        lines += ["Notes:", "", *extra, ""]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, section: str) -> str:
+    """`text` with its START...END section replaced by `section` (appended if absent)."""
+    begin, end = text.find(START), text.find(END)
+    if begin != -1 and end > begin:
+        return text[:begin] + section.rstrip("\n") + text[end + len(END) :]
+    sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
+    return text + sep + section
+
+
+def write_section(path: str | Path, section: str) -> Path:
+    """Replace (or append) the section in the file at `path`, atomically."""
+    from lumenlm.modelio import atomic_write_text
+
+    p = Path(path)
+    text = p.read_text(encoding="utf-8") if p.exists() else "# Benchmark results\n"
+    atomic_write_text(p, replace_section(text, section))
+    return p
