@@ -96,7 +96,9 @@ class Trainer:
         self.stop_at_step, self.max_minutes, self.on_step = stop_at_step, max_minutes, on_step
         self.clock = clock
         self.console = Console(self.main, progress_bar)
-        self.precision = resolve_precision(cfg.precision, self.device)
+        self.precision = resolve_precision(
+            cfg.precision, self.device, model_cfg, cfg.batch_size, self.env.world_size
+        )  # auto on a native-bf16 CPU probes this model at these shapes (cached)
         # -- data: windows, the resumable batch order, the fixed validation windows --
         self.data = data or TrainData(
             self.data_dir, model_cfg.context_length, model_cfg.vocab_size, cfg, self.env
