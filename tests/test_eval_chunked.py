@@ -165,7 +165,7 @@ def test_chunk_size_changes_nothing_and_bounds_the_logits(
         seen.append(h.shape[0])
         return chunk_logits(h, w, b)
 
-    monkeypatch.setattr(CL, "chunk_rows_for", lambda vocab: rows)
+    monkeypatch.setattr(CL, "chunk_rows_for", lambda vocab, *elements: rows)
     monkeypatch.setattr(CL, "_chunk_logits", spy)
     head_calls = []
     model.lm_head.register_forward_hook(lambda *a: head_calls.append(1))
