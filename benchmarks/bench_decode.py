@@ -1,17 +1,28 @@
 """Greedy decode speed: `lumenlm.infer.generate` vs Hugging Face `generate`, same weights.
 
-The HF model comes from `lumenlm.export.hf.export_hf`, so both run identical weights;
-the script also checks both produce the same greedy tokens. Each case times batch 1
-and batch 8: a short random prompt, then exactly N new tokens (EOS ignored; HF with
-`min_new_tokens=N`), interleaved repeats, medians. Tokens/s counts generated tokens
-over the whole call (the prompt is short, so this is decode speed). The ratio is
-ours / HF: > 1 means lumenlm is faster.
+The HF model comes from `lumenlm.export.hf.export_hf`, so both run identical weights:
+GPT-2 and Llama layouts load as transformers' own classes, Lumiere (RMSNorm + SwiGLU +
+learned positions) as the exported remote code (`trust_remote_code=True`). The script
+checks that both produce the same greedy tokens. Each case times batch 1 and batch 8:
+a random 16-token prompt, then exactly N new tokens (EOS ignored; HF with
+`min_new_tokens=N`), interleaved repeats (lumenlm fast, lumenlm plain, HF in turn),
+medians after a warm-up. Tokens/s counts generated tokens over the whole call (the prompt
+is short, so this is decode speed). Ratios are lumenlm / HF: > 1 means lumenlm is faster.
 
-Small models are overhead-bound (Python and framework cost per token); the mid-size
-one is closer to compute-bound. Lumiere (RMSNorm + SwiGLU + learned positions) has no
-stock transformers class, so only our speed is shown for it.
+Two lumenlm columns: "fast" is the default engine (the fast decode step of
+`lumenlm.model.decode_step`); "plain" is `generate(..., fast=False)`, every step through
+`GPT.forward` with the KV cache (the engine before the fast step). Each figure is given
+by wall time and by the process's CPU time (`time.thread_time`, one torch thread): on a
+shared host the wall clock also counts waiting for a core, the CPU time does not, so
+read the CPU-time ratio there.
+
+`--compile` adds the fast step under torch.compile (its cold compile is timed apart).
+lumenbase-128m runs at its real shape (12 layers, d_model 768, vocabulary 32000).
 
     .venv/bin/python benchmarks/bench_decode.py [--device cpu] [--repeats 5] [--new-tokens 64]
+        [--cases librarian-1.3m lumiere-1m lumenbase-128m] [--batches 1 8] [--compile]
+
+The functions (`build`, `measure`, `CASES`) are importable for `python -m benchmarks`.
 """
 
 from __future__ import annotations
@@ -19,6 +30,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,54 +40,119 @@ import torch
 from lumenlm.infer import generate
 from lumenlm.model import GPT
 from lumenlm.presets import get_preset
-from timing import timed
+from timing import sync
 
-CASES: list[tuple[str, str, dict[str, Any]]] = [
-    ("librarian-1.3m (GPT-2)", "librarian-1.3m", {}),
-    ("lumiere-1m (no HF class)", "lumiere-1m", {}),
-    (
-        "mid d512 8L (Llama, GQA)",
-        "lumenbase-128m",
-        {
-            "n_layers": 8,
-            "d_model": 512,
-            "n_heads": 8,
-            "n_kv_heads": 4,
-            "d_head": 64,
-            "d_ff": 1408,
-            "vocab_size": 8000,
-            "context_length": 512,
-        },
-    ),
-]
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "librarian-1.3m": ("GPT-2 layout", {}),
+    "lumiere-1m": ("Lumiere, HF remote code", {}),
+    "lumenbase-128m": ("Llama, GQA 12/4", {}),
+}
+"""preset -> (what its HF side is, ModelConfig overrides)."""
 BATCHES = (1, 8)
 PROMPT_LEN = 16
 
 
 def build(preset: str, overrides: dict[str, Any], device: str) -> tuple[GPT, Any]:
-    """Our model (random weights, eval) and the same weights as an HF model (or None)."""
+    """Our model (random weights, eval) and the same weights as an HF model (loaded
+    through the export: stock class or remote code)."""
     from transformers import AutoModelForCausalLM
 
-    from lumenlm.errors import LumenError
     from lumenlm.export.hf import export_hf
 
     cfg = get_preset(preset).model.with_dropout(0.0).replace(**overrides)
     torch.manual_seed(0)
     ours = GPT(cfg).eval()
-    hf = None
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            export_hf(ours, f"{d}/hf")
-            hf = (
-                AutoModelForCausalLM.from_pretrained(
-                    f"{d}/hf", dtype=torch.float32, attn_implementation="sdpa"
-                )
-                .eval()
-                .to(device)
-            )
-    except LumenError:
-        pass
+    with tempfile.TemporaryDirectory() as d:
+        export_hf(ours, f"{d}/hf")
+        hf = AutoModelForCausalLM.from_pretrained(
+            f"{d}/hf", dtype=torch.float32, attn_implementation="sdpa", trust_remote_code=True
+        )
+        hf = hf.eval().to(device)
     return ours.to(device), hf
+
+
+@dataclass
+class Timing:
+    """Medians of one contender: tokens/s by wall clock and by CPU time."""
+
+    wall_tps: float
+    cpu_tps: float
+
+
+def _timed(fn: Callable[[], Any], device: str) -> tuple[float, float, Any]:
+    sync(device)
+    w, c = time.perf_counter(), time.thread_time()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - w, time.thread_time() - c, out
+
+
+def runners(
+    ours: GPT, hf: Any, prompt: torch.Tensor, new_tokens: int, compile: bool = False
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """name -> a call returning (B, new_tokens) greedy ids: fast, plain, [compiled], hf."""
+    rows = prompt.tolist()
+    kw: dict[str, Any] = dict(temperature=0, max_new_tokens=new_tokens, ignore_eos=True)
+
+    def ours_with(**extra: Any) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            return torch.tensor([r.token_ids for r in generate(ours, rows, **kw, **extra)])
+
+        return run
+
+    def run_hf() -> torch.Tensor:
+        with torch.inference_mode():
+            out = hf.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=False,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=0,
+            )
+        return out[:, prompt.shape[1] :].cpu()
+
+    out = {"fast": ours_with(), "plain": ours_with(fast=False)}
+    if compile:
+        out["compiled"] = ours_with(compile=True)
+    out["hf"] = run_hf
+    return out
+
+
+def measure(
+    ours: GPT,
+    hf: Any,
+    batch: int,
+    new_tokens: int = 64,
+    repeats: int = 5,
+    device: str = "cpu",
+    compile: bool = False,
+) -> tuple[dict[str, Timing], bool, float | None]:
+    """Interleaved repeats of every contender at `batch` rows: (timings by name, whether
+    every lumenlm path gave HF's tokens, the compiled step's cold first call in s)."""
+    g = torch.Generator().manual_seed(batch)
+    prompt = torch.randint(0, ours.config.vocab_size, (batch, PROMPT_LEN), generator=g)
+    fns = runners(ours, hf, prompt.to(device), new_tokens, compile)
+    cold = None
+    ids = {}
+    for name, fn in fns.items():  # warm-up (and the compile, timed)
+        wall, _, ids[name] = _timed(fn, device)
+        if name == "compiled":
+            cold = wall
+    same = all(torch.equal(ids[n], ids["hf"]) for n in ids)
+    walls: dict[str, list[float]] = {n: [] for n in fns}
+    cpus: dict[str, list[float]] = {n: [] for n in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            wall, cpu, _ = _timed(fn, device)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    n = batch * new_tokens
+    timings = {
+        name: Timing(n / statistics.median(walls[name]), n / statistics.median(cpus[name]))
+        for name in fns
+    }
+    return timings, same, cold
 
 
 def main() -> None:
@@ -83,73 +162,46 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
+    ap.add_argument("--compile", action="store_true", help="also time compile=True")
     ap.add_argument(
         "--threads",
         type=int,
-        default=None,
-        help="torch intra-op threads (default: torch's choice); on a busy machine 1 "
-        "avoids stalls of every small op waiting for a descheduled thread",
+        default=1,
+        help="torch intra-op threads (default 1: on a busy machine every small op "
+        "otherwise waits for a descheduled thread)",
     )
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     import transformers
 
     N, dev = args.new_tokens, args.device
     print(
         f"device={dev} torch={torch.__version__} transformers={transformers.__version__} "
         f"threads={torch.get_num_threads()} prompt={PROMPT_LEN} new_tokens={N} "
-        f"repeats={args.repeats} (median)"
+        f"repeats={args.repeats} (medians; tok/s by wall clock, [by CPU time])"
     )
-    print(
-        f"{'case':27} {'batch':>5} {'lumenlm tok/s':>14} {'HF tok/s':>10} {'lumenlm/HF':>10} "
-        f"{'same tokens':>11}"
-    )
-    for label, preset, overrides in CASES:
+    names = ["fast", "plain", *(["compiled"] if args.compile else []), "hf"]
+    head = " ".join(f"{n + ' tok/s':>20}" for n in names)
+    print(f"{'case':34} {'batch':>5} {head} {'fast/HF':>14} {'plain/HF':>14} {'same':>5}")
+    for preset in args.cases:
+        what, overrides = CASES[preset]
         ours, hf = build(preset, overrides, dev)
-        vocab = ours.config.vocab_size
-        for B in BATCHES:
-            g = torch.Generator().manual_seed(B)
-            prompt = torch.randint(0, vocab, (B, PROMPT_LEN), generator=g).to(dev)
-            rows = prompt.tolist()
-
-            def run_ours(rows: list[list[int]] = rows, ours: GPT = ours) -> torch.Tensor:
-                res = generate(ours, rows, temperature=0, max_new_tokens=N, ignore_eos=True)
-                return torch.tensor([r.token_ids for r in res])
-
-            def run_hf(prompt: torch.Tensor = prompt, hf: Any = hf) -> torch.Tensor:
-                with torch.inference_mode():
-                    out = hf.generate(
-                        prompt,
-                        attention_mask=torch.ones_like(prompt),
-                        do_sample=False,
-                        max_new_tokens=N,
-                        min_new_tokens=N,
-                        pad_token_id=0,
-                    )
-                return out[:, PROMPT_LEN:].cpu()
-
-            run_ours()  # warm-up
-            if hf is not None:
-                run_hf()
-            t_ours, t_hf = [], []
-            same = "-"
-            for _ in range(args.repeats):
-                t, ours_ids = timed(run_ours, dev)
-                t_ours.append(t)
-                if hf is not None:
-                    t, hf_ids = timed(run_hf, dev)
-                    t_hf.append(t)
-                    same = "yes" if torch.equal(ours_ids, hf_ids) else "NO"
-            ours_tps = B * N / statistics.median(t_ours)
-            if hf is None:
-                print(f"{label:27} {B:>5} {ours_tps:>14.0f} {'-':>10} {'-':>10} {same:>11}")
-                continue
-            hf_tps = B * N / statistics.median(t_hf)
+        for B in args.batches:
+            t, same, cold = measure(ours, hf, B, N, args.repeats, dev, args.compile)
+            cells = " ".join(f"{t[n].wall_tps:>10.0f} [{t[n].cpu_tps:>7.0f}]" for n in names)
+            ratio = {
+                n: f"{t[n].wall_tps / t['hf'].wall_tps:.2f} [{t[n].cpu_tps / t['hf'].cpu_tps:.2f}]"
+                for n in ("fast", "plain")
+            }
+            label = f"{preset} ({what})"
             print(
-                f"{label:27} {B:>5} {ours_tps:>14.0f} {hf_tps:>10.0f} {ours_tps / hf_tps:>9.2f}x "
-                f"{same:>11}"
+                f"{label:34} {B:>5} {cells} {ratio['fast']:>14} {ratio['plain']:>14} "
+                f"{'yes' if same else 'NO':>5}"
             )
+            if cold is not None:
+                print(f"{'':34} compile=True: first call (cold compile) {cold:.1f} s")
 
 
 if __name__ == "__main__":

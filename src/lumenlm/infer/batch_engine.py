@@ -13,8 +13,10 @@ Every iteration of the engine thread (llama.cpp's slots, nano-vllm's scheduler):
 2. admits waiting sequences into free slots: each prompt is prefilled **alone**
    (batch 1, its own temporary cache, placed into the shared `SlotCache`) and its
    first token sampled;
-3. runs **one** batched decode step over every active slot, then samples each slot's
-   next token with that sequence's own `SamplingParams` and `torch.Generator`.
+3. runs **one** batched decode step over every active slot (the fast step of
+   `model.decode_step`, shared with `generate`; `GPT.forward` while hooks are attached),
+   then samples each slot's next token with that sequence's own `SamplingParams` and
+   `torch.Generator`.
 
 Tokens go to each sequence's own queue as `Event`s (text deltas that are never half
 a character and never part of a stop string, via `detok`). A slot is freed at a stop
@@ -45,10 +47,16 @@ from torch import Tensor
 
 from lumenlm.infer.detok import IncrementalDecoder, StopMatcher
 from lumenlm.infer.generate import EOS_TOKEN, special_id
-from lumenlm.infer.sampling import SamplingParams, make_generator, sample_next
+from lumenlm.infer.sampling import (
+    SamplingParams,
+    logit_bias_vector,
+    make_generator,
+    sample_next,
+)
 from lumenlm.infer.sequence import Event, SequenceHandle, TokenLogprob
 from lumenlm.infer.slots import SlotCache
 from lumenlm.model import GPT
+from lumenlm.model.decode_step import DecodeStep
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's cap on top_logprobs
 
@@ -77,6 +85,7 @@ class _Slot:
             self.seen[0, torch.tensor(seq.prompt, device=device)] = True
         if p.counts_tokens:
             self.counts = torch.zeros((1, vocab), dtype=torch.long, device=device)
+        self.bias = logit_bias_vector(p.logit_bias, vocab, device)
 
 
 class BatchEngine:
@@ -110,6 +119,7 @@ class BatchEngine:
         self.device = model.tok_emb.weight.device
         self.eos = special_id(self.tokenizer, EOS_TOKEN)
         self.cache = SlotCache(model, slots, self.ctx)
+        self.fast = DecodeStep(model)  # the decode step `engine.Decoder` uses too
         self.active: list[_Slot] = []  # active[r] decodes in cache row r
         self.waiting: deque[SequenceHandle] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
@@ -252,6 +262,8 @@ class BatchEngine:
                             fut.set_result(fn())
                         except Exception as exc:  # the caller's error, not the engine's
                             fut.set_exception(exc)
+                if calls or admit:  # the weights may have changed since the last step
+                    self.fast.refresh()  # rebuilt only when they did
                 self._iteration(admit)
         except Exception as exc:  # a bug or out of memory: every sequence learns of it
             self._fail_all(f"engine failed: {type(exc).__name__}: {exc}")
@@ -265,8 +277,7 @@ class BatchEngine:
             pending = [s.seq for s in self.active] + list(self.waiting)
             self.waiting.clear()
         self.active = []
-        self.cache.lengths = []
-        self.cache.length = 0
+        self.cache.clear()
         with self._cond:
             calls = list(self._calls)
             self._calls.clear()
@@ -299,17 +310,27 @@ class BatchEngine:
         if not self.cache.room():  # cannot happen after sliding; guards the invariant
             raise RuntimeError("slot cache full after sliding")
         tokens = torch.tensor([s.window[-1] for s in self.active], device=self.device)
-        mask, pos = self.cache.step_inputs()
-        out = self.model(
-            tokens.view(-1, 1),
-            cache=self.cache,
-            attention_mask=mask,
-            position_ids=pos,
-            last_only=True,
-        )
+        self.cache.begin_step()
+        if not self.fast.usable():
+            mask, pos = self.cache.step_inputs()  # hooks see every activation: GPT.forward
+            out = self.model(
+                tokens.view(-1, 1),
+                cache=self.cache,
+                attention_mask=mask,
+                position_ids=pos,
+                last_only=True,
+            )
+            logits = out.logits[:, -1]
+        else:
+            c, a = self.cache, self.cache.active
+            end = c.length
+            logits = self.fast(
+                tokens, c.pos[:a], c.col, c.keys[:a], c.k[:, :a], c.v[:, :a], end + 1
+            )
+            c.length += 1
         self.cache.advance()
         self.steps += 1
-        self._sample_all(out.logits[:, -1])
+        self._sample_all(logits)
 
     def _admit(self, seq: SequenceHandle) -> None:
         slot = _Slot(seq, self.tokenizer, self._stop_ids(seq.params), self.vocab, self.device)
@@ -363,7 +384,7 @@ class BatchEngine:
                     self.model(torch.tensor([head], device=self.device), cache=tmp, last_only=True)
                     self.cache.place(r, tmp.k[:, :, :, : len(head)], tmp.v[:, :, :, : len(head)])
                 else:
-                    self.cache.lengths[r] = 0
+                    self.cache.clear_row(r)
 
     def _stop_ids(self, p: SamplingParams) -> set[int]:
         ids = {int(t) for t in p.stop_token_ids}
@@ -388,7 +409,9 @@ class BatchEngine:
                 groups.setdefault(key, []).append(j)
             else:  # its own penalties: alone
                 chosen[j] = int(
-                    sample_next(logits[j : j + 1], p, [s.seq.generator], s.seen, s.counts)[0]
+                    sample_next(logits[j : j + 1], p, [s.seq.generator], s.seen, s.counts, s.bias)[
+                        0
+                    ]
                 )
         for key, js in groups.items():
             if key == ("greedy",):

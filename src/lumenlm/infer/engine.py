@@ -4,8 +4,12 @@
 conditions on) and turns "here is the next token of every row" into "here are the
 next-token logits of every row". Two modes give the same tokens:
 
-- `use_cache=True`: one preallocated `KVCache` (no allocation per token); each step
-  feeds one token per row with `last_only=True`;
+- `use_cache=True`: one preallocated `KVCache`; the prompt is prefilled by
+  `GPT.forward`, then each step feeds one token per row through the fast decode step
+  (`model.decode_step.DecodeStep`, the one the server's `BatchEngine` uses too), with
+  the key mask, positions and write column kept in preallocated tensors updated in
+  place. While a hook is attached (or the model trains) a step goes through
+  `GPT.forward` on the same cache instead, so hooks see every activation;
 - `use_cache=False`: recompute the whole visible window every step (the reference).
 
 Left padding: rows are right-aligned; `attention_mask` is 1 on real tokens and
@@ -27,6 +31,9 @@ import torch
 from torch import Tensor
 
 from lumenlm.model import GPT
+from lumenlm.model.decode_step import DecodeStep
+
+NEG_INF = float("-inf")
 
 
 def left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor, Tensor]:
@@ -45,7 +52,13 @@ def left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor, Te
 
 
 class Decoder:
-    """Next-token logits for a batch of growing sequences (see module docstring)."""
+    """Next-token logits for a batch of growing sequences (see module docstring).
+
+    `fast=False` sends every step through `GPT.forward` (the reference the fast step is
+    tested and benchmarked against). `compile=True` compiles the fast step
+    (`model.decode_step`); its cache is then sized to a power of two (at most the context
+    length) so that generations of nearby lengths reuse one compiled step.
+    """
 
     def __init__(
         self,
@@ -56,6 +69,8 @@ class Decoder:
         pad_id: int = 0,
         use_cache: bool = True,
         window_keep: int | None = None,
+        fast: bool = True,
+        compile: bool = False,
     ) -> None:
         ctx = model.config.context_length
         if any(len(p) == 0 for p in prompts):
@@ -70,16 +85,26 @@ class Decoder:
         self.slides = 0
         width = max(len(r) for r in self.rows)
         self.capacity = min(ctx, width + max(1, max_new_tokens))
+        if compile:
+            self.capacity = min(ctx, 1 << (self.capacity - 1).bit_length())
         self.cache = model.new_cache(len(prompts), self.capacity) if use_cache else None
-        self._mask_buf: Tensor | None = None
-        self._pos: Tensor | None = None
+        self.fast = DecodeStep(model, compile=compile) if use_cache and fast else None
+        B = len(prompts)
+        # Preallocated per-step state, updated in place: which cache columns each row may
+        # attend to (an additive mask, 0 or -inf: SDPA's cheaper kind on CPU), each row's
+        # next position, and the column the next token goes to.
+        dtype = model.tok_emb.weight.dtype
+        self._keys = torch.full((B, self.capacity), NEG_INF, dtype=dtype, device=self.device)
+        self._pos = torch.zeros(B, dtype=torch.long, device=self.device)
+        self._col = torch.zeros(1, dtype=torch.long, device=self.device)
+        self._padded = False
 
     @property
     def batch_size(self) -> int:
         return len(self.rows)
 
     # -- internals ---------------------------------------------------------------
-    def _padded(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def _padded_inputs(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """(ids, attention_mask or None, position_ids or None) for the visible windows."""
         width = max(len(r) for r in self.rows)
         if all(len(r) == width for r in self.rows):
@@ -89,22 +114,24 @@ class Decoder:
         return ids.to(self.device), mask.to(self.device), pos.to(self.device)
 
     def _prefill(self) -> Tensor:
-        ids, mask, pos = self._padded()
+        ids, mask, pos = self._padded_inputs()
         if self.cache is None:
             return self.model(ids, attention_mask=mask, position_ids=pos, last_only=True).logits[
                 :, -1
             ]
         self.cache.reset()
+        if self.fast is not None:
+            self.fast.refresh()
+        width = ids.shape[1]
+        self._padded = mask is not None
+        self._keys.fill_(NEG_INF)
         if mask is None:
-            # Unpadded rows: the model's default positions (the cache length) are right
-            # and are checked on the host, so no positions tensor is kept or passed.
-            self._mask_buf = None
-            self._pos = None
+            self._keys[:, :width] = 0.0
+            self._pos.fill_(width)
         else:
-            buf = torch.ones((self.batch_size, self.capacity), dtype=torch.long, device=self.device)
-            buf[:, : mask.shape[1]] = mask
-            self._mask_buf = buf
-            self._pos = pos[:, -1:] + 1
+            self._keys[:, :width].masked_fill_(mask.bool(), 0.0)
+            self._pos.copy_(pos[:, -1] + 1)
+        self._col.fill_(width)
         out = self.model(
             ids, cache=self.cache, attention_mask=mask, position_ids=pos, last_only=True
         )
@@ -114,6 +141,29 @@ class Decoder:
         # Per row, so a row's tokens never depend on its batch-mates' lengths.
         self.rows = [r[-self.keep :] if len(r) > self.ctx else r for r in self.rows]
         self.slides += 1
+
+    def _step(self, tokens: Tensor) -> Tensor:
+        """One cached step: the fast step, or `GPT.forward` with `fast=False`, while
+        hooks are attached (they must see every activation) or in training mode."""
+        cache, n = self.cache, self.cache.length  # type: ignore[union-attr]
+        self._keys[:, n] = 0.0
+        if self.fast is None or not self.fast.usable():
+            out = self.model(
+                tokens.view(-1, 1),
+                cache=cache,
+                attention_mask=self._keys[:, : n + 1] == 0 if self._padded else None,
+                position_ids=self._pos.view(-1, 1) if self._padded else None,
+                last_only=True,
+            )
+            logits = out.logits[:, -1]
+        else:
+            assert cache is not None
+            keys = None if self.fast.compile else n + 1
+            logits = self.fast(tokens, self._pos, self._col, self._keys, cache.k, cache.v, keys)
+            cache.length += 1
+        self._pos += 1
+        self._col += 1
+        return logits
 
     # -- API -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -131,15 +181,4 @@ class Decoder:
             return self._prefill()
         if self.cache is None:
             return self._prefill()
-        n = self.cache.length + 1
-        mask = self._mask_buf[:, :n] if self._mask_buf is not None else None
-        out = self.model(
-            tokens.view(-1, 1),
-            cache=self.cache,
-            attention_mask=mask,
-            position_ids=self._pos,
-            last_only=True,
-        )
-        if self._pos is not None:
-            self._pos += 1
-        return out.logits[:, -1]
+        return self._step(tokens)

@@ -31,7 +31,12 @@ import torch
 
 from lumenlm.infer.detok import IncrementalDecoder, StopMatcher
 from lumenlm.infer.engine import Decoder
-from lumenlm.infer.sampling import SamplingParams, row_generators, sample_next
+from lumenlm.infer.sampling import (
+    SamplingParams,
+    logit_bias_vector,
+    row_generators,
+    sample_next,
+)
 from lumenlm.infer.text import check_text
 from lumenlm.model import GPT
 
@@ -136,6 +141,8 @@ def stream_generate(
     window_keep: int | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    fast: bool = True,
+    compile: bool = False,
     **overrides: Any,
 ) -> Iterator[StreamEvent]:
     """Yield `StreamEvent`s token by token; each row ends with one event carrying its reason.
@@ -149,7 +156,10 @@ def stream_generate(
     seeded with `seed + i`, so a row's tokens do not depend on its batch-mates;
     `generator` replaces those with one shared RNG. `batch_size`: decode at most
     that many rows at a time (default: all at once); rows of a later batch start
-    when the earlier batch has finished.
+    when the earlier batch has finished. `fast=False`: every step through `GPT.forward`
+    instead of the fast decode step (the reference; same tokens). `compile`: run the
+    fast decode step under `torch.compile` (a cold compile of minutes on a small CPU,
+    once per model and batch size; see `model.decode_step` and benchmarks/RESULTS.md).
     """
     p = resolve_params(params, overrides)
     tok = tokenizer if tokenizer is not None else model.tokenizer
@@ -164,7 +174,15 @@ def stream_generate(
     for start in range(0, len(ids), step):
         q = p if p.seed is None or start == 0 else replace(p, seed=p.seed + start)
         for ev in _stream_rows(
-            model, ids[start : start + step], q, tok, use_cache, window_keep, generator
+            model,
+            ids[start : start + step],
+            q,
+            tok,
+            use_cache,
+            window_keep,
+            generator,
+            fast,
+            compile,
         ):
             ev.index += start
             yield ev
@@ -178,6 +196,8 @@ def _stream_rows(
     use_cache: bool,
     window_keep: int | None,
     generator: torch.Generator | None,
+    fast: bool = True,
+    compile: bool = False,
 ) -> Iterator[StreamEvent]:
     """`stream_generate` for one batch of encoded rows (indices from 0)."""
     vocab = model.config.vocab_size
@@ -201,6 +221,8 @@ def _stream_rows(
         pad_id=pad,
         use_cache=use_cache,
         window_keep=window_keep,
+        fast=fast,
+        compile=compile,
     )
     device = dec.device
     gen: Any = generator
@@ -214,6 +236,7 @@ def _stream_rows(
     counts = None  # generated-token counts, for the presence/frequency penalties
     if p.counts_tokens:
         counts = torch.zeros((B, vocab), dtype=torch.long, device=device)
+    bias = logit_bias_vector(p.logit_bias, vocab, device)
     detoks = [IncrementalDecoder(tok) if tok is not None else None for _ in range(B)]
     matchers = [StopMatcher(p.stop) for _ in range(B)]
     done = [False] * B
@@ -223,7 +246,7 @@ def _stream_rows(
 
     logits = dec.prefill()
     for step in range(p.max_new_tokens):
-        nxt = sample_next(logits, p, gen, seen, counts)
+        nxt = sample_next(logits, p, gen, seen, counts, bias)
         if n_done:
             nxt = torch.where(finished, pad_t, nxt)
         toks = nxt.tolist()

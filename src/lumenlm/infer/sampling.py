@@ -168,13 +168,28 @@ def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Te
     return torch.where(seen, penalized, logits)
 
 
-def apply_logit_bias(logits: Tensor, bias: Mapping[int, float]) -> Tensor:
-    """Add OpenAI's `logit_bias` ({token id: bias}) to every row."""
+def apply_logit_bias(logits: Tensor, bias: Mapping[int, float] | Tensor) -> Tensor:
+    """Add OpenAI's `logit_bias` ({token id: bias}, or its dense (V,) vector from
+    `logit_bias_vector`) to every row."""
+    if isinstance(bias, Tensor):
+        return logits + bias
     if not bias:
         return logits
     ids = torch.tensor(list(bias), dtype=torch.long, device=logits.device)
     vals = torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
     return logits.index_add(-1, ids, vals.expand(logits.shape[0], -1))
+
+
+def logit_bias_vector(
+    bias: Mapping[int, float], vocab_size: int, device: torch.device | str = "cpu"
+) -> Tensor | None:
+    """`logit_bias` as a dense float32 (V,) vector (None when empty), made once per request
+    so a decode step adds it with one op and copies nothing from the host."""
+    if not bias:
+        return None
+    vec = torch.zeros(vocab_size, dtype=torch.float32)
+    vec.index_add_(0, torch.tensor(list(bias), dtype=torch.long), torch.tensor(list(bias.values())))
+    return vec.to(device)
 
 
 def apply_presence_frequency(
@@ -230,14 +245,17 @@ def process_logits(
     params: SamplingParams,
     seen: Tensor | None = None,
     counts: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
     """Apply the logit bias, the repetition penalty (over `seen`), the presence/frequency
     penalties (over `counts`), then (unless greedy) temperature, top-k, top-p, min-p.
 
     Hugging Face's order for its processors, so the same settings keep the same tokens;
-    OpenAI's bias and penalties come first, as in vLLM.
+    OpenAI's bias and penalties come first, as in vLLM. `bias`: `params.logit_bias` as
+    made by `logit_bias_vector` (the decode loops pass it, made once). Every branch here
+    is on the settings, never on tensor values: no host sync.
     """
-    logits = apply_logit_bias(logits.float(), params.logit_bias)
+    logits = apply_logit_bias(logits.float(), bias if bias is not None else params.logit_bias)
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if counts is not None:
@@ -276,26 +294,26 @@ def sample_next(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     seen: Tensor | None = None,
     counts: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
-    """Pick one token per row from (B, V) logits -> (B,) int64.
+    """Pick one token per row from (B, V) logits -> (B,) int64, without a host sync.
 
     `generator`: one RNG for the whole batch, or one per row (see `row_generators`).
     A row whose processed logits are not a distribution (inf/NaN logits, or nothing
-    left) falls back to `greedy_fallback` instead of failing.
+    left) gets `greedy_fallback` instead of failing; that choice is a `torch.where`
+    on the device, so the host never waits for the step to finish to decide. `bias`:
+    see `process_logits`.
     """
-    processed = process_logits(logits, params, seen, counts)
+    processed = process_logits(logits, params, seen, counts, bias)
     if params.greedy:
+        if bias is None and not params.logit_bias and seen is None and counts is None:
+            return _argmax_ignoring_nan(processed)[0]  # processed = raw: one argmax
         return greedy_fallback(logits, processed)
     probs = torch.softmax(processed, dim=-1)
     ok = torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)
-    if not bool(ok.all()):
-        fallback = greedy_fallback(logits, processed)
-        probs = torch.where(
-            ok.unsqueeze(-1),
-            probs,
-            torch.nn.functional.one_hot(fallback, probs.shape[-1]).to(probs.dtype),
-        )
-    return draw(probs, generator)
+    # a bad row's draw (from NaN probabilities) is replaced; its one uniform number is
+    # still drawn, so every later token of the row's generator stays the same
+    return torch.where(ok, draw(probs, generator), greedy_fallback(logits, processed))
 
 
 def draw(
@@ -334,4 +352,6 @@ def greedy_fallback(logits: Tensor, processed: Tensor) -> Tensor:
 def _argmax_ignoring_nan(x: Tensor) -> tuple[Tensor, Tensor]:
     """(argmax per row with NaN as -inf, whether the row has anything above -inf)."""
     clean = torch.nan_to_num(x, nan=NEG_INF, neginf=NEG_INF)  # +inf -> the largest float
-    return clean.argmax(dim=-1), (clean > NEG_INF).any(dim=-1)
+    best = clean.argmax(dim=-1)
+    # the row's largest value is above -inf exactly when any value is
+    return best, clean.gather(-1, best[:, None])[:, 0] > NEG_INF

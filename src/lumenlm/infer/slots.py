@@ -15,8 +15,12 @@ so what a row attends to and where it is does not depend on its neighbours.
 - `remove(r)` frees a row by moving the last active row into it, so the active rows are
   always `0 .. active - 1` and a step computes nothing for free slots.
 
-The object quacks like `model.KVCache` (`length`, `max_length`, `update`), which is all
-`GPT.forward` uses, so the model needs no change for it.
+Besides the keys and values it keeps, preallocated and updated in place, what the fast
+decode step (`model.decode_step.DecodeStep`, shared with `engine.Decoder`) reads: an
+additive key mask per row (0 on the row's own columns, -inf elsewhere), each row's next
+position, and the write column. The object also quacks like `model.KVCache` (`length`,
+`max_length`, `update`), which is all `GPT.forward` uses, so a step can go through the
+plain forward (while hooks are attached) on the same buffers.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ class SlotCache:
         self.max_length = capacity
         self.length = 0  # the shared end column ("end" in the module docstring)
         self.lengths: list[int] = []  # n_r of each active row, rows 0 .. active - 1
+        # what the fast decode step reads (see the module docstring)
+        self.keys = torch.full((slots, capacity), float("-inf"), dtype=p.dtype, device=p.device)
+        self.pos = torch.zeros(slots, dtype=torch.long, device=p.device)
+        self.col = torch.zeros(1, dtype=torch.long, device=p.device)
 
     @property
     def active(self) -> int:
@@ -61,18 +69,34 @@ class SlotCache:
         return self.k[layer, :a, :, :end], self.v[layer, :a, :, :end]
 
     # -- slot bookkeeping ---------------------------------------------------------------
+    def begin_step(self) -> None:
+        """Before a decode step: every active row may attend to the new column `length`,
+        where the step writes."""
+        self.keys[: self.active, self.length] = 0.0
+        self.col.fill_(self.length)
+
     def step_inputs(self) -> tuple[Tensor, Tensor]:
-        """(attention_mask (A, end + 1), position_ids (A, 1)) for one decode step."""
-        end = self.length
-        dev = self.k.device
-        n = torch.tensor(self.lengths, dtype=torch.long, device=dev)
-        cols = torch.arange(end + 1, device=dev)
-        mask = (cols[None, :] >= (end - n)[:, None]).long()
-        return mask, n.view(-1, 1)
+        """(attention_mask (A, end + 1), position_ids (A, 1)) for one decode step through
+        `GPT.forward` (after `begin_step`)."""
+        a, end = self.active, self.length
+        return (self.keys[:a, : end + 1] == 0).long(), self.pos[:a].view(-1, 1)
 
     def advance(self) -> None:
         """After a decode step: every active row holds one more token."""
         self.lengths = [n + 1 for n in self.lengths]
+        self.pos[: self.active] += 1
+
+    def clear(self) -> None:
+        """Free every row."""
+        self.lengths = []
+        self.length = 0
+        self.keys.fill_(float("-inf"))
+
+    def clear_row(self, row: int) -> None:
+        """Keep active `row` with no cached tokens (its window is its next input only)."""
+        self.lengths[row] = 0
+        self.pos[row] = 0
+        self.keys[row] = float("-inf")
 
     def place(self, row: int, k: Tensor, v: Tensor) -> None:
         """Put a prefilled sequence's keys/values (L, 1, H, P, D) in `row` (an active row
@@ -87,6 +111,9 @@ class SlotCache:
         self.v[:, row, :, : end - p] = 0
         self.k[:, row, :, end - p : end] = k[:, 0]
         self.v[:, row, :, end - p : end] = v[:, 0]
+        self.keys[row] = float("-inf")
+        self.keys[row, end - p : end] = 0.0
+        self.pos[row] = p
         if row == self.active:
             self.lengths.append(p)
         else:
@@ -100,8 +127,11 @@ class SlotCache:
         if row != last:
             self.k[:, row] = self.k[:, last]
             self.v[:, row] = self.v[:, last]
+            self.keys[row] = self.keys[last]
+            self.pos[row] = self.pos[last]
             self.lengths[row] = self.lengths[last]
             moved = last
+        self.keys[last] = float("-inf")
         self.lengths.pop()
         if not self.lengths:
             self.length = 0
@@ -129,3 +159,7 @@ class SlotCache:
             self.k[:, :a, :, : end - start] = self.k[:, :a, :, start:end].clone()
             self.v[:, :a, :, : end - start] = self.v[:, :a, :, start:end].clone()
         self.length = end + by
+        # rare (a longer prompt arrives, or the buffer is full): rebuild the key mask
+        self.keys[:a] = float("-inf")
+        for r, n in enumerate(self.lengths):
+            self.keys[r, self.length - n : self.length] = 0.0

@@ -1,0 +1,238 @@
+"""The fast decode step (`model.decode_step`) against the plain path (`GPT.forward`).
+
+Stated tolerances:
+- fp32: every step's logits within 1e-5 of the plain path's, relative to the largest
+  |logit| of that step (measured: under 1e-6), and greedy tokens identical;
+- bf16 weights (the fast step in bf16 against the plain path in fp32): within 5% of the
+  largest |logit|, and the top token of the bf16 logits is one the fp32 model scores
+  within that same margin of its best.
+
+Cases: GPT-2 style (`tiny-gpt2`), Lumiere's layout (RMSNorm + SwiGLU + learned
+positions), Llama with GQA (`tiny`), a post-norm model and one with d_value != d_head;
+batches with and without left padding, decoding across context slides. Whether the
+loops take no host sync is checked on the meta device, where any read of a tensor
+value raises.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from infer_helpers import _one_thread, make_model  # noqa: F401 (fixture)
+from lumenlm.infer import generate
+from lumenlm.infer.batch_engine import BatchEngine
+from lumenlm.infer.engine import Decoder
+from lumenlm.infer.sampling import SamplingParams, sample_next
+from lumenlm.model import GPT
+from lumenlm.model import decode_step as decode_mod
+from lumenlm.model.decode_step import DecodeStep
+from lumenlm.presets import get_preset
+
+FP32_RTOL = 1e-5
+BF16_RTOL = 5e-2
+
+CASES = {
+    "gpt2": ("tiny-gpt2", {}),
+    "lumiere": ("lumiere-1m", {"n_layers": 2, "d_model": 64, "d_ff": 128, "context_length": 48}),
+    "llama-gqa": ("tiny", {}),
+    "post-norm": ("tiny-gpt2", {"pre_norm": False}),
+    "d_value": ("tiny", {"d_value": 8, "n_kv_heads": 1}),
+}
+PROMPTS = {
+    "equal": [[5, 17, 42, 99, 3, 8], [7, 7, 1, 2, 3, 4]],
+    "padded": [[5, 17, 42], list(range(10, 40)), [9]],
+}
+
+
+def model_for(case: str) -> GPT:
+    preset, overrides = CASES[case]
+    return make_model(preset, **overrides)
+
+
+def decode_logits(model: GPT, prompts: list[list[int]], steps: int, fast: bool) -> list:
+    """Greedy decode with a small window (so it slides); every step's logits."""
+    dec = Decoder(model, prompts, max_new_tokens=steps, window_keep=8, fast=fast)
+    logits = dec.prefill()
+    out = []
+    for _ in range(steps):
+        out.append(logits)
+        t = logits.argmax(-1)
+        logits = dec.step(t, t.tolist())
+    assert dec.slides > 0  # the run crossed at least one context slide
+    return out
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("shape", list(PROMPTS))
+def test_fast_step_logits_equal_plain_path(case: str, shape: str) -> None:
+    model = model_for(case)
+    steps = model.config.context_length + 20
+    fast = decode_logits(model, PROMPTS[shape], steps, fast=True)
+    plain = decode_logits(model, PROMPTS[shape], steps, fast=False)
+    assert len(fast) == len(plain) == steps
+    for f, p in zip(fast, plain):
+        assert rel_err(f, p) < FP32_RTOL
+        assert torch.equal(f.argmax(-1), p.argmax(-1))
+
+
+@pytest.mark.parametrize("case", ["gpt2", "lumiere", "llama-gqa"])
+def test_generate_fast_equals_plain_and_recompute(case: str) -> None:
+    """Greedy tokens: fast step == GPT.forward with the cache == full recompute, padded
+    rows, past the context (sliding); sampled tokens with seeds too."""
+    model = model_for(case)
+    rows = PROMPTS["padded"]
+    n = model.config.context_length + 10
+    kw = dict(temperature=0, max_new_tokens=n, ignore_eos=True)
+    fast = [r.token_ids for r in generate(model, rows, **kw)]
+    assert fast == [r.token_ids for r in generate(model, rows, fast=False, **kw)]
+    assert fast == [r.token_ids for r in generate(model, rows, use_cache=False, **kw)]
+    kw = dict(temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=1.2, seed=3)
+    kw |= dict(max_new_tokens=20, ignore_eos=True, logit_bias={4: 3.0})
+    sampled = [r.token_ids for r in generate(model, rows, **kw)]
+    assert sampled == [r.token_ids for r in generate(model, rows, fast=False, **kw)]
+
+
+def test_batch_engine_fast_equals_plain() -> None:
+    """The server's engine: the fast step and GPT.forward (forced by a hook that changes
+    nothing) give the same greedy tokens, for prompts of many lengths, sliding included."""
+    model = model_for("llama-gqa")
+    prompts = [[1 + i] * (1 + 9 * i) for i in range(8)]
+    p = SamplingParams(max_new_tokens=80, temperature=0, ignore_eos=True)
+
+    def run() -> list[list[int]]:
+        eng = BatchEngine(model, None, slots=4)
+        try:
+            return [s.collect()[0] for s in eng.submit_many(prompts, p)]
+        finally:
+            eng.close()
+
+    fast = run()
+    handle = model.hook_embed.add_hook(lambda x, hook: None)
+    try:
+        plain = run()
+    finally:
+        handle.remove()
+    assert fast == plain
+    assert all(len(t) == 80 for t in fast)
+
+
+def test_module_hooks_and_hook_points_take_the_plain_path() -> None:
+    """A forward hook on any module (or a hook point) must see the step: the fast step
+    stands aside while one is attached."""
+    model = model_for("gpt2")
+    step = DecodeStep(model)
+    assert step.usable()
+    seen: list[tuple] = []
+    h = model.blocks[0].mlp.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    assert not step.usable()
+    generate(model, [[1, 2, 3]], temperature=0, max_new_tokens=4)
+    assert len(seen) == 1 + 3  # the prefill and every step
+    h.remove()
+    handle = model.blocks[1].hook_resid_post.add_hook(lambda x, hook: None)
+    assert not step.usable()
+    handle.remove()
+    model.train()
+    assert not step.usable()
+    model.eval()
+    assert step.usable()
+
+
+def test_weights_follow_in_place_updates() -> None:
+    """The decode-layout copies are rebuilt after a parameter changes (a training step,
+    load_state_dict): the fast step never decodes with stale weights."""
+    model = model_for("lumiere")
+    rows = [[3, 1, 4, 1, 5]]
+    kw = dict(temperature=0, max_new_tokens=12, ignore_eos=True)
+    before = generate(model, rows, **kw)[0].token_ids
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    after = generate(model, rows, **kw)[0].token_ids
+    assert after == generate(model, rows, fast=False, **kw)[0].token_ids
+    assert after != before
+
+
+def test_without_copies_same_logits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models past COPY_LIMIT_BYTES decode from the model's own tensors (no fused or
+    transposed copies): the same logits."""
+    model = model_for("llama-gqa")
+    monkeypatch.setattr(decode_mod, "COPY_LIMIT_BYTES", 0)
+    model.__dict__.pop("_decode_weights", None)
+    w = decode_mod.decode_weights(model)
+    assert len(w.layers[0].qkv) == 3
+    assert w.head[0].data_ptr() == model.lm_head.weight.data_ptr()
+    steps = model.config.context_length + 5
+    for f, p in zip(
+        decode_logits(model, PROMPTS["padded"], steps, fast=True),
+        decode_logits(model, PROMPTS["padded"], steps, fast=False),
+    ):
+        assert rel_err(f, p) < FP32_RTOL
+
+
+@pytest.mark.parametrize("case", ["gpt2", "llama-gqa"])
+def test_bf16_weights_within_tolerance(case: str) -> None:
+    """bf16 inference (`--dtype bf16`): the fast step's logits stay within BF16_RTOL of
+    the fp32 plain path's, teacher-forced on the same tokens."""
+    model = model_for(case)
+    ref = GPT(model.config).eval()
+    ref.load_state_dict(model.state_dict())
+    low = model.to(torch.bfloat16)
+    rows = PROMPTS["padded"]
+    dec_lo = Decoder(low, rows, max_new_tokens=30)
+    dec_ref = Decoder(ref, rows, max_new_tokens=30, fast=False)
+    lo, hi = dec_lo.prefill(), dec_ref.prefill()
+    for _ in range(30):
+        assert lo.dtype == torch.bfloat16
+        assert rel_err(lo, hi) < BF16_RTOL
+        top_lo = lo.float().argmax(-1)
+        margin = BF16_RTOL * hi.abs().max()
+        assert bool((hi.max(-1).values - hi.gather(-1, top_lo[:, None])[:, 0] <= margin).all())
+        t = hi.argmax(-1)  # both follow the fp32 tokens
+        lo, hi = dec_lo.step(t, t.tolist()), dec_ref.step(t, t.tolist())
+
+
+def test_no_host_sync_on_meta_device() -> None:
+    """The decode step and every sampling processor run on the meta device, which has no
+    values to read: any .item(), bool() or data-dependent branch would raise."""
+    with pytest.raises(RuntimeError):
+        bool(torch.zeros(1, device="meta"))  # the probe works
+    V, B = 64, 3
+    logits = torch.randn(B, V, device="meta")
+    settings = [
+        dict(temperature=0),
+        dict(temperature=0.7, top_k=5, top_p=0.9, min_p=0.05),
+        dict(temperature=0, repetition_penalty=1.3, presence_penalty=0.5),
+        dict(temperature=1.0, frequency_penalty=0.3, repetition_penalty=0.8),
+    ]
+    for kw in settings:
+        p = SamplingParams(**kw)
+        seen = torch.zeros(B, V, dtype=torch.bool, device="meta")
+        counts = torch.zeros(B, V, dtype=torch.long, device="meta")
+        bias = torch.zeros(V, device="meta")
+        out = sample_next(logits, p, None, seen, counts if p.counts_tokens else None, bias)
+        assert out.shape == (B,) and out.device.type == "meta"
+    model = GPT(get_preset("tiny").model).eval().to("meta")
+    cache = model.new_cache(B, 16)
+    ids = torch.zeros(B, dtype=torch.long, device="meta")
+    col = torch.zeros(1, dtype=torch.long, device="meta")
+    keys = torch.zeros(B, 16, device="meta")
+    out = DecodeStep(model)(ids, ids, col, keys, cache.k, cache.v, None)
+    assert out.shape == (B, model.config.vocab_size)
+
+
+@pytest.mark.slow
+def test_compiled_step_same_tokens() -> None:
+    """`compile=True` (torch.compile over the full static buffer): the same greedy tokens
+    as eager, across a slide, with padding. Slow: a cold compile takes minutes here."""
+    model = model_for("llama-gqa")
+    rows = PROMPTS["padded"]
+    kw = dict(temperature=0, max_new_tokens=model.config.context_length + 10, ignore_eos=True)
+    eager = [r.token_ids for r in generate(model, rows, **kw)]
+    assert eager == [r.token_ids for r in generate(model, rows, compile=True, **kw)]
+    assert eager == [r.token_ids for r in generate(model, rows, compile=True, **kw)]  # reused
