@@ -74,7 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="tiny shapes, one round, one call: checks the code paths, measures nothing")  # fmt: skip
     ap.add_argument("--worker-timeout", type=float, default=1800.0, help="seconds per worker")
-    ap.add_argument("--out", metavar="FILE", help="write all raw results as JSON")
+    ap.add_argument(
+        "--out", metavar="FILE", help="write all raw results as JSON (after each worker)"
+    )
+    ap.add_argument("--render", metavar="FILE",
+                    help="measure nothing: render the --out FILE of an earlier run")  # fmt: skip
     ap.add_argument("--write-results", nargs="?", const=str(RESULTS_MD), metavar="MD",
                     help=f"replace the section in MD (default {RESULTS_MD.relative_to(ROOT)})")  # fmt: skip
     args = ap.parse_args(argv)
@@ -250,6 +254,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             )  # fmt: skip
             if "peak" in peak:
                 results["peak"].append(peak["peak"])
+            meta["rounds_done"] = r
             _say(
                 f"[round {r + 1}/{args.repeats}] matmul peak {_peak_text(peak)} ({time.perf_counter() - t0:.0f} s)"
             )
@@ -279,17 +284,33 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                     else:
                         entry["rounds"].append(out)
                     took = time.perf_counter() - t0
+                    if args.out:  # after every worker: an interrupted run keeps what it measured
+                        _fill_shared(cases)
+                        save_json(args.out, results)
                     what = out.get("error") or f"train {report.round_rate(out['train']):,.0f} tok/s"
                     _say(
                         f"[round {r + 1}/{args.repeats}] {preset} {toolkit} ({'+'.join(entry['serves'])}): {what} ({took:.0f} s)"
                     )
-    for case in cases.values():  # shared entries: copy what the first one collected
+    meta["rounds_done"] = args.repeats
+    _fill_shared(cases)
+    return results
+
+
+def _fill_shared(cases: dict[str, Any]) -> None:
+    """Give each shared entry (`same_as`) the error and skip of the one that ran."""
+    for case in cases.values():
         for entries in case.values():
             for toolkit, entry in entries.items():
                 if entry.get("same_as"):
                     src = case[entry["same_as"]][toolkit]
                     entry.update(rounds=src["rounds"], error=src["error"], skip=src["skip"])
-    return results
+
+
+def save_json(path: str | Path, results: dict[str, Any]) -> None:
+    """Write the results document (atomically: a partial run leaves a readable file)."""
+    from lumenlm.modelio import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(results, indent=1) + "\n")
 
 
 def _unique_entries(case: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -319,16 +340,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     try:
-        results = run(args, argv)
+        if args.render:
+            results = json.loads(Path(args.render).read_text())
+        else:
+            results = run(args, argv)
     except LumenError as exc:
         print(f"python -m benchmarks: error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"python -m benchmarks: error: --render {args.render}: {exc}", file=sys.stderr)
+        return 2
     section = report.render(results)
     print(section)
-    if args.out:
-        from lumenlm.modelio import atomic_write_text
-
-        atomic_write_text(Path(args.out), json.dumps(results, indent=1) + "\n")
+    if args.out and not args.render:
+        save_json(args.out, results)
     if args.write_results:
         _say(f"wrote {report.write_section(args.write_results, section)}")
     failed = [

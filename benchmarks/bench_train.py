@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lumenlm.config import parse_value
 from lumenlm.data.tokens import write_token_dataset
@@ -41,9 +40,10 @@ from lumenlm.train import train
 from lumenlm.train.data import StepSampler, open_windows
 from lumenlm.train.metrics import flops_per_token, guess_peak_flops, matmul_params
 from lumenlm.train.optim import build_optimizer
-from lumenlm.train.precision import autocast, configure_matmul, make_scaler
+from lumenlm.train.precision import configure_matmul, make_scaler
 from shapes import SMALL_LLAMA
 from timing import timed
+from toolkits import hf_train_step, load_hf
 
 
 def make_tokens(path: Path, vocab: int, n_train: int, n_val: int) -> Path:
@@ -108,22 +108,9 @@ def run_hf(args: argparse.Namespace, hf: torch.nn.Module, data: Path) -> tuple[l
         (idx,) = sampler.step_indices()
         sampler.advance()
         x, y = (t.to(device) for t in windows.get_batch(idx))
-        with autocast(args.precision, device):
-            logits = model(input_ids=x).logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
+        return hf_train_step(
+            model, opt, x, y, args.precision, scaler, own_loss=False, clip_params=hf.parameters()
+        )
 
     out, first_loss = [], float("nan")
     for step in range(args.steps):
@@ -202,11 +189,6 @@ def main() -> None:
         f" batch {B} x {T} tokens; {args.steps} steps per round, first {args.skip} skipped"
     )
 
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         data = make_tokens(
@@ -219,9 +201,7 @@ def main() -> None:
         for r in range(args.rounds):
             tps, loss_ours = run_ours(args, data, tmp_path / f"runs{r}", model_set)
             a = statistics.median(tps)
-            hf = AutoModelForCausalLM.from_pretrained(
-                tmp_path / "hf", dtype=torch.float32, attn_implementation="sdpa"
-            ).to(device)
+            hf = load_hf(tmp_path / "hf", device, attn_implementation="sdpa")
             hf.train()
             tps, loss_hf = run_hf(args, hf, data)
             b = statistics.median(tps)

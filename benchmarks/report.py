@@ -142,7 +142,13 @@ def header(results: dict[str, Any]) -> list[str]:
         + (f"; GPU: {hw['gpu']}" if hw.get("gpu") else ""),
         f"- torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}; "
         f"nanoGPT: {m['nanogpt'] or 'not given (--nanogpt PATH)'}",
-        f"- {m['repeats']} interleaved rounds; in each, every (toolkit, setting, preset) runs in "
+        f"- {m.get('rounds_done', m['repeats'])} interleaved rounds"
+        + (
+            f" (of {m['repeats']} planned: the run was stopped)"
+            if m.get("rounds_done", m["repeats"]) < m["repeats"]
+            else ""
+        )
+        + "; in each, every (toolkit, setting, preset) runs in "
         f"a process of its own: {m['warmup']} warm-up call(s), then the median of "
         f"{m['iters']} timed calls (training: {m['train_warmup']} warm-up step(s) after the first"
         f"{', calls of under ' + str(m['min_s']) + ' s repeated' if m['min_s'] else ''}). Cells: tokens/s, "
