@@ -237,7 +237,8 @@ def hf_checkpoint(model: torch.nn.Module) -> tuple[str, dict[str, Any], StateDic
 
 
 def _card(model: GPT, arch: str) -> str:
-    """The model's own card, else a short one; front matter so the Hub knows the library."""
+    """The model's own card (`model_card`: a run's is the one `lumenlm.train.card` wrote),
+    else a short one; front matter so the Hub knows the library and the task."""
     text = model_card(model)
     if text is None:
         c = model.config
@@ -250,7 +251,8 @@ def _card(model: GPT, arch: str) -> str:
     if text.startswith("---\n"):
         return text
     tags = "  - lumenlm\n" + ("  - custom_code\n" if arch == REMOTE else "")
-    return f"---\nlibrary_name: transformers\ntags:\n{tags}---\n\n{text}"
+    head = "library_name: transformers\npipeline_tag: text-generation\n"
+    return f"---\n{head}tags:\n{tags}---\n\n{text}"
 
 
 def export_hf(

@@ -19,6 +19,8 @@ from lumenlm.modelio import check_tokenizer_fits, tokenizer_fingerprint
 
 CARD_NAMES = ("README.md", "model_card.md")
 """A model directory's card, in order of preference (a run's checkpoints carry README.md)."""
+RUN_CARD_CHECKPOINTS = ("best", "last")
+"""A run's checkpoints whose export carries the run's card rather than their own."""
 
 
 def check_out_path(out: Path, model_dir: Path | None, force: bool) -> None:
@@ -34,16 +36,17 @@ def check_out_path(out: Path, model_dir: Path | None, force: bool) -> None:
 def model_card(model: GPT) -> str | None:
     """The model card of the directory `model` was loaded from, or of its run.
 
-    A model dir's README.md (or model_card.md); a run's checkpoint dir falls back to the
-    run's own README.md (runs/<id>/checkpoints/best -> runs/<id>/README.md).
+    A run's `best` or `last` checkpoint (what loading the run gives) carries the run's
+    own README.md, the newest and fullest card of the run (its loss curve, and any
+    evaluation written into it since); any other model dir its README.md (or
+    model_card.md), a run's other checkpoints falling back to the run's card.
     """
     d = model.model_dir
     if d is None:
         return None
-    places = [d / name for name in CARD_NAMES]
-    if d.parent.name == "checkpoints":
-        places += [d.parent.parent / name for name in CARD_NAMES]
-    for path in places:
+    own = [d / name for name in CARD_NAMES]
+    run = [d.parent.parent / name for name in CARD_NAMES] if d.parent.name == "checkpoints" else []
+    for path in (run + own) if d.name in RUN_CARD_CHECKPOINTS else (own + run):
         if path.is_file():
             return path.read_text(encoding="utf-8")
     return None

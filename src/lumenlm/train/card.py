@@ -1,210 +1,141 @@
-"""Model card (README.md) for a run or checkpoint, in the style of the seed cards."""
+"""The model card (README.md) of every run and checkpoint, in the seed cards' sections.
+
+One writer for every card lumenlm produces: a run's README.md (rewritten as it trains),
+each checkpoint's, the copy an export carries, and the card of `lumenlm reproduce`
+(which adds only its comparison and recipe to what is built here). Every number in a
+card is read from a file of the run: config.json, metrics.jsonl, the last checkpoint's
+trainer_state.json, the prepared dataset's meta.json (found through config.json's
+`data_dir`) and, when one is there, an evaluation JSON (`lumenlm eval --out`). While a run
+trains, the trainer's in-memory progress stands in for the counters it is about to write
+to those same files. The sections themselves are in `card_sections`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import json
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lumenlm.config import ModelConfig, TrainConfig
+from lumenlm.train import card_sections as S
 from lumenlm.train.checkpoint import Progress
-from lumenlm.train.metrics import perplexity
-from lumenlm.train.runs import read_metrics
+from lumenlm.train.runs import CHECKPOINTS, CONFIG, CURVE, read_metrics
+
+EVAL_NAMES = ("eval.json",)
+"""An evaluation JSON in the run directory that the card reports (`lumenlm eval --out`)."""
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) >= 1e-3 else f"{value:.3g}"
-    return str(value)
+@dataclass
+class RunFacts:
+    """What a card says, as read from a run's files (each part {} when its file is absent)."""
+
+    run_dir: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    """config.json: model, train, parameters, data_dir, status, step, best_val_loss, ..."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """checkpoints/last/trainer_state.json: step, tokens_seen, elapsed_s, total_steps, ..."""
+    records: list[dict[str, Any]] = field(default_factory=list)
+    """metrics.jsonl: training and validation records."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """The prepared dataset's meta.json: source files, splits, tokenizer."""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    """An evaluation report (`lumenlm eval --out`, reproduce's eval.json)."""
+    eval_file: Path | None = None
+    origin: dict[str, Any] | None = None
+    """Fine-tuning: the starting weights ("base") and its data ("finetune")."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """The trainer's data summary (fine-tuning's trained-token counts)."""
 
 
-def render_card(
-    *,
-    name: str,
-    model: ModelConfig,
-    train: TrainConfig,
-    n_params: int,
-    data: dict[str, Any],
-    progress: dict[str, Any],
-    curve: str | None = "loss_curve.png",
-    origin: dict[str, Any] | None = None,
-    path: str | None = None,
-) -> str:
-    """Markdown card: architecture table, exact parameter count, data, recipe, metrics.
+@dataclass
+class CardParts:
+    """What a caller above the run card adds (`lumenlm reproduce`): each a list of lines
+    or table rows placed in the shared sections, never a section of its own kind."""
 
-    `path` is where the model loads from, for "How to Use" (default: `name`).
-
-    `origin` (fine-tuning, `--init-from`): the starting weights ("base": path and
-    sha256), and for fine-tuning its data ("finetune": files, template, counts)."""
-    m, t = model, train
-    name_path = path or name
-    attn = "MHA" if m.n_kv_heads == m.n_heads else ("MQA" if m.n_kv_heads == 1 else "GQA")
-    dropout = max(m.embd_dropout, m.attn_dropout, m.resid_dropout)
-    arch = [
-        ("Architecture", "decoder-only Transformer (GPT-style)"),
-        ("Layers", m.n_layers),
-        ("Attention", f"{attn}, {m.n_heads} query / {m.n_kv_heads} KV heads, d_head {m.d_head}"),
-        ("Embedding dimension", m.d_model),
-        ("Feed-forward", f"{m.activation}, {m.d_ff}"),
-        ("Normalization", f"{m.norm} ({'pre' if m.pre_norm else 'post'}-norm)"),
-        ("Positions", m.positions),
-        ("Context length", f"{m.context_length} tokens"),
-        ("Vocabulary", m.vocab_size),
-        ("Weight tying", "enabled" if m.tie_embeddings else "disabled"),
-        ("Dropout", dropout),
-        ("Total parameters", f"**{n_params:,}**"),
-    ]
-    eff = t.batch_size * t.grad_accum * int(progress.get("world_size", 1))
-    recipe = [
-        ("Optimizer", f"AdamW (betas {t.beta1}, {t.beta2}, eps {t.eps}), decay on matrices only"),
-        (
-            "Learning rate",
-            f"{t.lr:g}, warmup {t.warmup_steps} steps, {t.schedule} to {t.lr * t.min_lr_ratio:g}",
-        ),
-        ("Weight decay", t.weight_decay),
-        (
-            "Batch",
-            f"{t.batch_size} x {t.grad_accum} accumulation x {progress.get('world_size', 1)} "
-            f"process(es) = {eff} windows",
-        ),
-        ("Gradient clipping", t.grad_clip or "off"),
-        ("Precision", progress.get("precision", t.precision)),
-        (
-            "Early stopping",
-            f"patience {t.early_stopping_patience} ({t.early_stopping_on}s), "
-            f"threshold {t.early_stopping_min_delta:g}"
-            if t.early_stopping_patience
-            else "off",
-        ),
-        ("Planned steps", progress.get("total_steps")),
-        ("Seed", t.seed),
-    ]
-    results = [
-        ("Steps trained", progress.get("step")),
-        ("Epochs completed", progress.get("epoch")),
-        ("Tokens seen", f"{int(progress.get('tokens_seen', 0)):,}"),
-        ("Last train loss", _fmt(progress.get("loss"))),
-        ("Best val loss", _fmt(progress.get("best_val_loss"))),
-        ("Best val perplexity", _fmt(progress.get("best_val_ppl"))),
-        ("Best at step", progress.get("best_step")),
-    ]
-    if progress.get("best_val_loss") is None and progress.get("last_val_loss") is not None:
-        # a paused run's closing evaluation picks no best: show it rather than "n/a"
-        results[-3:] = [
-            ("Last val loss", _fmt(progress["last_val_loss"])),
-            ("Last val perplexity", _fmt(perplexity(progress["last_val_loss"]))),
-            ("Evaluated at step", progress.get("last_val_step")),
-        ]
-
-    def table(rows: list[tuple[str, Any]], head: tuple[str, str]) -> str:
-        lines = [f"| {head[0]} | {head[1]} |", "| --- | --- |"]
-        lines += [f"| {k} | {v} |" for k, v in rows]
-        return "\n".join(lines)
-
-    data_lines = [f"- Data directory: `{data.get('dir')}`"]
-    if data.get("train_tokens") is not None:
-        data_lines.append(
-            f"- Train tokens: {data['train_tokens']:,}; validation tokens: "
-            f"{data.get('val_tokens', 0):,}"
-        )
-    if data.get("tokenizer"):
-        data_lines.append(f"- Tokenizer: {data['tokenizer']}")
-    for key, label in (("train_trained_tokens", "Trained (assistant) tokens: train"),):
-        if data.get(key) is not None:
-            data_lines.append(
-                f"- {label} {data[key]:,}; validation {data.get('val_trained_tokens', 0):,} "
-                "(the loss and perplexity are over these only)"
-            )
-    start = _origin_lines(origin)
-    parts = [
-        f"# {name}",
-        "",
-        "*A small GPT-style language model trained from scratch with lumenlm.*"
-        if not start
-        else "*A small GPT-style language model trained with lumenlm from the weights below.*",
-        "",
-        *start,
-        "## Model Architecture",
-        "",
-        table(arch, ("Component", "Value")),
-        "",
-        "## Dataset",
-        "",
-        "\n".join(data_lines),
-        "",
-        "## Training Configuration",
-        "",
-        table(recipe, ("Setting", "Value")),
-        "",
-        "## Results",
-        "",
-        table(results, ("Metric", "Value")),
-        "",
-    ]
-    if curve:
-        parts += ["![Training loss](" + curve + ")", ""]
-    parts += [
-        "## How to Use",
-        "",
-        "```python",
-        "from lumenlm.modelio import load",
-        "from lumenlm.infer import SamplingParams, generate",
-        f'model = load("{name_path}")',
-        'print(generate(model, "Once upon a time", SamplingParams(max_new_tokens=60), '
-        "tokenizer=model.tokenizer)[0].text)",
-        "```",
-        "",
-        "```bash",
-        f'lumenlm generate {name_path} --prompt "Once upon a time"',
-        "```",
-        "",
-    ]
-    return "\n".join(parts)
+    title: str | None = None
+    about: str | None = None
+    """The sentence under Model Details (default: what a run trained from scratch is)."""
+    data_lines: list[str] = field(default_factory=list)
+    training_rows: list[tuple[str, Any]] = field(default_factory=list)
+    """Rows placed first in the Training Configuration table."""
+    evaluation: list[str] = field(default_factory=list)
+    """Lines placed first under Evaluation Results (e.g. a comparison table)."""
+    sections: list[str] = field(default_factory=list)
+    """Whole extra sections, placed before How to Use (e.g. a sample)."""
+    hf_dir: Path | None = None
+    """An export that exists (How to Use loads it); default: the `lumenlm export` to run."""
+    remote_code: bool | None = None
+    """Whether that export needs `trust_remote_code` (None: not known here)."""
+    curve: bool = True
 
 
-def _origin_lines(origin: dict[str, Any] | None) -> list[str]:
-    """The "Starting weights" (and "Fine-tuning data") sections, or nothing."""
-    if not origin:
-        return []
-    base = origin.get("base") or {}
-    out = [
-        "## Starting weights",
-        "",
-        f"- Model: `{base.get('path')}`",
-        f"- sha256 of model.safetensors: `{base.get('sha256')}`",
-    ]
-    if base.get("added_tokens"):
-        out.append(
-            f"- Special tokens added (rows start at the mean embedding): "
-            f"{', '.join(f'`{t}`' for t in base['added_tokens'])}"
-        )
-    out.append("")
-    ft = origin.get("finetune")
-    if ft:
-        kinds = ", ".join(f"{k} {v:,}" for k, v in sorted((ft.get("kinds") or {}).items()))
-        out += ["## Fine-tuning data", ""]
-        out += [f"- `{path}` (sha256 `{digest}`)" for path, digest in ft.get("files", {}).items()]
-        out.append(
-            f"- Conversations: {ft.get('train_conversations', 0):,} train, "
-            f"{ft.get('val_conversations', 0):,} validation ({kinds}); "
-            f"{ft.get('skipped_no_assistant', 0)} skipped without an assistant turn; "
-            f"{ft.get('truncated', 0)} cut at a turn boundary, {ft.get('dropped', 0)} dropped"
-        )
-        out.append(
-            f"- Chat template: {ft.get('template_name')}; loss on "
-            f"{'every token' if ft.get('train_on_prompt') else 'assistant tokens only'}; "
-            f"packed into {ft.get('train_rows', 0):,} train rows with block-diagonal masks"
-        )
-        if ft.get("base_val_loss") is not None:
-            before = float(ft["base_val_loss"])
-            out.append(
-                f"- Assistant-token validation loss of the starting weights: {before:.4f} "
-                f"(perplexity {perplexity(before):.2f}); after: see Results"
-            )
-        out.append("")
-    return out
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def read_run(
+    run_dir: str | Path, data_dir: str | Path | None = None, eval_file: str | Path | None = None
+) -> RunFacts:
+    """The files of `run_dir` a card reports: config.json, metrics.jsonl, the last
+    checkpoint's trainer state, `data_dir`'s (default: config.json's) meta.json, and
+    `eval_file` (default: the run's eval.json when there is one)."""
+    run = Path(run_dir)
+    config = _json(run / CONFIG)
+    data = data_dir if data_dir is not None else config.get("data_dir")
+    if eval_file is None:
+        eval_file = next((run / n for n in EVAL_NAMES if (run / n).is_file()), None)
+    origin = None
+    if config.get("init_from"):
+        origin = {"base": config["init_from"], "finetune": config.get("finetune")}
+    return RunFacts(
+        run_dir=run,
+        config=config,
+        state=_json(run / CHECKPOINTS / "last" / "trainer_state.json"),
+        records=read_metrics(run),
+        meta=_json(Path(data) / "meta.json") if data else {},
+        evaluation=_json(Path(eval_file)) if eval_file else {},
+        eval_file=Path(eval_file) if eval_file else None,
+        origin=origin,
+    )
+
+
+def card_text(facts: RunFacts, parts: CardParts | None = None) -> str:
+    """The card of `facts`, in the seed cards' sections, with the caller's `parts`."""
+    p = parts or CardParts()
+    f = facts
+    path = f.run_dir.resolve()
+    curve = path / CURVE if p.curve and (f.run_dir / CURVE).is_file() else None
+    out = [f"# {p.title or f.run_dir.name}", ""]
+    out += S.details(f.config, f.run_dir.name, p.about, f.origin)
+    out += S.architecture(f.config)
+    out += S.data_and_tokenizer(f.config, f.meta, f.data, f.origin, p.data_lines)
+    out += S.training(f.config, f.state, p.training_rows)
+    out += ["## Evaluation Results", "", *p.evaluation]
+    out += S.validation(f.config, f.state, f.records)
+    out += S.evaluation(f.evaluation, f.eval_file)
+    out += S.loss_curve(f.records, curve)
+    out += p.sections
+    hf = p.hf_dir.resolve() if p.hf_dir is not None else path.with_name(path.name + "-hf")
+    out += S.usage(path, hf, exported=p.hf_dir is not None, remote_code=p.remote_code)
+    out += S.limitations(f.config, f.meta)
+    return "\n".join(out)
+
+
+def write_card(run_dir: str | Path, eval_file: str | Path | None = None) -> Path:
+    """Rewrite `run_dir`/README.md from its files (e.g. after `lumenlm eval RUN --out
+    RUN/eval.json`, so the card reports that evaluation too)."""
+    from lumenlm.modelio import atomic_write_text
+    from lumenlm.train.runs import CARD
+
+    run = Path(run_dir)
+    path = run / CARD
+    atomic_write_text(path, card_text(read_run(run, eval_file=eval_file)))
+    return path
 
 
 def run_card(
@@ -218,31 +149,48 @@ def run_card(
     precision: str,
     world_size: int,
     data: dict[str, Any],
-    curve: str | None = "loss_curve.png",
+    curve: str | None = CURVE,
     origin: dict[str, Any] | None = None,
 ) -> str:
-    """The card of a run in training: `render_card` with its progress and last loss."""
-    records = read_metrics(run_dir)
-    losses = [r["loss"] for r in records if r.get("loss") is not None]
-    evals = [r for r in records if r.get("val_loss") is not None]
-    best = progress.best_val_loss
-    return render_card(
-        name=run_dir.name,
-        model=model,
-        train=train,
-        n_params=n_params,
-        data=data,
-        progress={
-            **asdict(progress),
-            "epoch": epoch,
-            "precision": precision,
-            "world_size": world_size,
-            "loss": losses[-1] if losses else None,
-            "best_val_ppl": perplexity(best) if best is not None else None,
-            "last_val_loss": evals[-1]["val_loss"] if evals else None,
-            "last_val_step": evals[-1]["step"] if evals else None,
-        },
-        curve=curve,
-        origin=origin,
-        path=str(Path(run_dir).resolve()),
+    """The card of a run in training: its files, with the progress the trainer is about to
+    record in config.json and trainer_state.json standing in for theirs."""
+    facts = read_run(run_dir)
+    now = asdict(progress)
+    facts.config.update(
+        model=asdict(model),
+        train=asdict(train),
+        parameters=n_params,
+        precision=precision,
+        world_size=world_size,
+        **{k: now[k] for k in ("status", "step", "best_val_loss", "best_step", "total_steps")},
     )
+    facts.state = {**facts.state, **now, "epoch": epoch, "world_size": world_size}
+    facts = replace(facts, data=data, origin=origin or facts.origin)
+    return card_text(facts, CardParts(curve=curve is not None))
+
+
+def render_card(
+    *,
+    name: str,
+    model: ModelConfig,
+    train: TrainConfig,
+    n_params: int,
+    data: dict[str, Any],
+    progress: dict[str, Any],
+    curve: str | None = CURVE,
+    origin: dict[str, Any] | None = None,
+    path: str | None = None,
+) -> str:
+    """The card of a run that has no files yet, from its configs and `progress` (the
+    counters of config.json / trainer_state.json, plus `last_val_loss`/`last_val_step`
+    for a closing evaluation); `path` is the run directory (default: `name`)."""
+    evals = []
+    if progress.get("last_val_loss") is not None:
+        evals = [{"step": progress.get("last_val_step"), "val_loss": progress["last_val_loss"],
+                  "closing": progress.get("best_val_loss") is None}]  # fmt: skip
+    config = {"model": asdict(model), "train": asdict(train), "parameters": n_params,
+              **{k: progress.get(k) for k in ("status", "step", "best_val_loss", "best_step",
+                                              "total_steps", "precision", "world_size")}}  # fmt: skip
+    facts = RunFacts(Path(path or name), config=config, state=dict(progress), records=evals,
+                     data=data, origin=origin)  # fmt: skip
+    return card_text(facts, CardParts(curve=curve is not None))
