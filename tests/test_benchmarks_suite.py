@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))
 
 from benchmarks import report  # noqa: E402
 from benchmarks.shapes import SUITE_SHAPES, suite_shape  # noqa: E402
