@@ -57,15 +57,18 @@ def build(preset: str, overrides: dict[str, Any], device: str) -> tuple[GPT, Any
     through the export: stock class or remote code)."""
     from transformers import AutoModelForCausalLM
 
-    from lumenlm.export.hf import export_hf
+    from lumenlm.export.hf import REMOTE, export_hf, hf_architecture
 
     cfg = get_preset(preset).model.with_dropout(0.0).replace(**overrides)
     torch.manual_seed(0)
     ours = GPT(cfg).eval()
+    # transformers' own classes are asked for SDPA; the remote code calls SDPA itself
+    # (and does not declare it, which transformers would refuse)
+    attn = {} if hf_architecture(cfg) == REMOTE else {"attn_implementation": "sdpa"}
     with tempfile.TemporaryDirectory() as d:
         export_hf(ours, f"{d}/hf")
         hf = AutoModelForCausalLM.from_pretrained(
-            f"{d}/hf", dtype=torch.float32, attn_implementation="sdpa", trust_remote_code=True
+            f"{d}/hf", dtype=torch.float32, trust_remote_code=True, **attn
         )
         hf = hf.eval().to(device)
     return ours.to(device), hf

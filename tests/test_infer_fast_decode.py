@@ -123,16 +123,20 @@ def test_batch_engine_fast_equals_plain() -> None:
 
 def test_module_hooks_and_hook_points_take_the_plain_path() -> None:
     """A forward hook on any module (or a hook point) must see the step: the fast step
-    stands aside while one is attached."""
+    stands aside while one is attached (module hooks: from the next `refresh`, which
+    every prefill does)."""
     model = model_for("gpt2")
     step = DecodeStep(model)
     assert step.usable()
     seen: list[tuple] = []
     h = model.blocks[0].mlp.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    step.refresh()
     assert not step.usable()
     generate(model, [[1, 2, 3]], temperature=0, max_new_tokens=4)
     assert len(seen) == 1 + 3  # the prefill and every step
     h.remove()
+    step.refresh()
+    assert step.usable()
     handle = model.blocks[1].hook_resid_post.add_hook(lambda x, hook: None)
     assert not step.usable()
     handle.remove()

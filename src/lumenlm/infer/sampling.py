@@ -307,7 +307,7 @@ def sample_next(
     processed = process_logits(logits, params, seen, counts, bias)
     if params.greedy:
         if bias is None and not params.logit_bias and seen is None and counts is None:
-            return _argmax_ignoring_nan(processed)[0]  # processed = raw: one argmax
+            return _nan_argmax(processed)  # processed = raw: its argmax is the fallback's
         return greedy_fallback(logits, processed)
     probs = torch.softmax(processed, dim=-1)
     ok = torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)
@@ -347,6 +347,11 @@ def greedy_fallback(logits: Tensor, processed: Tensor) -> Tensor:
     best, has = _argmax_ignoring_nan(processed)
     raw_best, _ = _argmax_ignoring_nan(logits.float())
     return torch.where(has, best, raw_best)
+
+
+def _nan_argmax(x: Tensor) -> Tensor:
+    """Argmax per row with NaN as -inf (a row of -inf/NaN only: token 0)."""
+    return torch.nan_to_num(x, nan=NEG_INF, neginf=NEG_INF).argmax(dim=-1)
 
 
 def _argmax_ignoring_nan(x: Tensor) -> tuple[Tensor, Tensor]:

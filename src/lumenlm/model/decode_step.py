@@ -173,7 +173,7 @@ def _project(x: Tensor, lin: Linear) -> Tensor:
 
 def _projections(x: Tensor, lins: list[Linear], sizes: list[int]) -> list[Tensor]:
     if len(lins) == 1:
-        return list(_project(x, lins[0]).split(sizes, dim=-1))
+        return list(_project(x, lins[0]).split_with_sizes(sizes, dim=-1))
     return [_project(x, lin) for lin in lins]
 
 
@@ -222,28 +222,27 @@ class DecodeStep:
         self._modules = [m for m in model.modules() if not isinstance(m, HookPoint)]
         self.compile = compile
         self._fn: Callable[..., Tensor] = self._step
-        self.weights = decode_weights(model)
+        self.refresh()
         if compile:
             self._fn = compiled_step(model, self)
 
     def usable(self) -> bool:
         """Whether this step may stand in for `GPT.forward` now: the model is in eval
-        mode and no hook would see its activations (no hook on a hook point, no forward
-        hook on any module, none registered globally). A few microseconds, so the
-        decode loops ask before every step."""
+        mode and no hook would see its activations (no hook on a hook point, none
+        registered globally, and, as of the last `refresh`, no forward hook on any
+        module: walking every module costs too much to repeat per token)."""
         m = self.model
-        if m.training or m._hook_switch.count > 0:
+        if m.training or m._hook_switch.count > 0 or self._module_hooks:
             return False
-        if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
-            return False
-        return not any(x._forward_hooks or x._forward_pre_hooks for x in self._modules)
+        return not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
 
     def refresh(self) -> DecodeWeights:
         """Re-read the model's weights (`decode_weights`: rebuilt only if a parameter
-        changed). Checking costs tens of microseconds per parameter tensor, so the loops
-        call this once per prefill (`Decoder`) or iteration (`BatchEngine`), not per
-        token."""
+        changed) and look for module forward hooks. That walks every parameter and
+        module, so the loops call it once per prefill (`Decoder`) or per engine
+        iteration with new work (`BatchEngine`), not per token."""
         self.weights = decode_weights(self.model)
+        self._module_hooks = any(x._forward_hooks or x._forward_pre_hooks for x in self._modules)
         return self.weights
 
     def __call__(
