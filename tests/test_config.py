@@ -108,6 +108,7 @@ CHOICE_FIELDS = [
     (TrainConfig, "precision", "Precision"),
     (TrainConfig, "strategy", "Strategy"),
     (TrainConfig, "early_stopping_on", "EarlyStoppingOn"),
+    (TrainConfig, "optimizer", "OptimizerName"),
 ]
 
 

@@ -32,6 +32,9 @@ Precision = Literal["auto", Dtype]
 """Training precision: a concrete `Dtype`, or "auto" to pick one for the device."""
 Strategy = Literal["ddp", "fsdp"]
 """Multi-process strategy under torchrun: replicate (DDP) or shard (FSDP2)."""
+OptimizerName = Literal["adamw", "muon"]
+"""The optimizer: AdamW on every parameter, or Muon on the blocks' weight matrices with
+AdamW on the rest (`lumenlm.train.muon`)."""
 EarlyStoppingOn = Literal["eval", "epoch"]
 """Which evaluations count toward early-stopping patience."""
 

@@ -12,7 +12,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from lumenlm.config.choices import EarlyStoppingOn, Precision, Schedule, Strategy, check_choice
+from lumenlm.config.choices import (
+    EarlyStoppingOn,
+    OptimizerName,
+    Precision,
+    Schedule,
+    Strategy,
+    check_choice,
+)
 from lumenlm.config.mapping import check_types
 from lumenlm.errors import ConfigError
 
@@ -45,6 +52,16 @@ class TrainConfig:
     """AdamW decay rate of the squared-gradient moving average."""
     eps: float = 1e-8
     """AdamW epsilon, added to the denominator of each update for numerical stability."""
+    optimizer: OptimizerName = "adamw"
+    """adamw: AdamW on every parameter. muon: Muon (momentum, then the update
+    orthogonalized by Newton-Schulz iterations) on the 2-D weight matrices inside the
+    blocks, AdamW (lr, betas, eps, weight_decay above) on embeddings, the output head,
+    norms and biases, as nanochat and modded-nanogpt train. Not with fp16 or FSDP."""
+    muon_lr: float = 0.02
+    """muon only: the peak learning rate of the Muon matrices; the schedule scales it as
+    it scales lr (warmup, decay)."""
+    muon_momentum: float = 0.95
+    """muon only: Nesterov momentum of the Muon matrices, in [0, 1)."""
     warmup_steps: int = 100
     """Optimizer steps of linear warmup from lr / warmup_steps up to lr; 0 starts at lr."""
     schedule: Schedule = "cosine"
@@ -178,6 +195,23 @@ class TrainConfig:
         check_choice("train.precision", self.precision, Precision)
         check_choice("train.early_stopping_on", self.early_stopping_on, EarlyStoppingOn)
         check_choice("train.strategy", self.strategy, Strategy)
+        check_choice("train.optimizer", self.optimizer, OptimizerName)
+        if not self.muon_lr > 0:
+            raise ConfigError(f"train.muon_lr must be > 0, got {self.muon_lr}; use e.g. 0.02")
+        if not (0.0 <= self.muon_momentum < 1.0):
+            raise ConfigError(
+                f"train.muon_momentum must be in [0, 1), got {self.muon_momentum}; use e.g. 0.95"
+            )
+        if self.optimizer == "muon" and self.precision == "fp16":
+            raise ConfigError(
+                "train.optimizer=muon does not run with fp16 gradient scaling; "
+                "use --precision bf16 or fp32"
+            )
+        if self.optimizer == "muon" and self.strategy == "fsdp":
+            raise ConfigError(
+                "train.optimizer=muon needs whole matrices, which FSDP shards; "
+                "use --strategy ddp or optimizer=adamw"
+            )
 
     def __post_init__(self) -> None:
         check_types(self, "train.")

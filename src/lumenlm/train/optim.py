@@ -1,4 +1,5 @@
-"""AdamW with weight decay on matrices and embeddings only.
+"""The optimizer: AdamW with weight decay on matrices and embeddings only, or Muon
+on the blocks' matrices with that AdamW on the rest (`train.optimizer`, `train/muon.py`).
 
 Parameters with two or more dimensions (linear weights, embeddings) decay; vectors
 (norm gains, biases) do not, as in GPT-2/nanoGPT. Tied weights appear once.
@@ -34,6 +35,16 @@ def build_optimizer(
     Other devices (MPS, not tested here) use the foreach (multi-tensor) kernel.
     """
     kwargs = {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+    if cfg.optimizer == "muon":
+        from lumenlm.train.muon import MuonAdamW, muon_groups
+
+        return MuonAdamW(
+            muon_groups(model, cfg.weight_decay, cfg.muon_momentum),
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+            **kwargs,
+        )
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,

@@ -38,6 +38,7 @@ from lumenlm.train.console import Console, final_message
 from lumenlm.train.data import TrainData
 from lumenlm.train.early_stop import EarlyStopping
 from lumenlm.train.loss import accumulate
+from lumenlm.train.muon import lr_scale
 from lumenlm.train.optim import build_optimizer
 from lumenlm.train.precision import configure_matmul, make_scaler, resolve_precision
 from lumenlm.train.runs import CHECKPOINTS, CURVE, RunFiles, RunRecord
@@ -247,7 +248,7 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; (mean loss, grad norm)."""
         cfg = self.cfg
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * lr_scale(group, cfg.lr, cfg.muon_lr)
         batches = [self.data.train.get_batch(idx) for idx in self.sampler.step_indices()]
         loss_sum = accumulate(
             self.model,
