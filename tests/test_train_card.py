@@ -112,3 +112,15 @@ def test_card_numbers_check_can_fail() -> None:
     assert traced(12.5, 2, True, [0.125]) and not traced(1234, 0, False, [1235.0])
     missing, _ = untraced("| Loss | 2.7183 | 99 |", [{"loss": 2.718281828}])
     assert missing == ["99"]
+
+
+def test_training_section_names_the_optimizer_and_the_schedule_of_the_config() -> None:
+    from lumenlm.train.card_sections import training
+
+    muon = {"optimizer": "muon", "muon_lr": 0.02, "muon_momentum": 0.95, "lr": 0.002,
+            "schedule": "wsd", "decay_fraction": 0.3, "warmup_steps": 20}  # fmt: skip
+    text = "\n".join(training({"train": muon}, {"decay_steps": 40}, []))
+    assert "Muon (Nesterov momentum 0.95)" in text and "0.02 (Muon matrices), 0.002 (AdamW)" in text
+    assert "decay over the last 0.3 of the steps (fixed at 40 steps by the time budget)" in text
+    adam = "\n".join(training({"train": {"lr": 0.001, "schedule": "cosine"}}, {}, []))
+    assert "| AdamW (" in adam and "Muon" not in adam and "decay over" not in adam

@@ -203,9 +203,15 @@ def training(config: dict[str, Any], state: dict[str, Any], extra: Rows) -> list
     """Training Configuration: optimizer, schedule, batch, precision, steps and budget."""
     t = config.get("train") or {}
     ctx = (config.get("model") or {}).get("context_length")
-    opt = str(t.get("optimizer", "adamw"))
-    adam = (f"betas ({setting(t.get('beta1'))}, {setting(t.get('beta2'))}), eps {setting(t.get('eps'))}, "
-            f"weight decay {setting(t.get('weight_decay'))} on matrices only")  # fmt: skip
+    adam = (f"betas ({setting(t.get('beta1'))}, {setting(t.get('beta2'))}), eps "
+            f"{setting(t.get('eps'))}, weight decay {setting(t.get('weight_decay'))}")  # fmt: skip
+    lr = setting(t.get("lr"))
+    if t.get("optimizer", "adamw") == "muon":
+        optimizer = (f"Muon (Nesterov momentum {setting(t.get('muon_momentum'))}) on the block "
+                     f"matrices; AdamW ({adam}) on embeddings, head, norms and biases")  # fmt: skip
+        lr = f"{setting(t.get('muon_lr'))} (Muon matrices), {lr} (AdamW)"
+    else:
+        optimizer = f"AdamW ({adam}; decay on matrices only)"
     schedule = f"{t.get('schedule')}, warmup {num(t.get('warmup_steps'))} steps, floor " + (
         f"{setting(t.get('min_lr_ratio'))} of the peak"
     )
@@ -222,8 +228,8 @@ def training(config: dict[str, Any], state: dict[str, Any], extra: Rows) -> list
     epoch = state.get("epoch", (state.get("sampler") or {}).get("epoch"))
     rows: Rows = [
         *extra,
-        ("Optimizer", f"{'AdamW' if opt == 'adamw' else opt} ({adam})"),
-        ("Peak learning rate", setting(t.get("lr"))),
+        ("Optimizer", optimizer),
+        ("Peak learning rate", lr),
         ("Schedule", schedule),
         ("Batch", f"{num(t.get('batch_size'))} windows of {num(ctx)} tokens x "
                   f"{num(t.get('grad_accum'))} accumulation x {num(config.get('world_size', 1))} "
