@@ -110,6 +110,26 @@ def test_wsd_decay_ends_within_the_budget(budgeted: Path) -> None:
     assert decaying == sorted(decaying, reverse=True)
 
 
+class SlowingClock(StepClock):
+    """Steps take 1 s until the decay is planned, then 3 s: slower than measured."""
+
+    def tick(self, trainer: object) -> None:
+        self.t += SECONDS_PER_STEP * (3 if trainer.p.decay_steps is not None else 1)  # type: ignore[attr-defined]
+
+
+def test_budget_ending_inside_the_decay_finishes_the_run(dataset: Path, tmp_path: Path) -> None:
+    clock = SlowingClock()
+    run = train(
+        "tiny", dataset, tmp_path, overrides(**WSD), max_minutes=BUDGET_MIN, device="cpu",
+        progress_bar=False, clock=clock, on_step=clock.tick,
+    )  # fmt: skip
+    state = json.loads((run / "checkpoints/last/trainer_state.json").read_text())
+    assert run_config(run)["status"] == "finished"  # not "paused": the budget was the plan
+    assert state["total_steps"] == state["step"] < 1000
+    assert state["best_step"] == state["step"]  # the last weights are the run's best/
+    assert state["elapsed_s"] <= BUDGET_MIN * 60 + 3
+
+
 def test_resume_mid_decay_is_bit_identical(dataset: Path, budgeted: Path, tmp_path: Path) -> None:
     state = json.loads((budgeted / "checkpoints/last/trainer_state.json").read_text())
     mid = state["step"] - state["decay_steps"] // 2

@@ -213,6 +213,12 @@ class Trainer:
             finally:
                 if bar is not None:
                     bar.close()
+        if reason is StopReason.TIME_LIMIT and p.decay_steps is not None:
+            # The decay was fitted to the budget, so the budget is the run's end: steps
+            # slower than measured may leave a few of it undone, and the run still
+            # finishes here (its last weights are its result, and best/ knows them).
+            p.total_steps = p.step
+            reason = StopReason.FINISHED
         return self._leave(reason)
 
     def _plan_decay(self) -> None:
