@@ -15,6 +15,7 @@ in place, atomically; the rest of the file is left alone.
 
 from __future__ import annotations
 
+import copy
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,8 +326,26 @@ def notes(results: dict[str, Any]) -> list[str]:
     return sorted(set(out), key=out.index)
 
 
+def complete_rounds(results: dict[str, Any]) -> dict[str, Any]:
+    """`results` cut to its complete rounds: a stopped run (`rounds_done` < `repeats`)
+    measured some toolkits once more than others in its last round, which would tilt
+    the medians and pair the per-round ratios wrongly."""
+    meta = results["meta"]
+    done = meta.get("rounds_done", meta["repeats"])
+    if done >= meta["repeats"] or done < 1:
+        return results
+    out = copy.deepcopy(results)
+    out["peak"] = out["peak"][:done]
+    for case in out["cases"].values():
+        for entries in case.values():
+            for entry in entries.values():
+                entry["rounds"] = entry.get("rounds", [])[:done]
+    return out
+
+
 def render(results: dict[str, Any]) -> str:
     """The whole Markdown section, markers included."""
+    results = complete_rounds(results)
     lines = [START, *header(results), "### Settings", "", *settings_table(results), ""]
     for setting, title in SETTING_TITLES.items():
         if any(setting in c for c in results["cases"].values()):

@@ -167,3 +167,14 @@ def test_quick_run_measures_every_side_and_they_agree(tmp_path: Path, preset: st
         assert "GPT-2" in case["default"]["nanogpt"]["skip"]
     text = md.read_text()
     assert text.startswith("# Results\n") and report.START in text and preset in text
+
+
+def test_a_stopped_run_renders_only_its_complete_rounds() -> None:
+    results = _results()
+    results["meta"].update(repeats=3, rounds_done=1)
+    text = report.render(results)
+    # round 0 alone: ours 1000/0.5 = 2000 tok/s, HF 1000/1.0 = 1000
+    assert "| 2,000 | 1,000 | **2.00x** |" in text
+    assert "1 interleaved rounds (of 3 planned: the run was stopped)" in text
+    assert "fp32 40.0 GFLOP/s" in text  # the second peak came from the unfinished round
+    assert len(results["cases"]["p"]["default"]["lumenlm"]["rounds"]) == 2  # input untouched
