@@ -59,12 +59,12 @@ def traced(value: float, dec: int, percent: bool, sources: list[float]) -> bool:
 
 def run_documents(run: Path, *extra: Path) -> list[Any]:
     """The JSON documents of a run that a card may quote: config.json, metrics.jsonl, the
-    last trainer state, the data's meta.json (with the numbers in its notes), and `extra`."""
+    last and best checkpoints' trainer states, the data's meta.json (with the numbers in its notes), and `extra`."""
     config = json.loads((run / "config.json").read_text())
     docs: list[Any] = [config]
     docs += [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    state = run / "checkpoints" / "last" / "trainer_state.json"
-    paths = [state, *extra]
+    states = [run / "checkpoints" / name / "trainer_state.json" for name in ("last", "best")]
+    paths = [*states, *extra]
     if config.get("data_dir"):
         paths.append(Path(config["data_dir"]) / "meta.json")
     for path in paths:

@@ -65,6 +65,17 @@ def test_reproduce_runs_every_step_then_skips_and_traces_numbers(
 
     card = (out / "MODEL_CARD.md").read_text()
     assert "PATH" not in card and str(run.resolve()) in card
+    assert (run / "MODEL_CARD.md").read_text() == card  # a later `lumenlm export RUN` uses it
+    assert card in (out / "hf/README.md").read_text()
+    for head in (
+        "## Model Details",
+        "## Data and Tokenizer",
+        "## Evaluation Results",
+        "### Validation during training",
+        "## Loss Curve",
+        "## Limitations",
+    ):
+        assert head in card, head  # fmt: skip
     assert "`not-here.txt`" in card and "Missing official files" in card
     missing, found = untraced(card, _sources(out, run))
     assert found > 20

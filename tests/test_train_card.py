@@ -86,6 +86,8 @@ def test_the_card_reports_an_evaluation_json_with_its_protocol(
     doc = build_report(lm, tasks, {"model": str(model.model_dir), "data": cfg["data_dir"]})
     write_json(doc, copy / "eval.json")
     card = write_card(copy).read_text()
+    best = json.loads((copy / "checkpoints/best/trainer_state.json").read_text())["step"]
+    assert f"Evaluated: `{model.model_dir}` (the weights of step {best})" in card
     assert "`eval.json`" in card and f"{lm.perplexity:.4f}" in card
     assert f"{100 * doc['tasks']['arc-easy']['acc']:.2f}%" in card
     assert f"{doc['tasks']['wikitext']['word_perplexity']:.4f}" in card
@@ -124,3 +126,23 @@ def test_training_section_names_the_optimizer_and_the_schedule_of_the_config() -
     assert "decay over the last 0.3 of the steps (fixed at 40 steps by the time budget)" in text
     adam = "\n".join(training({"train": {"lr": 0.001, "schedule": "cosine"}}, {}, []))
     assert "| AdamW (" in adam and "Muon" not in adam and "decay over" not in adam
+
+
+def test_an_export_of_a_run_picks_the_runs_fullest_card(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lumenlm.export.outputs import model_card
+
+    run = tmp_path / "run"
+    for name in ("best", "last", "step_3"):
+        (run / "checkpoints" / name).mkdir(parents=True)
+        (run / "checkpoints" / name / "README.md").write_text(f"checkpoint {name}")
+    (run / "README.md").write_text("the run's card")
+
+    def card(name: str) -> str | None:
+        return model_card(SimpleNamespace(model_dir=run / "checkpoints" / name))  # type: ignore[arg-type]
+
+    assert card("best") == card("last") == "the run's card"  # what loading the run gives
+    assert card("step_3") == "checkpoint step_3"  # a periodic checkpoint keeps its own
+    (run / "MODEL_CARD.md").write_text("the reproduction's card")
+    assert card("best") == "the reproduction's card"

@@ -17,8 +17,9 @@ from lumenlm.errors import ConfigError, LumenError, first_line
 from lumenlm.model import GPT
 from lumenlm.modelio import check_tokenizer_fits, tokenizer_fingerprint
 
-CARD_NAMES = ("README.md", "model_card.md")
-"""A model directory's card, in order of preference (a run's checkpoints carry README.md)."""
+CARD_NAMES = ("MODEL_CARD.md", "README.md", "model_card.md")
+"""A model directory's card, in order of preference: a reproduced run's MODEL_CARD.md (the
+run's card with the reproduction's parts), else README.md (every run and checkpoint)."""
 RUN_CARD_CHECKPOINTS = ("best", "last")
 """A run's checkpoints whose export carries the run's card rather than their own."""
 

@@ -42,6 +42,8 @@ class RunFacts:
     evaluation: dict[str, Any] = field(default_factory=dict)
     """An evaluation report (`lumenlm eval --out`, reproduce's eval.json)."""
     eval_file: Path | None = None
+    eval_step: int | None = None
+    """The step of the checkpoint the evaluation scored (its trainer_state.json)."""
     origin: dict[str, Any] | None = None
     """Fine-tuning: the starting weights ("base") and its data ("finetune")."""
     data: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +91,13 @@ def read_run(
     data = data_dir if data_dir is not None else config.get("data_dir")
     if eval_file is None:
         eval_file = next((run / n for n in EVAL_NAMES if (run / n).is_file()), None)
+    evaluation = _json(Path(eval_file)) if eval_file else {}
+    scored = evaluation.get("model")
+    step = None
+    if scored:  # a model dir, or a run dir (which loads its best checkpoint, else its last)
+        dirs = [Path(scored), *(Path(scored) / CHECKPOINTS / n for n in ("best", "last"))]
+        states = [_json(d / "trainer_state.json") for d in dirs]
+        step = next((s["step"] for s in states if "step" in s), None)
     origin = None
     if config.get("init_from"):
         origin = {"base": config["init_from"], "finetune": config.get("finetune")}
@@ -98,8 +107,9 @@ def read_run(
         state=_json(run / CHECKPOINTS / "last" / "trainer_state.json"),
         records=read_metrics(run),
         meta=_json(Path(data) / "meta.json") if data else {},
-        evaluation=_json(Path(eval_file)) if eval_file else {},
+        evaluation=evaluation,
         eval_file=Path(eval_file) if eval_file else None,
+        eval_step=step,
         origin=origin,
     )
 
@@ -117,7 +127,7 @@ def card_text(facts: RunFacts, parts: CardParts | None = None) -> str:
     out += S.training(f.config, f.state, p.training_rows)
     out += ["## Evaluation Results", "", *p.evaluation]
     out += S.validation(f.config, f.state, f.records)
-    out += S.evaluation(f.evaluation, f.eval_file)
+    out += S.evaluation(f.evaluation, f.eval_file, f.eval_step)
     out += S.loss_curve(f.records, curve)
     out += p.sections
     hf = p.hf_dir.resolve() if p.hf_dir is not None else path.with_name(path.name + "-hf")

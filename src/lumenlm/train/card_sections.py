@@ -295,12 +295,16 @@ def validation(
             table(("Metric", "Value"), rows), ""]  # fmt: skip
 
 
-def evaluation(doc: dict[str, Any], path: Path | None) -> list[str]:
-    """An evaluation JSON's numbers, each part with how it was computed."""
+def evaluation(doc: dict[str, Any], path: Path | None, step: int | None = None) -> list[str]:
+    """An evaluation JSON's numbers, each part with how it was computed; `step` is that of
+    the checkpoint it evaluated (its trainer_state.json), when known."""
     if not doc.get("lm") and not doc.get("tasks"):
         return []
     name = f"`{path.name}`" if path is not None else "the evaluation report"
     out = [f"### Evaluation ({name}, `lumenlm eval`)", ""]
+    if doc.get("model"):
+        at = f" (the weights of step {num(step)})" if step is not None else ""
+        out += [f"Evaluated: `{doc['model']}`{at}.", ""]
     lm = doc.get("lm") or {}
     if lm:
         out.append(
@@ -319,6 +323,8 @@ def evaluation(doc: dict[str, Any], path: Path | None) -> list[str]:
           for k, v in tasks.items() if "acc" in v]  # fmt: skip
     if tasks and doc.get("limit"):
         out += [f"Each task scored its first {num(doc['limit'])} items (`--limit`).", ""]
+    if "hellaswag" in tasks and doc.get("hellaswag_limit"):
+        out += [f"HellaSwag scored its first {num(doc['hellaswag_limit'])} validation items.", ""]
     if mc:
         out += [table(("Task", "Accuracy", "acc_norm", "Correct/Total", "File"), mc), "",
                 MC_SCORING, ""]  # fmt: skip
