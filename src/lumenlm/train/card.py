@@ -69,7 +69,9 @@ class CardParts:
     """An export that exists (How to Use loads it); default: the `lumenlm export` to run."""
     remote_code: bool | None = None
     """Whether that export needs `trust_remote_code` (None: not known here)."""
-    curve: bool = True
+    curve: bool | None = None
+    """Link loss_curve.png: True always (a trainer plots it right after the card), None when
+    the run has one, False never (a checkpoint's card)."""
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -119,7 +121,8 @@ def card_text(facts: RunFacts, parts: CardParts | None = None) -> str:
     p = parts or CardParts()
     f = facts
     path = f.run_dir.resolve()
-    curve = path / CURVE if p.curve and (f.run_dir / CURVE).is_file() else None
+    plotted = p.curve or (p.curve is None and (f.run_dir / CURVE).is_file())
+    curve = path / CURVE if plotted else None
     out = [f"# {p.title or f.run_dir.name}", ""]
     out += S.details(f.config, f.run_dir.name, p.about, f.origin)
     out += S.architecture(f.config)
@@ -176,7 +179,7 @@ def run_card(
     )
     facts.state = {**facts.state, **now, "epoch": epoch, "world_size": world_size}
     facts = replace(facts, data=data, origin=origin or facts.origin)
-    return card_text(facts, CardParts(curve=curve is not None))
+    return card_text(facts, CardParts(curve=curve is not None))  # RunFiles plots after it
 
 
 def render_card(
@@ -203,4 +206,4 @@ def render_card(
                                               "total_steps", "precision", "world_size")}}  # fmt: skip
     facts = RunFacts(Path(path or name), config=config, state=dict(progress), records=evals,
                      data=data, origin=origin)  # fmt: skip
-    return card_text(facts, CardParts(curve=curve is not None))
+    return card_text(facts, CardParts(curve=None if curve else False))

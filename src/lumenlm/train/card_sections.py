@@ -77,7 +77,8 @@ def details(
     lines = ["## Model Details", "", about, "", f"- **Name:** `{name}`"]
     kind = "decoder-only Transformer (GPT-style)"
     lines.append(
-        f"- **Model type:** {kind}, " + ("fine-tuned" if tuned else "trained from scratch")
+        f"- **Model type:** {kind}, "
+        + ("trained from existing weights" if tuned else "trained from scratch")
     )
     if config.get("preset"):
         lines.append(f"- **Preset:** `{config['preset']}`")
@@ -144,10 +145,11 @@ def data_and_tokenizer(
                      + (f" ({src['origin']})" if src.get("origin") else ""))  # fmt: skip
     if where:
         lines.append(f"- Data directory: `{where}`")
+    official = {True: ", the official file's", False: ", NOT the official file's", None: ""}
     for f in src.get("files") or []:
         lines.append(
             f"- `{f.get('name')}` ({f.get('role')}, {num(f.get('bytes'))} bytes, sha256 "
-            f"`{f.get('sha256')}`)"
+            f"`{f.get('sha256')}`{official[f.get('matches_official_sha256')]})"
         )
     if src.get("split_rule"):
         lines.append(f"- Splits: {src['split_rule']}")
