@@ -24,6 +24,7 @@ from lumenlm.modelio import atomic_write_text
 from lumenlm.presets import get_preset, recipe_overrides
 from lumenlm.reproduce.cards import Card, get_card
 from lumenlm.reproduce.report import comparison_rows, format_comparison, model_card
+from lumenlm.train.stop import TrainingInterrupted
 
 STATE = "reproduce.json"
 EVAL = "eval.json"
@@ -317,6 +318,17 @@ def reproduce(
             t0 = time.perf_counter()
             try:
                 what = run(r)
+            except TrainingInterrupted as exc:
+                r.save_state()
+                again = f"lumenlm reproduce {name} --recipe {recipe} " + (
+                    f"--budget-minutes {budget_minutes:g} --out {out_dir}"
+                )
+                raise TrainingInterrupted(
+                    f"{exc.args[0].split('; resume with')[0]}; run the same command again "
+                    f"to continue where it stopped: {again}",
+                    exc.run_dir,
+                    exc.exit_code - 128,
+                ) from None
             except LumenError:
                 r.save_state()
                 raise
