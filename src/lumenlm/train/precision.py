@@ -24,10 +24,13 @@ could disagree, and the ranks must train in one precision.
 
 What was and was not measured by this project: the policy (fp32 without native bf16,
 bf16 only when the probe says faster, the cache) is tested with a faked CPU and probe
-(tests/test_train_precision_auto.py). The probe's speed-ups on a native-bf16 CPU and the
-loss agreement of bf16 with fp32 over a few hundred steps (`LOSS_TOLERANCE`, the slow
-test in that file) could not be measured on the AVX2-only EPYC this was written on; the
-slow test skips there with the reason, and runs wherever bf16 is native.
+(tests/test_train_precision_auto.py). The loss agreement of bf16 autocast with fp32 over
+300 steps (`LOSS_TOLERANCE`) was measured on the AVX2-only EPYC this was written on, in
+emulated bf16 (its numerics are bf16's; only its speed is emulated), on the tiny model
+and the librarian-1.3m shape; the slow test runs the tiny one everywhere and the
+librarian shape only where bf16 is native (emulated, it takes minutes). The probe's
+speed-ups and `BF16_MARGIN` on a native-bf16 CPU were not measured here: no such CPU
+was available; this CPU never probes.
 
 An explicit bf16 on a CPU without native bf16 prints a one-line warning with the
 measured slowdown (`devices.warn_slow_bf16`). bf16 needs no scaler: it has fp32's
@@ -71,9 +74,12 @@ PROBE_STEPS = 3
 PROBE_TOKENS = 2048
 """At most this many tokens per probe step (whole rows, at least one): the matmuls are
 as wide as in the run, while a 128M model's probe stays within seconds on such a CPU."""
-LOSS_TOLERANCE = 0.02
-"""bf16 autocast's final loss may differ from fp32's by this much (relative) after the
-few hundred steps of the slow parity test; measured where bf16 is native only."""
+LOSS_TOLERANCE = 0.01
+"""bf16 autocast's final losses may differ from fp32's by this much (relative) after the
+300 steps of the slow parity test. Measured on the 2-core AVX2 EPYC (emulated bf16: the
+same bf16 operands and results, only slower): 0.0001-0.0002 on the tiny model and on
+the librarian-1.3m shape (benchmarks/RESULTS.md), so 1% leaves room for other CPUs'
+summation orders without letting a real divergence pass."""
 CACHE_VERSION = 1
 
 
