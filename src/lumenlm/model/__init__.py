@@ -5,7 +5,8 @@ Modules: `gpt` (the model and its forward), `blocks` (attention, MLP, block),
 one-token step over a static KV cache that generate, chat and serve decode with),
 `chunked_loss` (the vocabulary projection and cross-entropy one chunk of rows at a
 time), `hook_points` (the identity modules and the run_with_hooks / run_with_cache
-API) and `activation_cache` (what run_with_cache returns). Everything a caller needs is importable from here.
+API) and `activation_cache` (what run_with_cache returns). Everything a caller needs
+is importable from here.
 """
 
 from lumenlm.model.activation_cache import ActivationCache, act_name
