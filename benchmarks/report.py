@@ -124,6 +124,16 @@ def _flag(flags: list[str], name: str) -> str:
     return f"{name} {'yes' if name in flags else 'no'}"
 
 
+def _rounds_text(m: dict[str, Any]) -> str:
+    done = m.get("rounds_done", m["repeats"])
+    if done >= m["repeats"]:
+        return f"- {done} interleaved rounds"
+    if done < 1:
+        return (f"- 1 round of {m['repeats']} planned, stopped before its end "
+                "(a cell without a figure was not reached)")  # fmt: skip
+    return f"- {done} interleaved rounds (of {m['repeats']} planned: the run was stopped)"
+
+
 def header(results: dict[str, Any]) -> list[str]:
     m = results["meta"]
     hw = m["hardware"]
@@ -143,13 +153,7 @@ def header(results: dict[str, Any]) -> list[str]:
         + (f"; GPU: {hw['gpu']}" if hw.get("gpu") else ""),
         f"- torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}; "
         f"nanoGPT: {m['nanogpt'] or 'not given (--nanogpt PATH)'}",
-        f"- {m.get('rounds_done', m['repeats'])} interleaved rounds"
-        + (
-            f" (of {m['repeats']} planned: the run was stopped)"
-            if m.get("rounds_done", m["repeats"]) < m["repeats"]
-            else ""
-        )
-        + "; in each, every (toolkit, setting, preset) runs in "
+        _rounds_text(m) + "; in each, every (toolkit, setting, preset) runs in "
         f"a process of its own: {m['warmup']} warm-up call(s), then the median of "
         f"{m['iters']} timed calls (training: {m['train_warmup']} warm-up step(s) after the first"
         f"{', calls of under ' + str(m['min_s']) + ' s repeated' if m['min_s'] else ''}). Cells: tokens/s, "
