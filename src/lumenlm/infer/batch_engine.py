@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from lumenlm.infer.detok import IncrementalDecoder, StopMatcher
+from lumenlm.infer.engine import WHOLE_BUFFER
 from lumenlm.infer.generate import EOS_TOKEN, special_id
 from lumenlm.infer.sampling import (
     SamplingParams,
@@ -323,10 +324,8 @@ class BatchEngine:
             logits = out.logits[:, -1]
         else:
             c, a = self.cache, self.cache.active
-            end = c.length
-            logits = self.fast(
-                tokens, c.pos[:a], c.col, c.keys[:a], c.k[:, :a], c.v[:, :a], end + 1
-            )
+            keys = None if c.max_length <= WHOLE_BUFFER else c.length + 1
+            logits = self.fast(tokens, c.pos[:a], c.col, c.keys[:a], c.k[:, :a], c.v[:, :a], keys)
             c.length += 1
         self.cache.advance()
         self.steps += 1

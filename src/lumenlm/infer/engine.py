@@ -34,6 +34,9 @@ from lumenlm.model import GPT
 from lumenlm.model.decode_step import DecodeStep
 
 NEG_INF = float("-inf")
+WHOLE_BUFFER = 256
+"""Caches of at most this many positions are attended whole under the mask each step
+(three slicing ops fewer per layer); longer ones only up to the last written column."""
 
 
 def left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor, Tensor]:
@@ -146,7 +149,7 @@ class Decoder:
         """One cached step: the fast step, or `GPT.forward` with `fast=False`, while
         hooks are attached (they must see every activation) or in training mode."""
         cache, n = self.cache, self.cache.length  # type: ignore[union-attr]
-        self._keys[:, n] = 0.0
+        self._keys.index_fill_(1, self._col, 0.0)  # the new column (== n)
         if self.fast is None or not self.fast.usable():
             out = self.model(
                 tokens.view(-1, 1),
@@ -158,7 +161,8 @@ class Decoder:
             logits = out.logits[:, -1]
         else:
             assert cache is not None
-            keys = None if self.fast.compile else n + 1
+            # a short buffer is read whole (masked): fewer ops per token than slicing it
+            keys = None if self.fast.compile or self.capacity <= WHOLE_BUFFER else n + 1
             logits = self.fast(tokens, self._pos, self._col, self._keys, cache.k, cache.v, keys)
             cache.length += 1
         self._pos += 1

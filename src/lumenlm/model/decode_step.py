@@ -158,17 +158,17 @@ def decode_weights(model: GPT) -> DecodeWeights:
 def _apply_norm(n: Norm, x: Tensor) -> Tensor:
     kind, w, b, eps = n
     if kind == "layernorm":
-        return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+        return torch.layer_norm(x, (x.shape[-1],), w, b, eps)
     if kind == "rmsnorm":  # RMSNorm.forward's operations, in its order
-        x32 = x.float()
+        x32 = x if x.dtype == torch.float32 else x.float()  # (two no-op calls fewer)
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-        return w * x32.to(x.dtype)  # type: ignore[operator]
+        return w * (x32 if x32.dtype == x.dtype else x32.to(x.dtype))  # type: ignore[operator]
     return x
 
 
 def _project(x: Tensor, lin: Linear) -> Tensor:
     w, b = lin
-    return torch.addmm(b, x, w) if b is not None else x @ w
+    return torch.addmm(b, x, w) if b is not None else torch.mm(x, w)
 
 
 def _projections(x: Tensor, lins: list[Linear], sizes: list[int]) -> list[Tensor]:
@@ -178,7 +178,7 @@ def _projections(x: Tensor, lins: list[Linear], sizes: list[int]) -> list[Tensor
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """`positions.apply_rope` on (rows, heads, d_head) with cos/sin (rows, 1, d_head)."""
+    """`positions.apply_rope` on (rows, kv heads, n, d_head), cos/sin (rows, 1, 1, d_head)."""
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
@@ -273,28 +273,30 @@ class DecodeStep:
     ) -> Tensor:
         B = tokens.shape[0]
         H, G, Dh, Dv = self.n_heads, self.n_kv, self.d_head, self.d_value
-        x = F.embedding(tokens, w.emb)
+        # torch.embedding / torch.layer_norm / torch._C._nn.silu: the ops without
+        # torch.nn.functional's Python checks, which cost more than the op at this size
+        x = torch.embedding(w.emb, tokens)
         if w.pos is not None:
-            x = x + F.embedding(positions, w.pos)
+            x = x + torch.embedding(w.pos, positions)
         cos = sin = None
         if w.rope is not None:
-            cos = F.embedding(positions, w.rope[0])[:, None]
-            sin = F.embedding(positions, w.rope[1])[:, None]
+            cos = torch.embedding(w.rope[0], positions)[:, None, None]  # (B, 1, 1, Dh)
+            sin = torch.embedding(w.rope[1], positions)[:, None, None]
         mask = key_mask if keys is None else key_mask[:, :keys]
         mask = mask[:, None, None]  # (B, 1, 1, S): every query of every head
         for i, lw in enumerate(w.layers):
             h = _apply_norm(lw.attn_norm, x) if self.pre_norm else x
             q, k, v = _projections(h, lw.qkv, self.qkv_sizes)
-            q, k, v = q.view(B, H, Dh), k.view(B, G, Dh), v.view(B, G, Dv)
+            # the H / G query heads reading KV head g are its H / G queries: (B, G, H/G, Dh)
+            q, k, v = q.view(B, G, H // G, Dh), k.view(B, G, 1, Dh), v.view(B, G, 1, Dv)
             if cos is not None:
                 q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)  # type: ignore[arg-type]
             kc, vc = k_cache[i], v_cache[i]
-            kc.index_copy_(2, column, k[:, :, None])
-            vc.index_copy_(2, column, v[:, :, None])
+            kc.index_copy_(2, column, k)
+            vc.index_copy_(2, column, v)
             if keys is not None:
                 kc, vc = kc[:, :, :keys], vc[:, :, :keys]
-            # the H / G query heads reading KV head g are its H / G queries
-            y = F.scaled_dot_product_attention(q.view(B, G, H // G, Dh), kc, vc, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask)
             a = _project(y.reshape(B, H * Dv), lw.o)
             if self.pre_norm:
                 x = x + a
@@ -303,9 +305,9 @@ class DecodeStep:
                 x = h = _apply_norm(lw.attn_norm, x + a)
             if self.swiglu:
                 gate, up = _projections(h, lw.up, [lw.down[0].shape[0]] * 2)
-                m = F.silu(gate) * up
+                m = torch._C._nn.silu(gate) * up
             else:
-                m = F.gelu(_project(h, lw.up[0]), approximate=self.gelu)
+                m = torch._C._nn.gelu(_project(h, lw.up[0]), approximate=self.gelu)
             m = _project(m, lw.down)
             x = x + m if self.pre_norm else _apply_norm(lw.mlp_norm, x + m)
         return _project(_apply_norm(w.final_norm, x), w.head)
