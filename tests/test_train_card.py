@@ -97,6 +97,25 @@ def test_the_card_reports_an_evaluation_json_with_its_protocol(
     assert not missing, f"numbers in the card with no source file: {missing}"
 
 
+def test_lumenlm_eval_out_into_the_run_updates_its_card(run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from lumenlm.cli import main
+
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    data = json.loads((copy / "config.json").read_text())["data_dir"]
+    elsewhere = tmp_path / "report.json"
+    assert (
+        main(["eval", str(copy), "--data", data, "--device", "cpu", "--out", str(elsewhere)]) == 0
+    )
+    assert "`report.json`" not in (copy / "README.md").read_text()  # not the run's: left alone
+    assert main(["eval", str(copy), "--data", data, "--device", "cpu",
+                 "--out", str(copy / "eval.json")]) == 0  # fmt: skip
+    doc = json.loads((copy / "eval.json").read_text())
+    assert f"{doc['lm']['perplexity']:.4f}" in (copy / "README.md").read_text()
+
+
 def test_an_hf_export_of_the_run_carries_its_card(run: Path, tmp_path: Path) -> None:
     from lumenlm.export.hf import export_hf
 

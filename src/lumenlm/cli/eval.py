@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from lumenlm.cli.common import add_command, add_model_argument, add_verify_argument, check_positive
 from lumenlm.cli.generate import add_dtype_arg
@@ -183,6 +184,16 @@ def run(args: argparse.Namespace) -> int:
     doc = build_report(lm, tasks, info, summary)
     if args.out:
         print(f"wrote {write_json(doc, args.out)}", file=sys.stderr)
+        _update_run_card(Path(args.model), Path(args.out))
     if args.per_example and tasks:
         print(f"wrote {write_examples(tasks, args.per_example)}", file=sys.stderr)
     return 0
+
+
+def _update_run_card(model: Path, out: Path) -> None:
+    """An eval report written into the run it scored goes into that run's model card."""
+    from lumenlm.train.card import write_card
+
+    run = model.resolve()
+    if (run / "checkpoints").is_dir() and out.resolve().parent == run:
+        print(f"updated {write_card(run, eval_file=out)}", file=sys.stderr)

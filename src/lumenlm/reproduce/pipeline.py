@@ -242,8 +242,7 @@ def _export(r: Reproduction) -> str:
 
     run = r.run_dir()
     assert run is not None
-    out = export_hf(load(run), r.out / HF, force=True)
-    shutil.copyfile(r.out / CARD, out / "README.md")
+    out = export_hf(load(run), r.out / HF, force=True)  # carries the run's MODEL_CARD.md
     return str(out)
 
 
