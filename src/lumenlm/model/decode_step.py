@@ -24,9 +24,10 @@ share it:
   head are that head's n_rep "queries", so one SDPA call over (rows, n_kv_heads, n_rep)
   reads each cached key once, on every backend;
 - keys/values written into the cache at a column given as a tensor (`index_copy_`) and
-  attention under a key mask: with `full_buffer=True` every shape is fixed, so
-  `torch.compile` builds the step once (CPU inductor; CUDA graphs with
-  mode="reduce-overhead"). The eager step reads only the columns written so far.
+  attention under a key mask over the preallocated buffer: with `keys=None` every shape
+  is fixed, so `torch.compile` builds the step once (CPU inductor; CUDA graphs with
+  mode="reduce-overhead"); eager callers may pass `keys` to read only the columns
+  written so far (worth it for long buffers). Masked columns get exactly zero weight.
 
 The numbers are the plain path's operations in the same dtype and order; only the BLAS
 kernels chosen for the fused and transposed products differ, so logits agree to
