@@ -98,8 +98,10 @@ class Decoder:
         # next position, and the column the next token goes to.
         dtype = model.tok_emb.weight.dtype
         self._keys = torch.full((B, self.capacity), NEG_INF, dtype=dtype, device=self.device)
+        self._keys4 = self._keys[:, None, None]  # the (B, 1, 1, S) view SDPA reads
         self._pos = torch.zeros(B, dtype=torch.long, device=self.device)
         self._col = torch.zeros(1, dtype=torch.long, device=self.device)
+        self._col_rows = self._col.expand(B)  # every row's position when none is padded
         self._padded = False
 
     @property
@@ -163,9 +165,11 @@ class Decoder:
             assert cache is not None
             # a short buffer is read whole (masked): fewer ops per token than slicing it
             keys = None if self.fast.compile or self.capacity <= WHOLE_BUFFER else n + 1
-            logits = self.fast(tokens, self._pos, self._col, self._keys, cache.k, cache.v, keys)
+            pos = self._pos if self._padded else self._col_rows  # unpadded: position == column
+            logits = self.fast(tokens, pos, self._col, self._keys4, cache.k, cache.v, keys)
             cache.length += 1
-        self._pos += 1
+        if self._padded:
+            self._pos += 1
         self._col += 1
         return logits
 

@@ -189,9 +189,10 @@ class DecodeStep:
 
     `step(tokens, positions, column, key_mask, k, v, keys=None)`:
     tokens and positions (rows,) int64; `column` a (1,) int64 tensor, the cache column
-    the new keys go to; `key_mask` (rows, S): where a row may attend (its own new
-    column included), as SDPA takes it: bool (True = attend) or additive (0 or -inf,
-    in the model's dtype; the cheaper kind on CPU); `k`/`v` the cache buffers (n_layers, rows, n_kv_heads, S,
+    the new keys go to; `key_mask` (rows, S), or its (rows, 1, 1, S) view kept by the
+    caller (one op fewer per token): where a row may attend (its own new column
+    included), as SDPA takes it: bool (True = attend) or additive (0 or -inf, in the
+    model's dtype; the cheaper kind on CPU); `k`/`v` the cache buffers (n_layers, rows, n_kv_heads, S,
     d_head/d_value); `keys`: attend to columns [0, keys) only (eager), or None for
     the whole buffer (fixed shapes, for torch.compile). Returns (rows, vocab) logits in
     the model's dtype. The caller advances its cache length and keeps positions below
@@ -283,8 +284,9 @@ class DecodeStep:
         if w.rope is not None:
             cos = torch.embedding(w.rope[0], positions)[:, None, None]  # (B, 1, 1, Dh)
             sin = torch.embedding(w.rope[1], positions)[:, None, None]
-        mask = key_mask if keys is None else key_mask[:, :keys]
-        mask = mask[:, None, None]  # (B, 1, 1, S): every query of every head
+        if key_mask.dim() == 2:  # (B, S) -> (B, 1, 1, S): every query of every head
+            key_mask = key_mask[:, None, None]
+        mask = key_mask if keys is None else key_mask[..., :keys]
         for i, lw in enumerate(w.layers):
             h = _apply_norm(lw.attn_norm, x) if self.pre_norm else x
             q, k, v = _projections(h, lw.qkv, self.qkv_sizes)
@@ -309,8 +311,12 @@ class DecodeStep:
                 m = torch._C._nn.silu(gate) * up
             else:
                 m = torch._C._nn.gelu(_project(h, lw.up[0]), approximate=self.gelu)
-            m = _project(m, lw.down)
-            x = x + m if self.pre_norm else _apply_norm(lw.mlp_norm, x + m)
+            wd, bd = lw.down
+            if self.pre_norm and bd is None:
+                x = torch.addmm(x, m, wd)  # the residual add inside the product
+            else:
+                m = _project(m, lw.down)
+                x = x + m if self.pre_norm else _apply_norm(lw.mlp_norm, x + m)
         return _project(_apply_norm(w.final_norm, x), w.head)
 
 
