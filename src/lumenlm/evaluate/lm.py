@@ -203,15 +203,23 @@ def _score_batch(
     vocabulary projection runs one chunk of rows at a time (`linear_token_scores`: one
     chunk of logits in memory, no top-k); any other model (wrappers, test doubles) is
     scored from the logits its forward returns, with the same per-token function."""
-    targets = torch.cat([y[r, f:] for r, f in enumerate(firsts)])
+
+    def scored(t: torch.Tensor) -> torch.Tensor:  # (B, T, ...) -> (scored targets, ...)
+        return (
+            t.flatten(0, 1)
+            if not any(firsts)
+            else torch.cat([t[r, f:] for r, f in enumerate(firsts)])
+        )
+
+    targets = scored(y)
     if isinstance(model, GPT):
         h = model(x, return_logits=False).final_hidden
         assert h is not None  # return_logits=False without targets always sets it
-        picked = torch.cat([h[r, f:] for r, f in enumerate(firsts)])
-        nll, rank = linear_token_scores(picked, model.lm_head.weight, model.lm_head.bias, targets)
+        nll, rank = linear_token_scores(
+            scored(h), model.lm_head.weight, model.lm_head.bias, targets
+        )
     else:
-        logits = model(x).logits
-        nll, rank = token_scores(torch.cat([logits[r, f:] for r, f in enumerate(firsts)]), targets)
+        nll, rank = token_scores(scored(model(x).logits), targets)
     content = (
         targets != eot_id if eot_id is not None else torch.ones_like(targets, dtype=torch.bool)
     )
