@@ -5,7 +5,8 @@ AMX-BF16 or AVX512-BF16 run bf16 matmuls natively (several times fp32's speed); 
 (AVX2-only EPYCs, most laptops) emulate bf16 about 100x slower than fp32, so bf16 there
 is a trap. `cpu_bf16_native` reads the flags; `bf16_slowdown` times a small probe matmul
 once per process; `warn_slow_bf16` turns that into the one-line warning that `train
---precision bf16` and `--dtype bf16` print on such a CPU.
+--precision bf16` and `--dtype bf16` print on such a CPU. `--precision auto` reads
+`cpu_bf16_native` first (`train.precision`): without native bf16 it never probes.
 
 `configure_threads` sizes torch's CPU thread pool from the cores the process may use
 (affinity mask, cgroup CPU quota, physical cores), which torch itself does not read.
