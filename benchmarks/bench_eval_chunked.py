@@ -34,18 +34,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from lumenlm.evaluate import evaluate_tokens
 from lumenlm.model import GPT
 from lumenlm.presets import get_preset
+from shapes import SMALL_LLAMA
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL_LLAMA_CTX512 = {  # benchmarks/shapes.py SMALL_LLAMA: the LumenBase layout, small
-    "n_layers": 4,
-    "d_model": 256,
-    "n_heads": 8,
-    "n_kv_heads": 4,
-    "d_head": 32,
-    "d_ff": 1024,
-    "vocab_size": 8000,
-    "context_length": 512,
-}
+SMALL_LLAMA_CTX512 = {**SMALL_LLAMA, "context_length": 512}  # the LumenBase layout, small
 CASES: dict[str, tuple[str, dict]] = {
     # name: (preset, overrides); each evaluates windows of its full context, batch 8
     "librarian-1.3m": ("librarian-1.3m", {}),

@@ -65,6 +65,16 @@ class Settings:
         return asdict(self)
 
 
+def step_optimizer(opt: torch.optim.Optimizer, scaler: Any) -> None:
+    """The optimizer step (through the gradient scaler for fp16), then zero_grad."""
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def settings_for(
     toolkit: str, setting: str, device_type: str, equal_precision: str, compile: bool
 ) -> Settings:
@@ -138,14 +148,10 @@ def hf_train_step(
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        scaler.step(opt)
-        scaler.update()
     else:
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-    opt.zero_grad(set_to_none=True)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    step_optimizer(opt, scaler)
     return loss.item()
 
 
@@ -195,12 +201,7 @@ def build_lumenlm(
             scaler.unscale_(opt)
         norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
         loss, _ = torch.stack([loss_sum.float(), norm.float()]).tolist()
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        step_optimizer(opt, scaler)
         return loss
 
     def evaluate(tokens: torch.Tensor) -> float:
@@ -370,12 +371,7 @@ def build_nanogpt(
         else:
             loss.backward()
         torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        step_optimizer(opt, scaler)
         return loss.item()
 
     @torch.no_grad()

@@ -55,6 +55,18 @@ def chunk_rows_for(
     return max(1, min_rows, chunk_elements // max(1, vocab_size))
 
 
+def _compute_dtype(
+    h: Tensor, weight: Tensor, bias: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """h, weight and bias in the dtype `nn.Linear` would compute in: the autocast dtype
+    when autocast is on, else the weight's."""
+    dev = h.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        return h.to(dt), weight.to(dt), bias.to(dt) if bias is not None else None
+    return (h.to(weight.dtype) if weight.dtype != h.dtype else h), weight, bias
+
+
 def _chunks(n: int, rows: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + rows)) for s in range(0, n, rows)]
 
@@ -161,12 +173,7 @@ def linear_cross_entropy(
     if t.shape[0] != h2.shape[0]:
         raise ValueError(f"{h2.shape[0]} hidden rows but {t.shape[0]} targets")
     dev = h.device.type
-    if torch.is_autocast_enabled(dev):
-        dt = torch.get_autocast_dtype(dev)
-        h2, weight = h2.to(dt), weight.to(dt)
-        bias = bias.to(dt) if bias is not None else None
-    elif weight.dtype != h2.dtype:
-        h2 = h2.to(weight.dtype)
+    h2, weight, bias = _compute_dtype(h2, weight, bias)
     rows = chunk_rows or chunk_rows_for(weight.shape[0])
     with torch.autocast(dev, enabled=False):
         if torch.is_grad_enabled() and any(
@@ -222,12 +229,7 @@ def linear_token_scores(
             f"need (N, D) hidden states and (N,) targets, got {h.shape}, {targets.shape}"
         )
     dev = h.device.type
-    if torch.is_autocast_enabled(dev):
-        dt = torch.get_autocast_dtype(dev)
-        h, weight = h.to(dt), weight.to(dt)
-        bias = bias.to(dt) if bias is not None else None
-    elif weight.dtype != h.dtype:
-        h = h.to(weight.dtype)
+    h, weight, bias = _compute_dtype(h, weight, bias)
     n = h.shape[0]
     nll = torch.empty(n, dtype=torch.float32, device=h.device)
     rank = torch.empty(n, dtype=torch.int64, device=h.device)
