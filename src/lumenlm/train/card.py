@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from lumenlm.config import ModelConfig, TrainConfig
+from lumenlm.errors import ConfigError
 from lumenlm.train import card_sections as S
 from lumenlm.train.checkpoint import Progress
-from lumenlm.train.runs import CHECKPOINTS, CONFIG, CURVE, read_metrics
+from lumenlm.train.runs import CHECKPOINTS, CURVE, RunRecord, read_metrics
 
 EVAL_NAMES = ("eval.json",)
 """An evaluation JSON in the run directory that the card reports (`lumenlm eval --out`)."""
@@ -89,7 +90,10 @@ def read_run(
     checkpoint's trainer state, `data_dir`'s (default: config.json's) meta.json, and
     `eval_file` (default: the run's eval.json when there is one)."""
     run = Path(run_dir)
-    config = _json(run / CONFIG)
+    try:  # config.json has one reader and writer: RunRecord
+        config = RunRecord.open(run, write=False).doc
+    except ConfigError:
+        config = {}  # a corrupt record: the card says what the other files say
     data = data_dir if data_dir is not None else config.get("data_dir")
     if eval_file is None:
         eval_file = next((run / n for n in EVAL_NAMES if (run / n).is_file()), None)
