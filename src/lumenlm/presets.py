@@ -210,8 +210,12 @@ _BUILDERS = {
 # decay ends with `--max-minutes`, no dropout where the run is too short to overfit, and
 # (Librarian) Muon on the blocks' matrices, half the card's batch, and evaluation only
 # every 1,000 steps and at the end (each one costs about 11 s of a 10-minute budget).
-_FEW_EVALS = {"eval_interval": 1000, "eval_each_epoch": False, "checkpoint_each_epoch": False,
-              "early_stopping_patience": None}
+_FEW_EVALS = {
+    "eval_interval": 1000,
+    "eval_each_epoch": False,
+    "checkpoint_each_epoch": False,
+    "early_stopping_patience": None,
+}
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "librarian-1.3m": {
         "fast": {"lr": 4e-3, "warmup_steps": 20, "dropout": 0.0, "schedule": "wsd",
