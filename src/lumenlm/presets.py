@@ -207,9 +207,9 @@ _BUILDERS = {
 # Named recipes: "card" is the preset's own recipe, unchanged; "fast" is tuned for short,
 # time-budgeted CPU runs (benchmarks/RESULTS.md has the measurements behind each choice):
 # a peak lr ten or more times the card's, a short warmup, warmup-stable-decay so that the
-# decay ends with `--max-minutes`, no dropout where the run is too short to overfit, and
-# (Librarian) Muon on the blocks' matrices, half the card's batch, and evaluation only
-# every 1,000 steps and at the end (each one costs about 11 s of a 10-minute budget).
+# decay ends with `--max-minutes`, no dropout where the run is too short to overfit, Muon
+# on the blocks' matrices, half the card's batch (Librarian), and evaluation only every
+# 1,000 steps and at the end (each one costs about 11 s of a 10-minute budget).
 _FEW_EVALS = {
     "eval_interval": 1000,
     "eval_each_epoch": False,
