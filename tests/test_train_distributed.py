@@ -153,3 +153,18 @@ def test_compiled_two_ranks_match_single_eager_process(
     run = only_run(tmp_path)
     _close(_losses(run), _losses(single))
     _close(_losses(run, "val_loss"), _losses(single, "val_loss"))
+
+
+@pytest.mark.slow  # three CPU runs (torchrun twice), about a minute
+def test_muon_on_two_ddp_ranks_matches_one_process_and_resumes(data: Path, tmp_path: Path) -> None:
+    muon = ("--set", "optimizer=muon")
+    one = tmp_path / "one"
+    r = _single(_train_args(data, one, 4, *muon))
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = tmp_path / "two"
+    r = _torchrun(_train_args(data, two, 2, *muon, stop_at=3))
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = only_run(two)
+    r = _torchrun(resume_argv(run))  # Muon's momentum buffers come back on both ranks
+    assert r.returncode == 0, r.stderr[-3000:]
+    _close(_losses(run), _losses(only_run(one)))
