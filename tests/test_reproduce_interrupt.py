@@ -73,6 +73,7 @@ def test_interrupted_reproduction_continues_where_it_stopped(
     assert proc.returncode == 130, text
     error = next(line for line in text.splitlines() if line.startswith("ERROR:"))
     assert "lumenlm reproduce tiny" in error and "again" in error
+    assert f"--out {out}" in error and f"--data-root {DATA.resolve()}" in error
     state = json.loads((run / "checkpoints/last/trainer_state.json").read_text())
     stopped_at = state["step"]
     assert stopped_at >= 10 and state["status"] != "finished"

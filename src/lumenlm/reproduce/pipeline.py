@@ -322,6 +322,8 @@ def reproduce(
                 again = f"lumenlm reproduce {name} --recipe {recipe} " + (
                     f"--budget-minutes {budget_minutes:g} --out {out_dir}"
                 )
+                if root is not None:
+                    again += f" --data-root {root}"
                 raise TrainingInterrupted(
                     f"{exc.args[0].split('; resume with')[0]}; run the same command again "
                     f"to continue where it stopped: {again}",
