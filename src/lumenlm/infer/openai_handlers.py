@@ -11,7 +11,7 @@ is encoded once, in a worker thread, so a long one does not stall the event loop
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -226,7 +226,7 @@ class OpenAIHandlers:
             reasons[i] = ev.finish_reason or reasons[i]
         return texts, reasons, lps, counts
 
-    async def completion_stream(
+    def completion_stream(
         self,
         req: CompletionRequest,
         call: EngineCall,
@@ -236,17 +236,48 @@ class OpenAIHandlers:
         prompt_tokens: int,
     ) -> AsyncIterator[str]:
         offsets = [len(t) for t in echo_text]
-        counts = [0] * len(rows)
-        for i, text in enumerate(echo_text):
-            if text:
-                lp = None
-                if req.logprobs is not None:
-                    lp = R.echo_logprobs(
-                        rows[i], call.seqs[i].prompt_logprobs or [], self.token_text
-                    )
-                yield R.sse(
-                    base([{"index": i, "text": text, "logprobs": lp, "finish_reason": None}])
-                )
+
+        def head() -> list[dict[str, Any]]:  # read once the stream runs: after the prefill
+            out = []
+            for i, text in enumerate(echo_text):
+                if text:
+                    lp = None
+                    if req.logprobs is not None:
+                        lp = R.echo_logprobs(
+                            rows[i], call.seqs[i].prompt_logprobs or [], self.token_text
+                        )
+                    out.append({"index": i, "text": text, "logprobs": lp, "finish_reason": None})
+            return out
+
+        def choice(i: int, ev: Any) -> dict[str, Any] | None:
+            lp = None
+            if req.logprobs is not None and ev.logprobs:
+                lp = R.completion_logprobs(ev.logprobs, self.token_text, offsets[i])
+                offsets[i] += sum(len(t) for t in lp["tokens"])
+            if not (ev.text or lp or ev.finish_reason):
+                return None
+            return {"index": i, "text": ev.text, "logprobs": lp, "finish_reason": ev.finish_reason}
+
+        return self.stream(req, call, base, prompt_tokens, len(rows), head, choice)
+
+    async def stream(
+        self,
+        req: CompletionRequest | ChatRequest,
+        call: EngineCall,
+        base: Any,
+        prompt_tokens: int,
+        n: int,
+        head: Callable[[], list[dict[str, Any]]],
+        choice: Callable[[int, Any], dict[str, Any] | None],
+    ) -> AsyncIterator[str]:
+        """The server-sent events of a streamed answer, for completions and chat alike: the
+        choices `head()` gives when the stream starts, then one chunk per engine event that
+        `choice` turns into a choice (None: nothing to send), an error chunk if the engine
+        fails or times out, the usage chunk when asked for, and [DONE]; the call is
+        cancelled however the stream ends (a disconnected client frees its slots at once)."""
+        counts = [0] * n
+        for c in head():
+            yield R.sse(base([c]))
         try:
             async for i, ev in call.events():
                 if ev.error or ev.finish_reason == "timeout":
@@ -254,23 +285,14 @@ class OpenAIHandlers:
                     call.cancel()
                     break
                 counts[i] += len(ev.token_ids)
-                lp = None
-                if req.logprobs is not None and ev.logprobs:
-                    lp = R.completion_logprobs(ev.logprobs, self.token_text, offsets[i])
-                    offsets[i] += sum(len(t) for t in lp["tokens"])
-                if ev.text or lp or ev.finish_reason:
-                    choice = {
-                        "index": i,
-                        "text": ev.text,
-                        "logprobs": lp,
-                        "finish_reason": ev.finish_reason,
-                    }
-                    yield R.sse(base([choice]))
+                c = choice(i, ev)
+                if c is not None:
+                    yield R.sse(base([c]))
             else:
                 if self.include_usage(req):
                     yield R.sse({**base([]), "usage": R.usage(prompt_tokens, sum(counts))})
         finally:
-            call.cancel()  # a disconnected client frees its slots at once
+            call.cancel()
         yield R.DONE
 
     # -- chat ----------------------------------------------------------------------------
@@ -303,47 +325,32 @@ class OpenAIHandlers:
             "usage": R.usage(len(prompt), sum(counts)),
         }
 
-    async def chat_stream(
+    def chat_stream(
         self, req: ChatRequest, call: EngineCall, base: Any, prompt_tokens: int, top: int | None
     ) -> AsyncIterator[str]:
         started = [False] * req.n
-        counts = [0] * req.n
-        for i in range(req.n):
+
+        def head() -> list[dict[str, Any]]:
             delta = {"role": "assistant", "content": ""}
-            yield R.sse(
-                base([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
+            return [{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}
+                    for i in range(req.n)]  # fmt: skip
+
+        def choice(i: int, ev: Any) -> dict[str, Any] | None:
+            text = ev.text
+            if not started[i]:  # drop the space after "Assistant:", as the REPL does
+                text = text.lstrip(" ")
+                started[i] = bool(text)
+            lp = (
+                R.chat_logprobs(ev.logprobs, self.token_text, top)
+                if top is not None and ev.logprobs
+                else None
             )
-        try:
-            async for i, ev in call.events():
-                if ev.error or ev.finish_reason == "timeout":
-                    yield R.sse_error(ev.error or self.timeout_error().message)
-                    call.cancel()
-                    break
-                counts[i] += len(ev.token_ids)
-                text = ev.text
-                if not started[i]:  # drop the space after "Assistant:", as the REPL does
-                    text = text.lstrip(" ")
-                    started[i] = bool(text)
-                lp = (
-                    R.chat_logprobs(ev.logprobs, self.token_text, top)
-                    if top is not None and ev.logprobs
-                    else None
-                )
-                if text or lp or ev.finish_reason:
-                    delta = {"content": text} if text or not ev.finish_reason else {}
-                    choice = {
-                        "index": i,
-                        "delta": delta,
-                        "logprobs": lp,
-                        "finish_reason": ev.finish_reason,
-                    }
-                    yield R.sse(base([choice]))
-            else:
-                if self.include_usage(req):
-                    yield R.sse({**base([]), "usage": R.usage(prompt_tokens, sum(counts))})
-        finally:
-            call.cancel()
-        yield R.DONE
+            if not (text or lp or ev.finish_reason):
+                return None
+            delta = {"content": text} if text or not ev.finish_reason else {}
+            return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": ev.finish_reason}
+
+        return self.stream(req, call, base, prompt_tokens, req.n, head, choice)
 
     # -- routes ----------------------------------------------------------------------------
     def model_card(self) -> dict[str, Any]:
