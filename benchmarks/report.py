@@ -137,7 +137,7 @@ def _rounds_text(m: dict[str, Any]) -> str:
 def header(results: dict[str, Any]) -> list[str]:
     m = results["meta"]
     hw = m["hardware"]
-    native = {True: "yes", False: "none", None: "unknown"}[hw["bf16_native"]]
+    native = _native(hw)
     flags = ", ".join(_flag(hw["flags"], f) for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
     peaks = peak_summary(results)
     peak_text = (
@@ -347,15 +347,28 @@ def complete_rounds(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _native(hw: dict[str, Any]) -> str:
+    return {True: "yes", False: "none", None: "unknown"}[hw["bf16_native"]]
+
+
+def device_label(results: dict[str, Any]) -> str:
+    """The machine, as every table of the section names it: CPU model and native bf16."""
+    hw = results["meta"]["hardware"]
+    return f"{hw['cpu']}, native bf16: {_native(hw)}" + (
+        f"; GPU: {hw['gpu']}" if hw.get("gpu") else ""
+    )
+
+
 def render(results: dict[str, Any]) -> str:
     """The whole Markdown section, markers included."""
     results = complete_rounds(results)
+    on = f" ({device_label(results)})"
     lines = [START, *header(results), "### Settings", "", *settings_table(results), ""]
     for setting, title in SETTING_TITLES.items():
         if any(setting in c for c in results["cases"].values()):
-            lines += [f"### {title}", "", *speed_table(results, setting), ""]
+            lines += [f"### {title}{on}", "", *speed_table(results, setting), ""]
     lines += [
-        "### Training FLOP/s against the matmul peak of the same run",
+        f"### Training FLOP/s against the matmul peak of the same run{on}",
         "",
         "FLOPs per token: 6 x matmul weights + 12 x layers x T x d_model "
         "(`lumenlm.train.metrics.flops_per_token`, T = the benchmark's context). CPU MFU "
@@ -364,7 +377,7 @@ def render(results: dict[str, Any]) -> str:
         "",
         *mfu_table(results),
         "",
-        "### The same computation, checked in this run",
+        f"### The same computation, checked in this run{on}",
         "",
         "Same weights (HF: `lumenlm.export.hf.export_hf` of ours; nanoGPT: that export mapped "
         "into its state dict) and the same tokens: the first training step's loss and the "
