@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from infer_helpers import _one_thread, make_model  # noqa: F401 (fixture)
+from lumenlm import blas
 from lumenlm.infer import generate
 from lumenlm.infer.batch_engine import BatchEngine
 from lumenlm.infer.engine import Decoder
@@ -75,6 +76,28 @@ def test_fast_step_logits_equal_plain_path(case: str, shape: str) -> None:
     fast = decode_logits(model, PROMPTS[shape], steps, fast=True)
     plain = decode_logits(model, PROMPTS[shape], steps, fast=False)
     assert len(fast) == len(plain) == steps
+    for f, p in zip(fast, plain):
+        assert rel_err(f, p) < FP32_RTOL
+        assert torch.equal(f.argmax(-1), p.argmax(-1))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fast_step_through_numpy_blas_equals_plain_path(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same parity when the step multiplies through numpy's BLAS (`lumenlm.blas`),
+    as large models do where numpy's is faster: forced here for a tiny model."""
+    monkeypatch.setenv(blas.ENV, "numpy")
+    monkeypatch.setattr(blas, "STREAM_BYTES", 0)
+    blas.reset()
+    try:
+        model = model_for(case)
+        assert DecodeStep(model)._mm is blas.numpy_mm
+        steps = model.config.context_length + 20
+        fast = decode_logits(model, PROMPTS["padded"], steps, fast=True)
+        plain = decode_logits(model, PROMPTS["padded"], steps, fast=False)
+    finally:
+        blas.reset()
     for f, p in zip(fast, plain):
         assert rel_err(f, p) < FP32_RTOL
         assert torch.equal(f.argmax(-1), p.argmax(-1))

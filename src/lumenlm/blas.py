@@ -1,0 +1,168 @@
+"""Which BLAS multiplies CPU matrices: torch's own (MKL) or numpy's (OpenBLAS), measured.
+
+Why: torch's x86 wheels run fp32 matrix products through Intel MKL, and MKL does not run
+its best code on every CPU. On the 2-core AMD EPYC (Zen 3, AVX2, no AVX-512) this was
+written on, the one-row and eight-row products that decoding is made of ran 1.7-3.5x
+faster through the OpenBLAS that numpy ships (`python -m benchmarks.bench_blas`), e.g. a
+(1, 768) @ (768, 32000) head in 4.5 ms against 8.4 ms, and (8, 3072) @ (3072, 768) in
+0.9 ms against 2.7 ms. On an Intel CPU MKL may well be the faster one. So the choice is
+timed on this CPU, once per process, never assumed from the vendor:
+
+- `probe()` multiplies decode-shaped matrices both ways, interleaved, and picks numpy only
+  when it is at least `MARGIN` times faster and its product equals torch's to float
+  rounding;
+- `LUMENLM_BLAS=torch` or `LUMENLM_BLAS=numpy` skips the probe (`auto`, the default, runs
+  it).
+
+Only the eager decode step (`model.decode_step`: generate, chat and serve) uses this so
+far: its products are small and back to back, with no torch op between them wide enough
+to wake torch's OpenMP threads. Inside a training step the two libraries' thread pools
+take turns on the same cores, and a trial with every `nn.Linear` through numpy was no
+faster there (benchmarks/RESULTS.md), so training and evaluation keep torch's BLAS.
+
+The product is the same fp32 matrix product; only the kernel's summation order differs, so
+results agree to rounding (tests/test_blas.py). While a step multiplies through numpy,
+numpy's BLAS gets torch's thread count and torch runs one thread (`numpy_threads`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lumenlm.errors import ConfigError
+
+ENV = "LUMENLM_BLAS"
+"""auto (probe), torch, or numpy."""
+CHOICES = ("auto", "torch", "numpy")
+MARGIN = 1.2
+"""numpy must be at least this many times faster in the probe to be chosen."""
+PROBE_SHAPES = ((1, 512, 2048), (8, 512, 2048), (1, 2048, 512))
+"""(rows, in, out) of the probe's products: decode-shaped, 4 MB of weights each."""
+PROBE_ROUNDS = 5
+STREAM_BYTES = 128 << 20
+"""Models with at least this many parameter bytes decode through numpy's BLAS (when it
+is the faster one): they stream every weight from memory for each token, so the product
+kernel's memory throughput is the step's speed. Smaller models' steps are bound by the
+cost per op, and the second thread pool cost more than the products gained: on the
+2-core EPYC, fast decode of a 24 MB Llama at batch 8 fell from 583 to 317 tokens/s
+through numpy, a 66 MB one gained 0-20%, a 144 MB one 22-36%, lumenbase-128m (512 MB)
+40-110% (benchmarks/RESULTS.md)."""
+
+_choice: str | None = None
+_threads: int | None = None
+_timer: Callable[[], float] = time.perf_counter
+
+
+def requested() -> str:
+    """The `LUMENLM_BLAS` setting, validated."""
+    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if value not in CHOICES:
+        raise ConfigError(f"{ENV} must be one of {', '.join(CHOICES)}, got {value!r}; fix it")
+    return value
+
+
+def numpy_mm(a: Tensor, b: Tensor) -> Tensor:
+    """`a @ b` for 2-D CPU float32/float64 tensors (no gradient), through numpy's BLAS.
+
+    Strided views (a transposed weight) are passed as they are: numpy hands BLAS the
+    transpose flag. The result is a new tensor sharing numpy's buffer. numpy's BLAS runs
+    the threads last given to `set_threads` (its own default before that).
+    """
+    return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
+
+
+def set_threads(n: int) -> None:
+    """Run numpy's BLAS on `n` threads (through threadpoolctl; a no-op when unchanged)."""
+    global _threads
+    if n != _threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n, user_api="blas")
+        _threads = n
+
+
+@contextlib.contextmanager
+def numpy_threads() -> Iterator[None]:
+    """For the duration: numpy's BLAS on torch's intra-op threads, torch's own ops on one.
+
+    Two thread pools on the same cores slow each other down: after every parallel op,
+    torch's OpenMP threads spin-wait for more work while OpenBLAS's threads want the
+    cores, and the other way round. Measured on the 2-core EPYC: a lumenbase-128m decode
+    step took 155 ms with both pools on 2 threads, 46 ms like this, and 69 ms with
+    torch's BLAS. A decode step's own torch ops (norms, RoPE, one-token attention) are
+    too small to gain from threads.
+    """
+    n = torch.get_num_threads()
+    set_threads(n)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def probe(rounds: int = PROBE_ROUNDS) -> tuple[str, float]:
+    """("numpy" or "torch", torch's time / numpy's time) over `PROBE_SHAPES`.
+
+    Each round times every shape once each way, alternating; the ratio is of the
+    medians of the rounds' totals. numpy is refused, whatever its speed, if its product
+    differs from torch's beyond float rounding (a broken or mismatched BLAS).
+    """
+    set_threads(torch.get_num_threads())
+    gen = torch.Generator().manual_seed(0)
+    pairs = [
+        (torch.randn(r, k, generator=gen), torch.randn(k, n, generator=gen))
+        for r, k, n in PROBE_SHAPES
+    ]
+    for a, b in pairs:
+        if not torch.allclose(numpy_mm(a, b), torch.mm(a, b), rtol=1e-4, atol=1e-4):
+            return "torch", 0.0
+
+    def once(fn: Callable[[Tensor, Tensor], Tensor]) -> float:
+        start = _timer()
+        for a, b in pairs:
+            for _ in range(4):
+                fn(a, b)
+        return _timer() - start
+
+    once(torch.mm), once(numpy_mm)  # warm-up: pages, thread pools
+    t_torch, t_numpy = [], []
+    for _ in range(rounds):
+        t_torch.append(once(torch.mm))
+        t_numpy.append(once(numpy_mm))
+    ratio = statistics.median(t_torch) / max(statistics.median(t_numpy), 1e-12)
+    return ("numpy" if ratio >= MARGIN else "torch"), ratio
+
+
+def choice() -> str:
+    """ "numpy" or "torch" for this process: `LUMENLM_BLAS`, else the probe (run once)."""
+    global _choice
+    if _choice is None:
+        want = requested()
+        _choice = probe()[0] if want == "auto" else want
+    return _choice
+
+
+def decode_mm(weight: Tensor, model_bytes: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """The 2-D product for decoding a model of `model_bytes` parameter bytes with
+    `weight`'s device and dtype: `numpy_mm` for a CPU float32/float64 model of at least
+    `STREAM_BYTES` when `choice()` says numpy, else `torch.mm`."""
+    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.float64):
+        return torch.mm
+    if model_bytes < STREAM_BYTES:
+        return torch.mm
+    return numpy_mm if choice() == "numpy" else torch.mm
+
+
+def reset() -> None:
+    """Forget the choice and the thread setting (tests)."""
+    global _choice, _threads
+    _choice = _threads = None
