@@ -173,8 +173,8 @@ def header(results: dict[str, Any]) -> list[str]:
 
 
 def settings_table(results: dict[str, Any]) -> list[str]:
-    lines = ["| toolkit | setting | precision | allocator | optimizer | loss | compile |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| toolkit | setting | precision | allocator | optimizer | loss | compile | decode BLAS |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for toolkit in ("lumenlm", *PEERS):
         for setting in SETTING_TITLES:
             entry = _first_entry(results, setting, toolkit)
@@ -189,9 +189,22 @@ def settings_table(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {NAMES[toolkit]} | {setting}{same} | {precision} | {r.get('allocator')} | "
                 f"{notes.get('optimizer', s['optimizer'])} | {notes.get('loss', '')} | "
-                f"{'yes' if s['compile'] else 'no'} |"
+                f"{'yes' if s['compile'] else 'no'} | {_decode_notes(results, setting, toolkit)} |"
             )
     return lines
+
+
+def _decode_notes(results: dict[str, Any], setting: str, toolkit: str) -> str:
+    """Each preset's decode BLAS (lumenlm's notes; peers use torch's)."""
+    seen = []
+    for name, preset in results["cases"].items():
+        entry = preset.get(setting, {}).get(toolkit)
+        if entry and entry.get("rounds") and not entry.get("error"):
+            note = entry["rounds"][0].get("notes", {}).get("decode", "torch's")
+            seen.append((name, note))
+    if len({n for _, n in seen}) <= 1:
+        return seen[0][1] if seen else ""
+    return "; ".join(f"{name}: {note}" for name, note in seen)
 
 
 def _first_entry(results: dict[str, Any], setting: str, toolkit: str) -> dict[str, Any] | None:

@@ -218,8 +218,21 @@ def build_lumenlm(
     return Runner(
         train_step, evaluate, gen, raw.train, precision,
         {"loss": "chunked linear + cross-entropy (return_logits=False)",
-         "optimizer": "build_optimizer: AdamW(fused=True), decay on matrices"},
+         "optimizer": "build_optimizer: AdamW(fused=True), decay on matrices",
+         "decode": _decode_blas(raw)},
     )  # fmt: skip
+
+
+def _decode_blas(model: Any) -> str:
+    """Which BLAS lumenlm's decode step multiplies through for `model` (`lumenlm.blas`)."""
+    from lumenlm import blas
+
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if blas.decode_mm(model.lm_head.weight, nbytes) is blas.numpy_mm:
+        return "numpy's (OpenBLAS), chosen by the probe"
+    if nbytes < blas.STREAM_BYTES and model.lm_head.weight.device.type == "cpu":
+        return "torch's (model below blas.STREAM_BYTES)"
+    return "torch's"
 
 
 def _hf_trainer_optimizer(model: Any) -> tuple[Any, str]:
