@@ -95,17 +95,28 @@ def test_probe_refuses_a_wrong_product(monkeypatch: pytest.MonkeyPatch) -> None:
     assert blas.probe()[0] == "torch"
 
 
-def test_decode_mm_only_for_large_cpu_float_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(blas.ENV, "numpy")
+def test_decode_mm_auto_only_for_large_cpu_float_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blas, "probe", lambda *a, **k: ("numpy", 2.0))
     big, small = blas.STREAM_BYTES, blas.STREAM_BYTES - 1
     w = torch.zeros(2, 2)
     assert blas.decode_mm(w, big) is blas.numpy_mm
     assert blas.decode_mm(w, small) is torch.mm
     assert blas.decode_mm(w.bfloat16(), big) is torch.mm  # numpy has no bf16
     assert blas.decode_mm(torch.zeros(2, 2, device="meta"), big) is torch.mm
-    monkeypatch.setenv(blas.ENV, "torch")
+    monkeypatch.setattr(blas, "probe", lambda *a, **k: ("torch", 1.0))
     blas.reset()
     assert blas.decode_mm(w, big) is torch.mm
+
+
+def test_decode_mm_env_forces_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blas, "probe", lambda *a, **k: pytest.fail("probed"))
+    w = torch.zeros(2, 2)
+    monkeypatch.setenv(blas.ENV, "numpy")
+    assert blas.decode_mm(w, 0) is blas.numpy_mm  # at any size
+    assert blas.decode_mm(w.bfloat16(), 0) is torch.mm
+    monkeypatch.setenv(blas.ENV, "torch")
+    blas.reset()
+    assert blas.decode_mm(w, blas.STREAM_BYTES) is torch.mm
 
 
 def _openblas_threads() -> set[int]:

@@ -11,14 +11,14 @@ timed on this CPU, once per process, never assumed from the vendor:
 - `probe()` multiplies decode-shaped matrices both ways, interleaved, and picks numpy only
   when it is at least `MARGIN` times faster and its product equals torch's to float
   rounding;
-- `LUMENLM_BLAS=torch` or `LUMENLM_BLAS=numpy` skips the probe (`auto`, the default, runs
-  it).
+- `LUMENLM_BLAS=torch` never uses numpy's; `LUMENLM_BLAS=numpy` uses it for every model
+  size, without a probe (to compare); `auto`, the default, probes for large models.
 
-Only the eager decode step (`model.decode_step`: generate, chat and serve) uses this so
-far: its products are small and back to back, with no torch op between them wide enough
-to wake torch's OpenMP threads. Inside a training step the two libraries' thread pools
-take turns on the same cores, and a trial with every `nn.Linear` through numpy was no
-faster there (benchmarks/RESULTS.md), so training and evaluation keep torch's BLAS.
+Only the eager decode step (`model.decode_step`: generate, chat and serve) of large models
+uses this (`STREAM_BYTES`). Inside a training step or an evaluation the two libraries'
+thread pools take turns on the same cores, and trials with every `nn.Linear` through
+numpy were no faster there (benchmarks/RESULTS.md, `benchmarks/bench_blas.py --train`),
+so training and evaluation keep torch's BLAS.
 
 The product is the same fp32 matrix product; only the kernel's summation order differs, so
 results agree to rounding (tests/test_blas.py). While a step multiplies through numpy,
@@ -153,12 +153,15 @@ def choice() -> str:
 
 def decode_mm(weight: Tensor, model_bytes: int) -> Callable[[Tensor, Tensor], Tensor]:
     """The 2-D product for decoding a model of `model_bytes` parameter bytes with
-    `weight`'s device and dtype: `numpy_mm` for a CPU float32/float64 model of at least
-    `STREAM_BYTES` when `choice()` says numpy, else `torch.mm`."""
+    `weight`'s device and dtype. For CPU float32/float64: `LUMENLM_BLAS=numpy` gives
+    `numpy_mm` at any size, `torch` gives `torch.mm`, and `auto` gives `numpy_mm` for a
+    model of at least `STREAM_BYTES` when the probe says numpy is faster. Anything else
+    (a GPU, bf16, which numpy lacks) gets `torch.mm`."""
     if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.float64):
         return torch.mm
-    if model_bytes < STREAM_BYTES:
-        return torch.mm
+    want = requested()
+    if want == "auto" and model_bytes < STREAM_BYTES:
+        return torch.mm  # no probe for small models
     return numpy_mm if choice() == "numpy" else torch.mm
 
 
