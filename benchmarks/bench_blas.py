@@ -7,19 +7,26 @@ Three measurements, each interleaved (torch, numpy, torch, ...), medians of the 
 2. the fast decode step (`model.decode_step.DecodeStep`), per token, with either BLAS
    (numpy under `blas.numpy_threads`, as the step runs it), at batch 1 and 8, for the
    presets and two mid-sized Llama models, the evidence for `blas.STREAM_BYTES`;
-3. `--train`: a training step (forward, chunked loss, backward, fused AdamW) with every
+3. `--generate`: whole greedy `generate` calls (prompt 16, 32 new tokens), each BLAS in
+   processes of its own, alternating (`LUMENLM_BLAS=numpy` forces numpy at every model
+   size, `LUMENLM_BLAS=torch` never), at batch 1 and 8: the end-to-end figure that the
+   threshold follows;
+4. `--train`: a training step (forward, chunked loss, backward, fused AdamW) with every
    `nn.Linear` product (forward and both backward products) through numpy, against the
    model as it is; both under `numpy_threads` and without. This is the trial behind
    "training keeps torch's BLAS" in `lumenlm.blas`.
 
-    .venv/bin/python benchmarks/bench_blas.py [--rounds 5] [--train] [--threads N]
+    .venv/bin/python benchmarks/bench_blas.py [--rounds 5] [--generate] [--train] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -232,6 +239,49 @@ def train_trial(rounds: int) -> None:
         )
 
 
+GENERATE_NEW = 32
+
+
+def generate_worker(preset: str, rows: int, calls: int) -> None:
+    """(In a fresh process) print the median tokens/s of `calls` greedy generate calls."""
+    from lumenlm.infer import generate
+
+    cfg = get_preset(preset).model.with_dropout(0.0)
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    g = torch.Generator().manual_seed(rows)
+    prompts = torch.randint(0, cfg.vocab_size, (rows, 16), generator=g).tolist()
+    kw: dict[str, Any] = dict(temperature=0, max_new_tokens=GENERATE_NEW, ignore_eos=True)
+    for _ in range(2):
+        generate(model, prompts, **kw)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        generate(model, prompts, **kw)
+        times.append(time.perf_counter() - start)
+    print(rows * GENERATE_NEW / statistics.median(times))
+
+
+def whole_calls(rounds: int, threads: int) -> None:
+    print(
+        "| preset | rows | generate tok/s, torch's BLAS | numpy's BLAS (forced) | numpy / torch |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for preset in ("librarian-1.3m", "lumiere-1m", "lumenbase-128m"):
+        calls = 3 if preset == "lumenbase-128m" else 9
+        for rows in (1, 8):
+            tps: dict[str, list[float]] = {"torch": [], "numpy": []}
+            for _ in range(max(1, rounds // 2)):
+                for which in tps:
+                    env = {**os.environ, "LUMENLM_BLAS": which}
+                    cmd = [sys.executable, __file__, "--generate-worker", preset, str(rows),
+                           str(calls), "--threads", str(threads)]  # fmt: skip
+                    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                    tps[which].append(float(out.stdout.split()[-1]))
+            t, n = statistics.median(tps["torch"]), statistics.median(tps["numpy"])
+            print(f"| {preset} | {rows} | {t:.0f} | {n:.0f} | {n / t:.2f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -239,9 +289,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--train", action="store_true", help="also the training-step trial")
+    ap.add_argument("--generate", action="store_true", help="also whole generate calls")
+    ap.add_argument("--generate-worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.generate_worker:
+        preset, rows, calls = args.generate_worker
+        generate_worker(preset, int(rows), int(calls))
+        return
     model, flags = cpu_info()
     print(
         f"CPU: {model}; avx2 {'avx2' in flags}, avx512f {'avx512f' in flags}; "
@@ -250,6 +306,9 @@ def main() -> None:
     products(args.rounds)
     print()
     decode_steps(args.rounds)
+    if args.generate:
+        print()
+        whole_calls(args.rounds, torch.get_num_threads())
     if args.train:
         print()
         train_trial(max(3, args.rounds // 2))
