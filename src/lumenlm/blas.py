@@ -2,11 +2,11 @@
 
 Why: torch's x86 wheels run fp32 matrix products through Intel MKL, and MKL does not run
 its best code on every CPU. On the 2-core AMD EPYC (Zen 3, AVX2, no AVX-512) this was
-written on, the one-row and eight-row products that decoding is made of ran 1.7-3.5x
-faster through the OpenBLAS that numpy ships (`python -m benchmarks.bench_blas`), e.g. a
-(1, 768) @ (768, 32000) head in 4.5 ms against 8.4 ms, and (8, 3072) @ (3072, 768) in
-0.9 ms against 2.7 ms. On an Intel CPU MKL may well be the faster one. So the choice is
-timed on this CPU, once per process, never assumed from the vendor:
+written on, every product shape measured ran faster through the OpenBLAS that numpy
+ships, most at the one and eight rows of decoding: the lumenbase-128m head 1.5x at one
+row and 3.2x at eight (`benchmarks/bench_blas.py`). On an Intel CPU MKL may well be the
+faster one. So the choice is timed on this CPU, once per process, never assumed from
+the vendor:
 
 - `probe()` multiplies decode-shaped matrices both ways, interleaved, and picks numpy only
   when it is at least `MARGIN` times faster and its product equals torch's to float
@@ -48,13 +48,12 @@ PROBE_SHAPES = ((1, 512, 2048), (8, 512, 2048), (1, 2048, 512))
 """(rows, in, out) of the probe's products: decode-shaped, 4 MB of weights each."""
 PROBE_ROUNDS = 5
 STREAM_BYTES = 128 << 20
-"""Models with at least this many parameter bytes decode through numpy's BLAS (when it
-is the faster one): they stream every weight from memory for each token, so the product
-kernel's memory throughput is the step's speed. Smaller models' steps are bound by the
-cost per op, and the second thread pool cost more than the products gained: on the
-2-core EPYC, fast decode of a 24 MB Llama at batch 8 fell from 583 to 317 tokens/s
-through numpy, a 66 MB one gained 0-20%, a 144 MB one 22-36%, lumenbase-128m (512 MB)
-40-110% (benchmarks/RESULTS.md)."""
+"""With `auto`, models with at least this many parameter bytes decode through numpy's BLAS
+(when the probe finds it faster). They stream every weight from memory for each token,
+so the product kernel's throughput is the step's speed: lumenbase-128m (490 MiB) decoded
+1.4-2.2x faster. Smaller models' steps are bound by the cost per op, and the second
+thread pool cost more than the products gained: whole generate calls of librarian-1.3m
+and lumiere-1m ran at 0.30-0.97x (benchmarks/RESULTS.md, "Which BLAS multiplies")."""
 
 _choice: str | None = None
 _threads: int | None = None
@@ -95,10 +94,10 @@ def numpy_threads() -> Iterator[None]:
 
     Two thread pools on the same cores slow each other down: after every parallel op,
     torch's OpenMP threads spin-wait for more work while OpenBLAS's threads want the
-    cores, and the other way round. Measured on the 2-core EPYC: a lumenbase-128m decode
-    step took 155 ms with both pools on 2 threads, 46 ms like this, and 69 ms with
-    torch's BLAS. A decode step's own torch ops (norms, RoPE, one-token attention) are
-    too small to gain from threads.
+    cores, and the other way round. With both pools on 2 threads, a lumenbase-128m
+    decode step on the 2-core EPYC took about twice as long as through torch's BLAS
+    alone; like this it took about two thirds. A decode step's own torch ops (norms,
+    RoPE, one-token attention) are too small to gain from threads.
     """
     n = torch.get_num_threads()
     set_threads(n)
