@@ -142,11 +142,13 @@ def probe(rounds: int = PROBE_ROUNDS) -> tuple[str, float]:
 
 
 def choice() -> str:
-    """ "numpy" or "torch" for this process: `LUMENLM_BLAS`, else the probe (run once)."""
+    """ "numpy" or "torch": `LUMENLM_BLAS` when set, else the probe (run once per process)."""
     global _choice
+    want = requested()
+    if want != "auto":
+        return want
     if _choice is None:
-        want = requested()
-        _choice = probe()[0] if want == "auto" else want
+        _choice = probe()[0]
     return _choice
 
 
@@ -165,6 +167,6 @@ def decode_mm(weight: Tensor, model_bytes: int) -> Callable[[Tensor, Tensor], Te
 
 
 def reset() -> None:
-    """Forget the choice and the thread setting (tests)."""
+    """Forget the probe's choice and the thread setting (tests)."""
     global _choice, _threads
     _choice = _threads = None
