@@ -119,9 +119,15 @@ def test_generate_fast_equals_plain_and_recompute(case: str) -> None:
     assert sampled == [r.token_ids for r in generate(model, rows, fast=False, **kw)]
 
 
-def test_batch_engine_fast_equals_plain() -> None:
+@pytest.mark.parametrize("blas_env", ["auto", "numpy"])
+def test_batch_engine_fast_equals_plain(blas_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The server's engine: the fast step and GPT.forward (forced by a hook that changes
-    nothing) give the same greedy tokens, for prompts of many lengths, sliding included."""
+    nothing) give the same greedy tokens, for prompts of many lengths, sliding included;
+    also with the step's products through numpy's BLAS (run from the engine's thread)."""
+    monkeypatch.setenv(blas.ENV, blas_env)
+    calls = []
+    real = blas.numpy_mm
+    monkeypatch.setattr(blas, "numpy_mm", lambda a, b: calls.append(1) or real(a, b))
     model = model_for("llama-gqa")
     prompts = [[1 + i] * (1 + 9 * i) for i in range(8)]
     p = SamplingParams(max_new_tokens=80, temperature=0, ignore_eos=True)
@@ -141,6 +147,7 @@ def test_batch_engine_fast_equals_plain() -> None:
         handle.remove()
     assert fast == plain
     assert all(len(t) == 80 for t in fast)
+    assert bool(calls) == (blas_env == "numpy")  # the products went where they were sent
 
 
 def test_module_hooks_and_hook_points_take_the_plain_path() -> None:
