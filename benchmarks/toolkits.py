@@ -227,7 +227,7 @@ def _decode_blas(model: Any) -> str:
     """Which BLAS lumenlm's decode step multiplies through for `model` (`lumenlm.blas`)."""
     from lumenlm import blas
 
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    nbytes = blas.parameter_bytes(model)
     if blas.decode_mm(model.lm_head.weight, nbytes) is blas.numpy_mm:
         return "numpy's (OpenBLAS), chosen by the probe"
     if nbytes < blas.STREAM_BYTES and model.lm_head.weight.device.type == "cpu":

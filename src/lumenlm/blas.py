@@ -152,6 +152,11 @@ def choice() -> str:
     return _choice
 
 
+def parameter_bytes(module: torch.nn.Module) -> int:
+    """Bytes of `module`'s parameters: what `STREAM_BYTES` is compared with."""
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
 def decode_mm(weight: Tensor, model_bytes: int) -> Callable[[Tensor, Tensor], Tensor]:
     """The 2-D product for decoding a model of `model_bytes` parameter bytes with
     `weight`'s device and dtype. For CPU float32/float64: `LUMENLM_BLAS=numpy` gives

@@ -127,7 +127,7 @@ def decode_weights(model: GPT) -> DecodeWeights:
         return cached
     model.__dict__.pop("_decode_weights", None)  # free the stale copies first
     cfg = model.config
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    size = blas.parameter_bytes(model)
     copy = size <= COPY_LIMIT_BYTES
     with torch.no_grad():
         layers = []
