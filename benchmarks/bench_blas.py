@@ -27,7 +27,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +38,7 @@ from lumenlm.devices import cpu_info
 from lumenlm.model import GPT
 from lumenlm.model.decode_step import DecodeStep
 from lumenlm.presets import get_preset
+from timing import samples
 
 PRODUCTS = {
     "librarian head (decode)": (8000, 128),
@@ -88,20 +88,14 @@ DECODE_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 def interleaved(
     fns: dict[str, Callable[[], Any]], rounds: int, min_s: float = 0.05
 ) -> dict[str, float]:
-    """Median seconds per call of each function, over `rounds` interleaved rounds."""
-    calls = {}
-    for name, fn in fns.items():  # warm-up, and how many calls make min_s
-        fn()
-        start = time.perf_counter()
-        fn()
-        calls[name] = max(1, int(min_s / max(time.perf_counter() - start, 1e-7)))
+    """Median seconds per call of each function over `rounds` interleaved rounds: after
+    two warm-up calls each, every round takes one `timing.samples` sample of each (calls
+    repeated until `min_s` has run)."""
     times: dict[str, list[float]] = {n: [] for n in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                fn()
-            times[name].append((time.perf_counter() - start) / calls[name])
+            warmup = 2 if not times[name] else 0
+            times[name] += samples(fn, "cpu", warmup=warmup, iters=1, min_s=min_s)[0]
     return {n: statistics.median(t) for n, t in times.items()}
 
 
@@ -252,13 +246,7 @@ def generate_worker(preset: str, rows: int, calls: int) -> None:
     g = torch.Generator().manual_seed(rows)
     prompts = torch.randint(0, cfg.vocab_size, (rows, 16), generator=g).tolist()
     kw: dict[str, Any] = dict(temperature=0, max_new_tokens=GENERATE_NEW, ignore_eos=True)
-    for _ in range(2):
-        generate(model, prompts, **kw)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        generate(model, prompts, **kw)
-        times.append(time.perf_counter() - start)
+    times, _ = samples(lambda: generate(model, prompts, **kw), "cpu", warmup=2, iters=calls)
     print(rows * GENERATE_NEW / statistics.median(times))
 
 
