@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 import types
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,9 +32,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from lumenlm.evaluate import evaluate_tokens
 from lumenlm.model import GPT
 from lumenlm.presets import get_preset
+from revisions import source_at
 from shapes import SMALL_LLAMA
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL_LLAMA_CTX512 = {**SMALL_LLAMA, "context_length": 512}  # the LumenBase layout, small
 CASES: dict[str, tuple[str, dict]] = {
     # name: (preset, overrides); each evaluates windows of its full context, batch 8
@@ -57,12 +55,7 @@ def _model(case: str) -> GPT:
 
 def _before(rev: str) -> Callable[..., object]:
     """`evaluate_tokens` as it was at `rev` (its module source from git, run here)."""
-    src = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:src/lumenlm/evaluate/lm.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    src = source_at(rev, "src/lumenlm/evaluate/lm.py")
     module = types.ModuleType(f"lm_at_{rev}")
     sys.modules[module.__name__] = module  # dataclasses look their module up there
     exec(compile(src, f"lm.py@{rev}", "exec"), module.__dict__)  # our own history

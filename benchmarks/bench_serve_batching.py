@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from revisions import source_at
+
 HOST = "127.0.0.1"
 OLD_COMMIT = "18c60f0"  # the last commit with the one-worker-thread server
 WORDS = "the a cat dog sat on mat ran to house little girl boy tree sun moon happy".split()
@@ -184,12 +185,7 @@ def cpu_name() -> str:
 
 def bench_model(which: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     model_dir = build_model(tmp, which)
-    old_src = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{args.old_commit}:src/lumenlm/infer/server.py"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    old_src = source_at(args.old_commit, "src/lumenlm/infer/server.py")
     old_path = tmp / "old_server.py"
     old_path.write_text(old_src)
     launcher = tmp / "launch_old.py"
