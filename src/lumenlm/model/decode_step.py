@@ -182,8 +182,8 @@ MatMul = Callable[[Tensor, Tensor], Tensor]
 
 
 def _project(x: Tensor, lin: Linear, mm: MatMul, add: Tensor | None = None) -> Tensor:
-    """x @ w + b (+ add): one addmm with torch's BLAS, the product then in-place adds
-    with numpy's."""
+    """x @ w + b (+ add): with torch's BLAS one addmm (b or add as its input) and at most
+    one in-place add; with numpy's the product, then in-place adds."""
     w, b = lin
     if mm is torch.mm:
         if add is not None:
@@ -344,11 +344,10 @@ class DecodeStep:
                 m = torch._C._nn.silu(gate) * up
             else:
                 m = torch._C._nn.gelu(_project(h, lw.up[0], mm), approximate=self.gelu)
-            if self.pre_norm and lw.down[1] is None:
-                x = _project(m, lw.down, mm, add=x)  # the residual add inside the product
+            if self.pre_norm:  # the residual add inside the product where there is no bias
+                x = _project(m, lw.down, mm, add=x)
             else:
-                m = _project(m, lw.down, mm)
-                x = x + m if self.pre_norm else _apply_norm(lw.mlp_norm, x + m)
+                x = _apply_norm(lw.mlp_norm, x + _project(m, lw.down, mm))
         return _project(_apply_norm(w.final_norm, x), w.head, mm)
 
 
