@@ -230,3 +230,51 @@ def test_evaluate_tasks_refuses_zero_sizes(tokenizer: Tokenizer) -> None:
     for kwargs in ({"limit": 0}, {"limit": -2}, {"batch_size": 0}):
         with pytest.raises(ConfigError, match="must be >= 1"):
             evaluate_tasks(model, ["arc-easy"], tokenizer, **kwargs)
+
+
+def _reference(model: GPT, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
+    """lm-eval's score of one request from the full logits of its own row."""
+    row = (ctx + cont)[-65:]
+    width = min(len(cont), 64)
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([row[:-1]])).logits[0].float(), -1)
+    at = range(len(row) - 1 - width, len(row) - 1)
+    wanted = cont[-width:]
+    ll = sum(float(lp[p, t]) for p, t in zip(at, wanted))
+    greedy = all(int(lp[p].argmax()) == t for p, t in zip(at, wanted))
+    return ll, greedy
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-gpt2"])
+def test_scores_equal_full_logits_and_head_runs_only_where_scored(
+    preset: str, tokenizer: Tokenizer, shared_data: Path
+) -> None:
+    torch.manual_seed(1)
+    model = GPT(get_preset(preset).model).eval()
+    enc = tokenizer_encoder(tokenizer)
+    items = load_task("arc-easy", shared_data, limit=12) + load_task(
+        "hellaswag", shared_data, limit=6
+    )
+    encoded = [encode_item(enc, it) for it in items]
+    rows: list[int] = []
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    try:
+        for shared in (True, False):
+            rows.clear()
+            got = score_items(model, enc, items, batch_size=5, shared=shared, progress=False)
+            # the head saw only scored positions: every continuation token once, except
+            # that a shared question scores all its choices' first tokens from one row
+            want_rows = 0
+            for e in encoded:
+                conts = [c[-64:] for c in e.continuations]
+                if shared and e.fits(64):
+                    want_rows += 1 + sum(len(c) - 1 for c in conts)
+                else:
+                    want_rows += sum(len(c) for c in conts)
+            assert sum(rows) == want_rows
+            for e, r in zip(encoded, got):
+                for c, ll, greedy in zip(e.continuations, r.loglikelihoods, r.is_greedy):
+                    ref_ll, ref_greedy = _reference(model, e.context, c)
+                    assert ll == pytest.approx(ref_ll, abs=1e-4) and greedy == ref_greedy
+    finally:
+        hook.remove()

@@ -12,7 +12,11 @@ ties go to the first choice (numpy argmax).
 Speed: the choices of one question share the same context tokens, so the context runs
 once (batched over questions, left-padded) into a KV cache, and only the continuations
 run per choice. Items whose request would be truncated fall back to lm-eval's layout,
-one full row per choice. A non-finite log-likelihood (nan/inf logits) is an error: an
+one full row per choice. Either way the model returns its final hidden states and the
+vocabulary projection runs only at the positions that are scored (`_scores_at`): the
+continuation tokens, never the context or the padding, and `HEAD_ROWS` rows at a time,
+so the (rows, positions, V) logits of a batch never exist. For a model whose context
+window is mostly prompt (a 64-token Lumiere on ARC) that is most of the head's work. A non-finite log-likelihood (nan/inf logits) is an error: an
 argmax over nan would still pick a "prediction" and report a plausible accuracy.
 """
 
@@ -95,18 +99,52 @@ def _padded(seqs: Sequence[Sequence[int]], width: int) -> tuple[torch.Tensor, to
     return ids, valid
 
 
+HEAD_ROWS = 512
+"""Scored positions per vocabulary projection in `_scores_at`: one chunk of logits (512 x
+V floats: 64 MB at lumenbase's 32000) exists at a time."""
+
+
 def _token_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position log-prob of `targets` (log-softmax in float32, as lm-eval) and
-    whether each target is the argmax. logits (N, L, V), targets (N, L)."""
+    whether each target is the argmax (lm-eval's is_greedy: the first of equal maxima).
+    logits (..., V), targets (...)."""
     logprobs = F.log_softmax(logits.float(), dim=-1)
     lp = logprobs.gather(-1, targets[..., None]).squeeze(-1)
     return lp, logprobs.argmax(-1) == targets
 
 
-def _sum_scores(
-    lp: torch.Tensor, hit: torch.Tensor, valid: torch.Tensor
+def _hidden(model: GPT, ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """The final hidden states (the head's input) of `model` on `ids`."""
+    h = model(ids, return_logits=False, **kwargs).final_hidden
+    assert h is not None  # return_logits=False without targets always sets it
+    return h
+
+
+def _scores_at(
+    model: GPT, h: torch.Tensor, valid: torch.Tensor, pos: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return (lp * valid).sum(-1), (hit | ~valid).all(-1)
+    """Summed log-prob and all-greedy of each row's scored targets, running the head only
+    at the scored positions.
+
+    h: (N, L, D) final hidden states; valid: (N, W) which of a row's W target slots are
+    real; pos: (N, W) the position of `h` whose output predicts slot (n, w); targets:
+    (N, W). The real slots are gathered row by row (the order of `valid.nonzero()`),
+    projected `HEAD_ROWS` at a time, and put back in place, so each row's sum runs over
+    the same numbers in the same order as over full logits.
+    """
+    rows, cols = valid.nonzero(as_tuple=True)
+    picked = h[rows, pos[rows, cols]]  # (n, D)
+    wanted = targets[rows, cols]
+    lp = torch.zeros(valid.shape, dtype=torch.float32, device=h.device)
+    hit = torch.ones(valid.shape, dtype=torch.bool, device=h.device)
+    parts = [
+        _token_scores(model.lm_head(picked[s : s + HEAD_ROWS]), wanted[s : s + HEAD_ROWS])
+        for s in range(0, picked.shape[0], HEAD_ROWS)
+    ]
+    if parts:
+        lp[rows, cols] = torch.cat([p[0] for p in parts])
+        hit[rows, cols] = torch.cat([p[1] for p in parts])
+    return lp.sum(-1), hit.all(-1)
 
 
 @torch.no_grad()
@@ -126,13 +164,12 @@ def score_naive(
     # a continuation longer than the window (lm-eval refuses those) keeps its last tokens
     conts = [cont[-max_length:] for _, cont in requests]
     batch, _ = _padded(rows, max(len(r) for r in rows))
-    logits = model(batch.to(device)).logits
+    h = _hidden(model, batch.to(device))
     width = max(len(c) for c in conts)
     targets, valid = _padded(conts, width)
     start = torch.tensor([len(r) - len(c) for r, c in zip(rows, conts)])
     pos = (start[:, None] + torch.arange(width)[None, :]).clamp(max=batch.shape[1] - 1)
-    picked = logits[torch.arange(len(rows))[:, None].to(device), pos.to(device)]  # (N, width, V)
-    ll, greedy = _sum_scores(*_token_scores(picked, targets.to(device)), valid.to(device))
+    ll, greedy = _scores_at(model, h, valid.to(device), pos.to(device), targets.to(device))
     return list(zip(ll.tolist(), greedy.tolist()))
 
 
@@ -156,16 +193,19 @@ def score_shared(model: GPT, items: Sequence[EncodedItem]) -> list[list[tuple[fl
     conts = [cont for e in items for cont in e.continuations]
     tail = max(len(c) for c in conts) - 1  # continuation tokens fed as input
     cache = model.new_cache(k, c_max + tail)
-    first = model(
+    last = _hidden(
+        model,
         ctx.to(device),
         cache=cache,
         attention_mask=ctx_mask.to(device),
         position_ids=pos.to(device),
         last_only=True,
-    ).logits  # (k, 1, V)
+    )[:, 0]  # (k, D): the head runs once per question, not once per choice
+    logprobs = F.log_softmax(model.lm_head(last).float(), dim=-1)
+    own = owner.to(device)
     firsts = torch.tensor([c[0] for c in conts], device=device)
-    lp, hit = _token_scores(first[owner.to(device)], firsts[:, None])
-    ll, greedy = lp[:, 0], hit[:, 0]
+    ll = logprobs[own, firsts]
+    greedy = logprobs.argmax(-1)[own] == firsts
 
     if tail > 0:
         cache.reorder(owner.to(device))
@@ -175,15 +215,15 @@ def score_shared(model: GPT, items: Sequence[EncodedItem]) -> list[list[tuple[fl
         cont_pos = (ctx_lens[owner][:, None] + torch.arange(tail)[None, :]).clamp(
             max=cfg.context_length - 1
         )  # padding only; real positions fit (see `fits`)
-        logits = model(
+        h = _hidden(
+            model,
             inp.to(device),
             cache=cache,
             attention_mask=mask.to(device),
             position_ids=cont_pos.to(device),
-        ).logits
-        rest_ll, rest_greedy = _sum_scores(
-            *_token_scores(logits, targets.to(device)), valid.to(device)
         )
+        at = torch.arange(tail, device=device).expand(len(conts), tail)  # slot w: position w
+        rest_ll, rest_greedy = _scores_at(model, h, valid.to(device), at, targets.to(device))
         ll, greedy = ll + rest_ll, greedy & rest_greedy
 
     out: list[list[tuple[float, bool]]] = [[] for _ in items]
