@@ -38,11 +38,13 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 22
 2^19..2^23 for the librarian head (benchmarks/bench_loss_chunked.py --sweep); smaller
 chunks make the matmuls too thin to run at full speed."""
 
-SCORE_CHUNK_ELEMENTS = 1 << 21
-"""Logit elements per chunk in evaluation (`linear_token_scores`: 2M floats, 8 MB, plus
-its log-softmax buffer): with no gradient matmuls, 256 and 524 rows of the librarian head
-scored equally fast and 128 or fewer slower (measured on a 2-core AVX2 EPYC), so the
-smaller chunk keeps the memory lower at no cost."""
+SCORE_CHUNK_ELEMENTS = 1 << 22
+"""Logit elements per chunk in evaluation (`linear_token_scores`: 4M floats, 16 MB, plus
+its log-softmax buffer). Measured with `evaluate_tokens` at the benchmark suite's batch
+(32 windows) on a 2-core AVX2 EPYC (Zen 3), interleaved: librarian-1.3m scored 5-26%
+more tokens/s with 2^22 than with 2^21 (262-row chunks make the head's matmul too thin
+for MKL there), lumiere-1m 2%; 2^23 was no better within the host's noise. A vocabulary
+of 16k or more gets `MIN_CHUNK_ROWS` rows either way."""
 
 MIN_CHUNK_ROWS = 256
 """Fewer rows than this per chunk and the matmuls lose more than the cache gains."""
