@@ -128,8 +128,11 @@ class TrainConfig:
     """Seeds the initial weights, every epoch's batch order and (with the rank added)
     dropout. Resuming a run needs the same seed."""
     compile: bool = False
-    """Run the model under torch.compile (after DDP/FSDP wrapping): a slower start for
-    usually faster steps."""
+    """Run the model under torch.compile (after DDP/FSDP wrapping): a slower start (a
+    cold compile of 3-72 s for the seed presets on a 2-core CPU), for faster steps where
+    ops, not matmuls, dominate. Off by default: on CPU the seed presets' steps ran
+    0.92-1.08x compiled, since their matmuls dominate and inductor calls the same BLAS
+    (benchmarks/bench_compile.py); a GPU gains more."""
     tf32: bool = True
     """On CUDA, let fp32 matmuls use TensorFloat-32 tensor cores (faster, about 1e-3
     relative error); false keeps full fp32. No effect on other devices."""
