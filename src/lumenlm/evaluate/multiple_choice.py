@@ -16,8 +16,9 @@ one full row per choice. Either way the model returns its final hidden states an
 vocabulary projection runs only at the positions that are scored (`_scores_at`): the
 continuation tokens, never the context or the padding, and `HEAD_ROWS` rows at a time,
 so the (rows, positions, V) logits of a batch never exist. For a model whose context
-window is mostly prompt (a 64-token Lumiere on ARC) that is most of the head's work. A non-finite log-likelihood (nan/inf logits) is an error: an
-argmax over nan would still pick a "prediction" and report a plausible accuracy.
+window is mostly prompt (a 64-token Lumiere on ARC) that is most of the head's work.
+A non-finite log-likelihood (nan/inf logits) is an error: an argmax over nan would still
+pick a "prediction" and report a plausible accuracy.
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ def score_shared(model: GPT, items: Sequence[EncodedItem]) -> list[list[tuple[fl
     greedy = logprobs.argmax(-1)[own] == firsts
 
     if tail > 0:
-        cache.reorder(owner.to(device))
+        cache.reorder(own)
         inp, valid = _padded([c[:-1] for c in conts], tail)
         targets, _ = _padded([c[1:] for c in conts], tail)
         mask = torch.cat([ctx_mask[owner], torch.ones(len(conts), tail, dtype=torch.long)], 1)
