@@ -134,3 +134,22 @@ def test_numpy_threads_hand_torchs_threads_to_blas_and_restore() -> None:
     with pytest.raises(RuntimeError), blas.numpy_threads():
         raise RuntimeError("boom")
     assert torch.get_num_threads() == 2  # restored on an error too
+
+
+def test_probe_is_not_swayed_by_a_slow_spell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy twice as fast, but a slow spell hits most of its rounds: each side's best
+    round still decides."""
+    ticks = itertools.count()
+    # per round: torch, numpy; the warm-up pair first, then PROBE_ROUNDS pairs
+    spell = [1.0, 0.5] + [1.0, 6.0] * 4 + [1.0, 0.5] * (blas.PROBE_ROUNDS - 4)
+    durations = iter(spell)
+    now = [0.0]
+
+    def clock() -> float:
+        if next(ticks) % 2:
+            now[0] += next(durations)
+        return now[0]
+
+    monkeypatch.setattr(blas, "_timer", clock)
+    choice, ratio = blas.probe()
+    assert (choice, ratio) == ("numpy", pytest.approx(2.0))
