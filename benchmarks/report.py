@@ -200,11 +200,24 @@ def _decode_notes(results: dict[str, Any], setting: str, toolkit: str) -> str:
     for name, preset in results["cases"].items():
         entry = preset.get(setting, {}).get(toolkit)
         if entry and entry.get("rounds") and not entry.get("error"):
-            note = entry["rounds"][0].get("notes", {}).get("decode", "torch's")
-            seen.append((name, note))
+            seen.append((name, round_note(entry, "decode", "torch's")))
     if len({n for _, n in seen}) <= 1:
         return seen[0][1] if seen else ""
     return "; ".join(f"{name}: {note}" for name, note in seen)
+
+
+def round_note(entry: dict[str, Any], key: str, default: str = "") -> str:
+    """An entry's note `key` over its rounds: the one value, or, where the rounds differ
+    (a BLAS probe that chose differently in one round), each value with its rounds."""
+    values = [r.get("notes", {}).get(key, default) for r in entry["rounds"]]
+    rounds: dict[str, list[str]] = {}
+    for i, value in enumerate(values, 1):
+        rounds.setdefault(value, []).append(str(i))
+    if len(rounds) <= 1:
+        return values[0] if values else default
+    return "; ".join(
+        f"{value} (round{'s' if len(r) > 1 else ''} {', '.join(r)})" for value, r in rounds.items()
+    )
 
 
 def _first_entry(results: dict[str, Any], setting: str, toolkit: str) -> dict[str, Any] | None:
@@ -335,7 +348,8 @@ def notes(results: dict[str, Any]) -> list[str]:
                 elif entry.get("error"):
                     out.append(f"- {preset}, {setting}, {NAMES[toolkit]}: failed: {entry['error']}")
                 elif entry.get("rounds") and setting == "default":
-                    extra = {k: v for k, v in entry["rounds"][0].get("notes", {}).items()
+                    keys = dict.fromkeys(k for r in entry["rounds"] for k in r.get("notes", {}))
+                    extra = {k: round_note(entry, k) for k in keys
                              if k not in ("loss", "optimizer")}  # fmt: skip
                     if extra:
                         text = ", ".join(f"{k}: {v}" for k, v in extra.items())

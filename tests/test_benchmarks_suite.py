@@ -178,3 +178,14 @@ def test_a_stopped_run_renders_only_its_complete_rounds() -> None:
     assert "1 interleaved rounds (of 3 planned: the run was stopped)" in text
     assert "fp32 40.0 GFLOP/s" in text  # the second peak came from the unfinished round
     assert len(results["cases"]["p"]["default"]["lumenlm"]["rounds"]) == 2  # input untouched
+
+
+def test_a_note_that_differs_between_rounds_names_its_rounds() -> None:
+    results = _results()
+    ours = results["cases"]["p"]["default"]["lumenlm"]
+    ours["rounds"][0]["notes"]["decode"] = "torch's"
+    ours["rounds"][1]["notes"]["decode"] = "numpy's (OpenBLAS), chosen by the probe"
+    text = report.render(results)
+    assert "torch's (round 1); numpy's (OpenBLAS), chosen by the probe (round 2)" in text
+    ours["rounds"][0]["notes"]["decode"] = ours["rounds"][1]["notes"]["decode"]
+    assert "(round" not in report.render(results)
