@@ -9,6 +9,7 @@ numpy at least `MARGIN` times faster is chosen, a slower or a wrong one never is
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -62,8 +63,12 @@ def test_bad_env_value_names_the_choices(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def _fake_clock(monkeypatch: pytest.MonkeyPatch, torch_s: float, numpy_s: float) -> None:
     """Each timed round of torch.mm takes torch_s, of numpy_mm numpy_s (they alternate)."""
+    _scripted_clock(monkeypatch, itertools.cycle([torch_s, numpy_s]))
+
+
+def _scripted_clock(monkeypatch: pytest.MonkeyPatch, durations: Iterator[float]) -> None:
+    """The probe's timed calls take the next of `durations` each (torch, numpy, ...)."""
     ticks = itertools.count()
-    durations = itertools.cycle([torch_s, numpy_s])
     now = [0.0]
 
     def clock() -> float:
@@ -139,17 +144,8 @@ def test_numpy_threads_hand_torchs_threads_to_blas_and_restore() -> None:
 def test_probe_is_not_swayed_by_a_slow_spell(monkeypatch: pytest.MonkeyPatch) -> None:
     """numpy twice as fast, but a slow spell hits most of its rounds: each side's best
     round still decides."""
-    ticks = itertools.count()
     # per round: torch, numpy; the warm-up pair first, then PROBE_ROUNDS pairs
     spell = [1.0, 0.5] + [1.0, 6.0] * 4 + [1.0, 0.5] * (blas.PROBE_ROUNDS - 4)
-    durations = iter(spell)
-    now = [0.0]
-
-    def clock() -> float:
-        if next(ticks) % 2:
-            now[0] += next(durations)
-        return now[0]
-
-    monkeypatch.setattr(blas, "_timer", clock)
+    _scripted_clock(monkeypatch, iter(spell))
     choice, ratio = blas.probe()
     assert (choice, ratio) == ("numpy", pytest.approx(2.0))

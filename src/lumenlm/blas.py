@@ -116,11 +116,10 @@ def probe(rounds: int = PROBE_ROUNDS) -> tuple[str, float]:
     shortens one, so the best round is the closest to each side's own speed. Measured on
     the 2-core EPYC (36 probes of 7 rounds, the two ratios from the same rounds): the
     ratio of medians fell below `MARGIN` 3 times (0.90, 0.97, 1.03), which picks torch's
-    BLAS for that process, while the ratio of best rounds never went below 1.54. A
-    `python -m benchmarks` run had lumenbase-128m decode through torch's BLAS in one of
-    its three rounds for that reason. numpy is refused,
-    whatever its speed, if its product differs from torch's beyond float rounding (a
-    broken or mismatched BLAS).
+    BLAS for that process, while the ratio of best rounds never went below 1.54 (a
+    `python -m benchmarks` run, with the medians, had lumenbase-128m decode through
+    torch's BLAS in one of its three rounds). numpy is refused, whatever its speed, if
+    its product differs from torch's beyond float rounding (a broken or mismatched BLAS).
     """
     set_threads(torch.get_num_threads())
     gen = torch.Generator().manual_seed(0)
