@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
-import types
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -32,7 +30,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from lumenlm.evaluate import load_task, score_items, tokenizer_encoder
 from lumenlm.model import GPT
 from lumenlm.presets import get_preset
-from revisions import source_at
+from revisions import module_at
 from shapes import SMALL_LLAMA
 from timing import timed
 
@@ -67,15 +65,6 @@ def _tokenizer(arc_dir: Path, vocab: int) -> Tokenizer:
     return tok
 
 
-def _score_items_at(rev: str) -> Callable[..., object]:
-    """`score_items` as it was at `rev` (its module source from git, run here)."""
-    src = source_at(rev, "src/lumenlm/evaluate/multiple_choice.py")
-    module = types.ModuleType(f"multiple_choice_at_{rev}")
-    sys.modules[module.__name__] = module  # dataclasses look their module up there
-    exec(compile(src, f"multiple_choice.py@{rev}", "exec"), module.__dict__)  # our history
-    return module.score_items
-
-
 def main() -> None:
     default_dir = os.environ.get("LUMENLM_DATA") or str(
         Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -91,7 +80,9 @@ def main() -> None:
     args = ap.parse_args()
     scorers: dict[str, Callable[..., object]] = {"today": score_items}
     if args.against:
-        scorers[args.against] = _score_items_at(args.against)
+        scorers[args.against] = module_at(
+            args.against, "src/lumenlm/evaluate/multiple_choice.py"
+        ).score_items
 
     items = load_task(args.task, args.tasks_dir, args.limit, download=False)
     print(

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-import types
 import weakref
 from collections.abc import Callable
 
@@ -32,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from lumenlm.evaluate import evaluate_tokens
 from lumenlm.model import GPT
 from lumenlm.presets import get_preset
-from revisions import source_at
+from revisions import module_at
 from shapes import SMALL_LLAMA
 
 SMALL_LLAMA_CTX512 = {**SMALL_LLAMA, "context_length": 512}  # the LumenBase layout, small
@@ -55,11 +53,7 @@ def _model(case: str) -> GPT:
 
 def _before(rev: str) -> Callable[..., object]:
     """`evaluate_tokens` as it was at `rev` (its module source from git, run here)."""
-    src = source_at(rev, "src/lumenlm/evaluate/lm.py")
-    module = types.ModuleType(f"lm_at_{rev}")
-    sys.modules[module.__name__] = module  # dataclasses look their module up there
-    exec(compile(src, f"lm.py@{rev}", "exec"), module.__dict__)  # our own history
-    return module.evaluate_tokens
+    return module_at(rev, "src/lumenlm/evaluate/lm.py").evaluate_tokens
 
 
 def _tokens(model: GPT, batches: int, batch: int) -> np.ndarray:

@@ -4,6 +4,8 @@ that compare today's code with an older commit's, run in the same process or bes
 from __future__ import annotations
 
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,3 +19,15 @@ def source_at(rev: str, path: str) -> str:
         capture_output=True,
         text=True,
     ).stdout
+
+
+def module_at(rev: str, path: str) -> types.ModuleType:
+    """The Python module at `path` as it was at `rev`, executed here under its own name
+    (registered in sys.modules, where dataclasses look their module up). Its imports
+    resolve to today's package, so only that one file is old."""
+    stem = Path(path).stem
+    module = types.ModuleType(f"{stem}_at_{rev}")
+    sys.modules[module.__name__] = module
+    code = compile(source_at(rev, path), f"{stem}.py@{rev}", "exec")
+    exec(code, module.__dict__)  # this repository's own history
+    return module
