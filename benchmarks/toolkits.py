@@ -224,15 +224,11 @@ def build_lumenlm(
 
 
 def _decode_blas(model: Any) -> str:
-    """Which BLAS lumenlm's decode step multiplies through for `model` (`lumenlm.blas`)."""
+    """Which BLAS lumenlm's decode step multiplies through for `model`, and why
+    (`lumenlm.blas.decode_choice`, the rule the step itself follows)."""
     from lumenlm import blas
 
-    nbytes = blas.parameter_bytes(model)
-    if blas.decode_mm(model.lm_head.weight, nbytes) is blas.numpy_mm:
-        return "numpy's (OpenBLAS), chosen by the probe"
-    if nbytes < blas.STREAM_BYTES and model.lm_head.weight.device.type == "cpu":
-        return "torch's (model below blas.STREAM_BYTES)"
-    return "torch's"
+    return blas.decode_choice(model.lm_head.weight, blas.parameter_bytes(model))[1]
 
 
 def _hf_trainer_optimizer(model: Any) -> tuple[Any, str]:

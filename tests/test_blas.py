@@ -124,6 +124,23 @@ def test_decode_mm_env_forces_either_way(monkeypatch: pytest.MonkeyPatch) -> Non
     assert blas.decode_mm(w, blas.STREAM_BYTES) is torch.mm
 
 
+def test_decode_choice_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blas, "probe", lambda *a, **k: ("numpy", 2.0))
+    w = torch.zeros(2, 2)
+    assert blas.decode_choice(w, blas.STREAM_BYTES) == (
+        blas.numpy_mm,
+        "numpy's (OpenBLAS), chosen by the probe",
+    )
+    assert blas.decode_choice(w, 0)[1] == "torch's (model below blas.STREAM_BYTES)"
+    monkeypatch.setenv(blas.ENV, "numpy")
+    assert blas.decode_choice(w, 0)[1] == "numpy's (OpenBLAS), forced by LUMENLM_BLAS=numpy"
+    monkeypatch.setenv(blas.ENV, "torch")
+    assert blas.decode_choice(w, blas.STREAM_BYTES) == (
+        torch.mm,
+        "torch's, forced by LUMENLM_BLAS=torch",
+    )
+
+
 def _openblas_threads() -> set[int]:
     return {d["num_threads"] for d in threadpool_info() if d["internal_api"] == "openblas"}
 

@@ -163,18 +163,32 @@ def parameter_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def decode_mm(weight: Tensor, model_bytes: int) -> Callable[[Tensor, Tensor], Tensor]:
+def decode_choice(
+    weight: Tensor, model_bytes: int
+) -> tuple[Callable[[Tensor, Tensor], Tensor], str]:
     """The 2-D product for decoding a model of `model_bytes` parameter bytes with
-    `weight`'s device and dtype. For CPU float32/float64: `LUMENLM_BLAS=numpy` gives
-    `numpy_mm` at any size, `torch` gives `torch.mm`, and `auto` gives `numpy_mm` for a
-    model of at least `STREAM_BYTES` when the probe says numpy is faster. Anything else
-    (a GPU, bf16, which numpy lacks) gets `torch.mm`."""
+    `weight`'s device and dtype, and why, in words (for reports). For CPU
+    float32/float64: `LUMENLM_BLAS=numpy` gives `numpy_mm` at any size, `torch` gives
+    `torch.mm`, and `auto` gives `numpy_mm` for a model of at least `STREAM_BYTES` when
+    the probe says numpy is faster. Anything else (a GPU, bf16, which numpy lacks) gets
+    `torch.mm`."""
     if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.float64):
-        return torch.mm
+        return torch.mm, "torch's"
     want = requested()
-    if want == "auto" and model_bytes < STREAM_BYTES:
-        return torch.mm  # no probe for small models
-    return numpy_mm if choice() == "numpy" else torch.mm
+    if want == "numpy":
+        return numpy_mm, f"numpy's (OpenBLAS), forced by {ENV}=numpy"
+    if want == "torch":
+        return torch.mm, f"torch's, forced by {ENV}=torch"
+    if model_bytes < STREAM_BYTES:
+        return torch.mm, "torch's (model below blas.STREAM_BYTES)"  # no probe for small models
+    if choice() == "numpy":
+        return numpy_mm, "numpy's (OpenBLAS), chosen by the probe"
+    return torch.mm, "torch's"
+
+
+def decode_mm(weight: Tensor, model_bytes: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """`decode_choice`'s product."""
+    return decode_choice(weight, model_bytes)[0]
 
 
 def reset() -> None:
