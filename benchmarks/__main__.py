@@ -119,23 +119,14 @@ def hardware(device: Any) -> dict[str, Any]:
 def prepare(presets: list[str], root: Path, quick: bool, nanogpt: str | None) -> dict[str, Any]:
     """Build each preset once (seed 0, no dropout), save it as a lumenlm model and as its
     HF export: every worker loads these, so all toolkits hold the same weights."""
-    import torch
-
-    from lumenlm.export.hf import export_hf
-    from lumenlm.model import GPT
-    from lumenlm.modelio import save_model
-    from lumenlm.presets import get_preset
     from lumenlm.train.metrics import flops_per_token, matmul_params
 
     info = {}
     for name in presets:
-        cfg = get_preset(name).model.with_dropout(0.0)
-        shape = suite_shape(name, cfg.context_length, quick)
-        torch.manual_seed(0)
-        model = GPT(cfg)
         d = root / name
-        save_model(model, d / "lumenlm")
-        export_hf(model, d / "hf")
+        model = toolkits.save_preset(name, d)
+        cfg = model.config
+        shape = suite_shape(name, cfg.context_length, quick)
         info[name] = {
             "dir": str(d),
             "params": model.num_parameters(),

@@ -27,11 +27,7 @@ import torch
 
 import toolkits
 from lumenlm.allocator import tune_malloc
-from lumenlm.devices import cpu_info
-from lumenlm.export.hf import export_hf
-from lumenlm.model import GPT
-from lumenlm.modelio import save_model
-from lumenlm.presets import get_preset
+from lumenlm.devices import cpu_bf16_native, cpu_info
 from shapes import suite_shape
 
 SIDES = (("lumenlm", False), ("lumenlm", True), ("hf", False), ("hf", True))
@@ -39,14 +35,9 @@ SIDES = (("lumenlm", False), ("lumenlm", True), ("hf", False), ("hf", True))
 
 def measure(preset: str, rounds: int, root: Path) -> None:
     """Time the four steps of `preset` in interleaved rounds and print one line each."""
-    cfg = get_preset(preset).model.with_dropout(0.0)
-    shape = suite_shape(preset, cfg.context_length)
-    torch.manual_seed(0)
     d = root / preset
-    model = GPT(cfg)
-    save_model(model, d / "lumenlm")
-    export_hf(model, d / "hf")
-    del model
+    cfg = toolkits.save_preset(preset, d).config
+    shape = suite_shape(preset, cfg.context_length)
     device = torch.device("cpu")
     runners = {}
     for kind, compiled in SIDES:
@@ -94,10 +85,9 @@ def main() -> None:
     args = ap.parse_args()
     tune_malloc()
     name, flags = cpu_info()
-    native = any(f in flags for f in ("amx_bf16", "avx512_bf16"))
     print(
         f"CPU {name or '?'} (avx2 {'avx2' in flags}, avx512f {'avx512f' in flags}, native "
-        f"bf16 {native}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"bf16 {cpu_bf16_native()}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{args.rounds} interleaved rounds"
     )
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,10 +38,13 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from lumenlm.model import GPT
 
 IGNORE = -100
 """Target id the losses skip (lumenlm's and HF's ignore_index; nanoGPT's is -1)."""
@@ -119,6 +122,21 @@ def load_hf(hf_dir: str | Path, device: str | torch.device, **kwargs: Any) -> An
         hf_dir, dtype=torch.float32, trust_remote_code=True, **kwargs
     )
     return model.to(device)
+
+
+def save_preset(name: str, d: Path) -> GPT:
+    """`name`'s model (seed 0, no dropout) saved as a lumenlm model in `d/lumenlm` and as
+    its HF export in `d/hf`, so every toolkit loads the same weights; returns the model."""
+    from lumenlm.export.hf import export_hf
+    from lumenlm.model import GPT
+    from lumenlm.modelio import save_model
+    from lumenlm.presets import get_preset
+
+    torch.manual_seed(0)
+    model = GPT(get_preset(name).model.with_dropout(0.0))
+    save_model(model, d / "lumenlm")
+    export_hf(model, d / "hf")
+    return model
 
 
 def hf_train_step(
