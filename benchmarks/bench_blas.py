@@ -38,6 +38,7 @@ from lumenlm.devices import cpu_info
 from lumenlm.model import GPT
 from lumenlm.model.decode_step import DecodeStep
 from lumenlm.presets import get_preset
+from shapes import suite_shape
 from timing import samples
 
 PRODUCTS = {
@@ -196,7 +197,7 @@ def _train_fn(
             if isinstance(mod, nn.Linear) and mod is not model.lm_head:
                 mod.forward = lambda x, m=mod: _NumpyLinear.apply(x, m.weight, m.bias)  # type: ignore[method-assign]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    T = cfg.context_length if preset != "lumenbase-128m" else 256
+    T = suite_shape(preset, cfg.context_length).context  # the suite's context
     x = torch.randint(0, cfg.vocab_size, (rows, T))
     y = torch.randint(0, cfg.vocab_size, (rows, T))
     ctx = blas.numpy_threads if split_threads else contextlib.nullcontext
@@ -225,7 +226,7 @@ def train_trial(rounds: int) -> None:
         }
         t = interleaved(fns, rounds, 0.5)
         cfg = get_preset(preset).model
-        tokens = rows * (cfg.context_length if preset != "lumenbase-128m" else 256)
+        tokens = rows * suite_shape(preset, cfg.context_length).context
         best = min(t["numpy"], t["split"])
         print(
             f"| {preset} | {tokens / t['torch']:.0f} | {tokens / t['numpy']:.0f} | "
