@@ -150,7 +150,7 @@ def test_precision_lists_derive_from_dtype() -> None:
     from lumenlm.cli.generate import DTYPE_CHOICES
     from lumenlm.config import Dtype, Precision
 
-    assert get_args(Precision) == ("auto", *get_args(Dtype)) and DTYPE_CHOICES == get_args(Dtype)
+    assert get_args(Precision) == ("auto", *get_args(Dtype)) == DTYPE_CHOICES
 
 
 # -- field documentation -----------------------------------------------------------------

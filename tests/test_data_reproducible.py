@@ -14,7 +14,11 @@ def _digests(d: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
 
 
-@pytest.mark.parametrize("dataset,vocab", [("tinystories", 8000), ("wikitext-2", 4096)])
+@pytest.mark.parametrize(
+    "dataset,vocab",
+    # TinyStories (10 s) under -m slow; WikiText-2 keeps the property in the default suite
+    [pytest.param("tinystories", 8000, marks=pytest.mark.slow), ("wikitext-2", 4096)],
+)
 def test_prepare_twice_is_byte_identical(
     tmp_path, shared_data, monkeypatch, dataset, vocab
 ) -> None:

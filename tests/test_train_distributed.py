@@ -98,6 +98,7 @@ def test_ddp_two_ranks_match_single_process_double_batch(
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow  # about 20 s; the DDP test keeps two-rank parity in the default suite
 def test_fsdp2_two_ranks_match_single_process(data: Path, single: Path, tmp_path: Path) -> None:
     r = _torchrun(_train_args(data, tmp_path, 2, "--strategy", "fsdp"))
     assert r.returncode == 0, r.stderr[-3000:]

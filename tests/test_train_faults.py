@@ -112,7 +112,9 @@ def _kill_resume_compare(proc: subprocess.Popen, out: Path, reference: Path) -> 
     return run
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+# seed 1 joins test_kill_9_at_ten_more_random_points under -m slow (the default suite
+# keeps one random point: about 15 s each on 2 cores)
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_kill_9_at_a_random_point_resumes_bit_identically(
     dataset: Path, reference: Path, tmp_path: Path, seed: int
 ) -> None:

@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="windows (LM metrics) or questions (tasks) per forward pass (default 16)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
-    add_dtype_arg(p)
+    add_dtype_arg(p, default="fp32")
     p.add_argument("--out", metavar="FILE.json", help="write the report as JSON")
     p.add_argument(
         "--per-example",
@@ -95,14 +95,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lumenlm.cli.generate import torch_dtype
+    from lumenlm.cli.generate import load_in_dtype
     from lumenlm.data.tokenizer import load_tokenizer
     from lumenlm.devices import resolve_device
     from lumenlm.errors import ConfigError
     from lumenlm.evaluate import evaluate_lm, evaluate_tasks
     from lumenlm.evaluate.report import build_report, format_table, write_examples, write_json
     from lumenlm.evaluate.tasks import parse_task_list
-    from lumenlm.modelio import check_output_file, load
+    from lumenlm.infer.dtype import dtype_name
+    from lumenlm.modelio import check_output_file
 
     if not args.data and not args.tasks and not args.harness:
         raise ConfigError(
@@ -129,11 +130,11 @@ def run(args: argparse.Namespace) -> int:
 
         harness.check_include_path(args.harness_include)
     device = str(resolve_device(args.device))
-    model = load(args.model, device=device, dtype=torch_dtype(args.dtype), verify=args.verify)
+    model = load_in_dtype(args.model, device, args.dtype, verify=args.verify)
     info = {
         "model": str(model.model_dir),
         "device": device,
-        "dtype": args.dtype,
+        "dtype": dtype_name(model),
     }
 
     lm = None

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from lumenlm.cli.common import add_command, add_model_argument, add_verify_argument, check_positive
-from lumenlm.cli.generate import add_dtype_arg, torch_dtype
+from lumenlm.cli.generate import add_dtype_arg, load_in_dtype
 
 _ANALYSES = "attention, logit_lens, token_loss, dla, head_ablation, induction"
 
@@ -40,17 +40,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--top-k", type=int, default=5, help="predictions listed per position (default 5)"
     )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    add_dtype_arg(p)
+    add_dtype_arg(p, default="fp32")
 
 
 def run(args: argparse.Namespace) -> int:
     from lumenlm.inspect import parse_analyses, write_report
-    from lumenlm.modelio import check_output_dir, load
+    from lumenlm.modelio import check_output_dir
 
     check_positive(args, "top_k")
     analyses = parse_analyses(args.analyses)
     check_output_dir(args.out, "--out")
-    model = load(args.model, device=args.device, dtype=torch_dtype(args.dtype), verify=args.verify)
+    model = load_in_dtype(args.model, args.device, args.dtype, verify=args.verify)
     report = write_report(model, args.text, args.out, analyses, top_k=args.top_k)
     if report.notice:
         print(f"lumenlm inspect: note: {report.notice}", file=sys.stderr)
