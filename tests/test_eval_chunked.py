@@ -176,6 +176,34 @@ def test_chunk_size_changes_nothing_and_bounds_the_logits(
     assert (got.top1, got.top5, got.top10) == (base.top1, base.top5, base.top10)
 
 
+@pytest.mark.parametrize("block_rows", [1, 5, 64])
+def test_scoring_block_size_changes_no_bit(
+    block_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within a chunk the log-softmax, comparison and sum run block by block
+    (`SCORE_BLOCK_ELEMENTS`); every block size, including blocks that do not divide the
+    chunk, gives bit for bit the NLL and ranks of scoring each chunk whole, and each
+    token_scores call sees at most `block_rows` rows."""
+    torch.manual_seed(0)
+    v, n = 300, 203
+    h, w = torch.randn(n, 32), torch.randn(v, 32)
+    targets = torch.randint(0, v, (n,))
+    monkeypatch.setattr(CL, "SCORE_BLOCK_ELEMENTS", 1 << 40)
+    whole = CL.linear_token_scores(h, w, None, targets, chunk_rows=70)
+    seen: list[int] = []
+    scores = CL.token_scores
+
+    def spy(logits: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(logits.shape[0])
+        return scores(logits, t)
+
+    monkeypatch.setattr(CL, "token_scores", spy)
+    monkeypatch.setattr(CL, "SCORE_BLOCK_ELEMENTS", block_rows * v)
+    nll, rank = CL.linear_token_scores(h, w, None, targets, chunk_rows=70)
+    assert max(seen) <= block_rows and sum(seen) == n
+    assert torch.equal(nll, whole[0]) and torch.equal(rank, whole[1])
+
+
 def test_rank_is_strictly_greater_count_and_equals_topk_without_ties() -> None:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(500, 333, generator=g)  # continuous: no ties

@@ -1,0 +1,74 @@
+"""Evaluation's vocabulary scoring, block by block within a chunk, at several block sizes.
+
+`lumenlm.model.chunked_loss.linear_token_scores` (the head of `lumenlm eval`: the
+product one chunk of rows at a time, then NLL and target rank) with
+`SCORE_BLOCK_ELEMENTS` set to each size, and "whole" (one block per chunk: the code
+before blocks). Each preset's head (its vocabulary and width, tied weights of a seeded
+model) scores the benchmark suite's rows (`shapes.SUITE_SHAPES`: batch x context) of
+random hidden states. The sizes alternate after warm-up (interleaved, so a slow spell
+of the shared host hits all); every size must give the same NLL and ranks, bit for bit.
+Reports the median and lower-quartile milliseconds and whole / size (> 1: faster).
+
+    .venv/bin/python benchmarks/bench_score_blocks.py [--presets librarian-1.3m lumiere-1m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import lumenlm.model.chunked_loss as cl
+from lumenlm.presets import get_preset
+from shapes import suite_shape
+
+SIZES = {"2^18": 1 << 18, "2^19": 1 << 19, "2^20": 1 << 20, "whole": 1 << 40}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["librarian-1.3m", "lumiere-1m"])
+    ap.add_argument("--repeats", type=int, default=21)
+    args = ap.parse_args()
+    from lumenlm.allocator import tune_malloc
+
+    tune_malloc()  # as `lumenlm eval` runs
+    print(f"default SCORE_BLOCK_ELEMENTS = 2^{cl.SCORE_BLOCK_ELEMENTS.bit_length() - 1}")
+    print("| preset | rows x vocab | size | median ms | q25 ms | whole / size (median) |")
+    print("|---|---|---|---:|---:|---:|")
+    default = cl.SCORE_BLOCK_ELEMENTS
+    for name in args.presets:
+        cfg = get_preset(name).model
+        shape = suite_shape(name, cfg.context_length)
+        n = shape.batch * shape.context
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(cfg.vocab_size, cfg.d_model, generator=g) * 0.02
+        h = torch.randn(n, cfg.d_model, generator=g)
+        t = torch.randint(0, cfg.vocab_size, (n,), generator=g)
+        ref = None
+        times: dict[str, list[float]] = {k: [] for k in SIZES}
+        try:
+            for r in range(args.repeats + 1):
+                for k, size in SIZES.items():
+                    cl.SCORE_BLOCK_ELEMENTS = size
+                    t0 = time.perf_counter()
+                    out = cl.linear_token_scores(h, w, None, t)
+                    dt = time.perf_counter() - t0
+                    if ref is None:
+                        ref = out
+                    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1]), k
+                    if r:  # round 0 warms up
+                        times[k].append(dt)
+        finally:
+            cl.SCORE_BLOCK_ELEMENTS = default
+        whole = statistics.median(times["whole"])
+        for k, v in times.items():
+            med, q25 = statistics.median(v), sorted(v)[len(v) // 4]
+            print(f"| {name} | {n} x {cfg.vocab_size} | {k} | {med * 1e3:.1f} | "
+                  f"{q25 * 1e3:.1f} | {whole / med:.2f}x |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
