@@ -38,13 +38,14 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 22
 2^19..2^23 for the librarian head (benchmarks/bench_loss_chunked.py --sweep); smaller
 chunks make the matmuls too thin to run at full speed."""
 
-SCORE_CHUNK_ELEMENTS = 1 << 22
-"""Logit elements per chunk in evaluation (`linear_token_scores`: 4M floats, 16 MB, plus
-its log-softmax buffer). Measured with `evaluate_tokens` at the benchmark suite's batch
-(32 windows) on a 2-core AVX2 EPYC (Zen 3), interleaved: librarian-1.3m scored 5-26%
-more tokens/s with 2^22 than with 2^21 (262-row chunks make the head's matmul too thin
-for MKL there), lumiere-1m 2%; 2^23 was no better within the host's noise. A vocabulary
-of 16k or more gets `MIN_CHUNK_ROWS` rows either way."""
+SCORE_CHUNK_ELEMENTS = 1 << 24
+"""Logit elements per chunk in evaluation (`linear_token_scores`: 16M floats, 64 MB, plus
+one `SCORE_BLOCK_ELEMENTS` block of log-softmax at a time). With the scoring done block
+by block, a wider product is all that a larger chunk changes, and MKL runs wide ones
+faster. `benchmarks/bench_score_blocks.py --chunks` (`evaluate_tokens` at the benchmark
+suite's batch) on a 2-core AVX2 EPYC (Zen 3), interleaved, against 2^22: librarian-1.3m
+1.08x with 2^23 or 2^24, 1.04x with 2^25 (the whole batch); lumiere-1m 1.04-1.06x. A
+vocabulary of 64k or more gets `MIN_CHUNK_ROWS` rows either way."""
 
 SCORE_BLOCK_ELEMENTS = 1 << 19
 """Logit elements per block that `linear_token_scores` scores at a time within a chunk
@@ -53,9 +54,10 @@ SCORE_BLOCK_ELEMENTS = 1 << 19
 while the block is still in the core's cache, instead of streaming the whole chunk
 through memory three times. The numbers are the same at any block size (each row is
 scored alone). `benchmarks/bench_score_blocks.py` on a 2-core AVX2 EPYC (Zen 3),
-interleaved, the suite's rows: scoring ran 1.08x faster for librarian-1.3m (4096 rows x
-8000), 1.11x for lumiere-1m (2048 x 4096) and 1.03x for lumenbase-128m (256 x 32000)
-than without blocks; 2^18 and 2^20 were within noise of it."""
+interleaved, the suite's rows in chunks of `SCORE_CHUNK_ELEMENTS`: scoring ran 1.10x
+faster for librarian-1.3m (4096 rows x 8000), 1.06x for lumiere-1m (2048 x 4096) and
+1.02x for lumenbase-128m (256 x 32000) than without blocks; 2^18 and 2^20 gained
+less."""
 
 MIN_CHUNK_ROWS = 256
 """Fewer rows than this per chunk and the matmuls lose more than the cache gains."""
@@ -232,8 +234,8 @@ def linear_token_scores(
     chunk of logits (about `SCORE_CHUNK_ELEMENTS` floats, 256 rows or more) exists.
 
     h: (N, D) hidden states (the head's input); weight: (V, D); targets: (N,). Returns
-    the NLL (N,) in fp32 and the rank (N,) in int64. Besides the chunk's logits only its
-    log-softmax buffer (the same size, reused for the rank) exists. The logits are
+    the NLL (N,) in fp32 and the rank (N,) in int64. Besides the chunk's logits only one
+    block's log-softmax buffer (`SCORE_BLOCK_ELEMENTS`, reused for the rank) exists. The logits are
     computed in the inputs' dtype (the autocast dtype under autocast), as `nn.Linear`
     does, then scored in fp32: the same numbers as `token_scores(lm_head(h), targets)`.
     """
