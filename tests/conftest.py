@@ -16,6 +16,10 @@ from data_helpers import shared_data_dir
 # and in the `lumenlm` subprocesses the tests start.
 torch.set_num_threads(1)
 os.environ.setdefault("LUMENLM_THREADS", "1")
+# `--dtype auto` (the default of generate, chat and serve) times bf16 against fp32 on a
+# CPU with native bf16, so two runs could choose differently there; tests that compare
+# outputs across runs need one answer on every CPU. tests/test_infer_dtype.py lifts it.
+os.environ.setdefault("LUMENLM_DTYPE_AUTO", "fp32")
 
 
 @pytest.fixture

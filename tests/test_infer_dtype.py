@@ -1,5 +1,5 @@
 """`--dtype auto` (lumenlm.infer.dtype): bf16 only where it is native, within the stated
-log-prob tolerance of fp32 and (on a CPU) faster; fp32 everywhere else, untouched.
+total-variation tolerance of fp32 and (on a CPU) faster; fp32 everywhere else, untouched.
 
 The hardware and the decode clock are faked where the policy is the subject; the
 tolerance check always runs for real (bf16's numerics are bf16's where it is emulated
@@ -35,7 +35,13 @@ def native(monkeypatch: pytest.MonkeyPatch, bf16_seconds: float = 0.5) -> list[t
 
     monkeypatch.setattr(dt, "cpu_bf16_native", lambda: True)
     monkeypatch.setattr(dt, "decode_seconds", fake_decode)
+    monkeypatch.delenv(dt.ENV, raising=False)  # conftest pins auto to fp32 for other tests
     return ran
+
+
+@pytest.fixture(autouse=True)
+def _probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(dt.ENV, raising=False)
 
 
 def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -155,4 +161,74 @@ def test_help_states_the_tolerance_the_code_uses() -> None:
     add_dtype_arg(p)
     text = p.format_help().replace("\n", " ")
     text = " ".join(text.split())
-    assert f"probabilities within {dt.TV_TOLERANCE} of fp32's (total variation)" in text
+    assert f"probabilities stay within {dt.TV_TOLERANCE} of fp32's (total variation)" in text
+
+
+def test_eval_and_inspect_default_to_fp32_even_where_bf16_is_native(
+    model_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import json
+
+    import numpy as np
+
+    from lumenlm.data.tokens import write_token_dataset
+
+    ran = native(monkeypatch)
+    data = tmp_path / "data"
+    write_token_dataset(data, {"val": np.arange(600) % 300}, vocab_size=400)
+    out = tmp_path / "report.json"
+    argv = ["eval", str(model_dir), "--data", str(data), "--out", str(out)]
+    assert cli_main([*argv, "--allow-tokenizer-mismatch"]) == 0
+    assert json.loads(out.read_text())["dtype"] == "fp32" and ran == []
+    argv = ["inspect", str(model_dir), "--text", "the cat sat", "--out", str(tmp_path / "i")]
+    assert cli_main([*argv, "--analyses", "logit_lens"]) == 0
+    assert ran == [] and "--dtype auto" not in capsys.readouterr().err
+
+
+def test_a_one_line_error_comes_before_and_without_the_probe(
+    model_dir: Path, monkeypatch, capsys
+) -> None:
+    """A bad flag checked against the model (a stop id outside the vocabulary) is the
+    only stderr line: the probe never runs for a command that fails."""
+    ran = native(monkeypatch)
+    argv = ["generate", str(model_dir), "--prompt", "hi", "--stop-token-id", "999999"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error" in err and ran == [], err
+
+
+def test_the_env_pin_and_attached_hooks_keep_fp32_without_a_probe(monkeypatch) -> None:
+    ran = native(monkeypatch)
+    model = make_model("tiny").eval()
+    monkeypatch.setenv(dt.ENV, "fp32")
+    out, choice = dt.choose_dtype(model)
+    assert out is model and not choice.probed and dt.ENV in choice.reason
+    monkeypatch.delenv(dt.ENV)
+    handle = model.blocks[0].register_forward_hook(lambda *a: None)
+    out, choice = dt.choose_dtype(model)
+    assert out is model and "hooks" in choice.reason and ran == []
+    handle.remove()
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x)]):
+        assert dt.choose_dtype(model)[0] is model
+
+
+def test_the_copy_is_cast_on_the_way_in_and_stays_tied() -> None:
+    model = make_model("tiny").eval()
+    twin = dt._twin(model, torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in twin.parameters())
+    assert twin.lm_head.weight is twin.tok_emb.weight  # tied, as in the fp32 model
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    shared = {p.data_ptr() for p in model.parameters()} & {p.data_ptr() for p in twin.parameters()}
+    assert not shared
+
+
+def test_the_decode_probe_runs_at_any_context_length() -> None:
+    """`decode_seconds` and the probe's prompt arithmetic, for real (bf16 emulated here is
+    only slower), down to a 2-position model."""
+    for ctx in (2, 8, 17):
+        model = make_model("tiny", context_length=ctx)
+        ids = dt.probe_ids(model)
+        prompt = ids[0, : dt.SPEED_PROMPT].tolist()
+        new = max(1, min(dt.SPEED_NEW, ctx - len(prompt)))
+        assert dt.decode_seconds(model, prompt, new) > 0
+        assert dt.decode_seconds(dt._twin(model, torch.bfloat16), prompt, new) > 0

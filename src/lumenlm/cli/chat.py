@@ -37,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from lumenlm.infer.text import replace_invalid
 
     params = params_from_args(args)
-    model = load_model(args.model, args.device, args.dtype, verify=args.verify)
-    check_vocab(params, model)
+    model = load_model(
+        args.model, args.device, args.dtype, args.verify,
+        check=lambda m: check_vocab(params, m), what="lumenlm chat",
+    )  # fmt: skip
     try:
         template = ChatTemplate.from_meta(model.meta)
     except (ValueError, TypeError) as exc:

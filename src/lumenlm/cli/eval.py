@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
         harness.check_include_path(args.harness_include)
     device = str(resolve_device(args.device))
-    model = load_in_dtype(args.model, device, args.dtype, verify=args.verify)
+    model = load_in_dtype(args.model, device, args.dtype, args.verify, what="lumenlm eval")
     info = {
         "model": str(model.model_dir),
         "device": device,

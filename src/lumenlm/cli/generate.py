@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any, get_args
 
 from lumenlm.cli.common import add_command, add_model_argument, add_verify_argument
@@ -131,22 +132,32 @@ def add_dtype_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
         default=default,
         choices=DTYPE_CHOICES,
         help=f"weights and activations: {exact}bf16 (half the memory; fast on GPUs and AMX "
-        "CPUs, about 100x slower where the CPU emulates it), fp16 (GPUs), auto"
+        "CPUs, several times slower where the CPU emulates it), fp16 (GPUs), auto"
         f"{' (the default)' if default == 'auto' else ''}: bf16 only where the GPU or CPU "
-        "has native bf16, a probe finds it faster for this model and its next-token "
-        "probabilities within 0.05 of fp32's (total variation), else fp32",
+        "has native bf16, the model's next-token probabilities stay within 0.05 of fp32's "
+        "(total variation) and, on a CPU, a probe finds it faster, else fp32",
     )
 
 
-def load_in_dtype(path: str, device: Any, dtype: str, verify: bool = True) -> Any:
+def load_in_dtype(
+    path: str,
+    device: Any,
+    dtype: str,
+    verify: bool = True,
+    check: Callable[[Any], None] | None = None,
+    what: str = "lumenlm",
+) -> Any:
     """`lumenlm.modelio.load` in `dtype` ("auto": loaded in fp32, then
-    `lumenlm.infer.dtype.auto_dtype` decides; one stderr line where it probed)."""
+    `lumenlm.infer.dtype.auto_dtype` decides, with one stderr line prefixed `what` where
+    it probed). `check(model)` runs on the loaded model before any probe, so that a
+    command's one-line error comes alone and before the probe's time."""
     from lumenlm.infer.dtype import DTYPES, auto_dtype
     from lumenlm.modelio import load
 
-    if dtype != "auto":
-        return load(path, device=device, dtype=DTYPES[dtype], verify=verify)
-    return auto_dtype(load(path, device=device, verify=verify))
+    model = load(path, device=device, dtype=DTYPES.get(dtype), verify=verify)
+    if check is not None:
+        check(model)
+    return auto_dtype(model, what) if dtype == "auto" else model
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -227,18 +238,29 @@ def unescape(text: str) -> str:
     return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")
 
 
-def load_model(path: str, device: str = "cpu", dtype: str = "auto", verify: bool = True) -> Any:
-    """`lumenlm.modelio.load` (checksums checked unless `verify` is False) + a one-line
-    error when the model has no tokenizer."""
+def load_model(
+    path: str,
+    device: str = "cpu",
+    dtype: str = "auto",
+    verify: bool = True,
+    check: Callable[[Any], None] | None = None,
+    what: str = "lumenlm",
+) -> Any:
+    """`load_in_dtype` (checksums checked unless `verify` is False) + a one-line error
+    when the model has no tokenizer; `check` and the tokenizer test run before `--dtype
+    auto` probes."""
     from lumenlm.devices import resolve_device
     from lumenlm.errors import CheckpointError
 
-    model = load_in_dtype(path, resolve_device(device), dtype, verify=verify)
-    if model.tokenizer is None:
-        raise CheckpointError(
-            f"{path}: the model directory has no tokenizer.json; text generation needs one"
-        )
-    return model
+    def checks(model: Any) -> None:
+        if model.tokenizer is None:
+            raise CheckpointError(
+                f"{path}: the model directory has no tokenizer.json; text generation needs one"
+            )
+        if check is not None:
+            check(model)
+
+    return load_in_dtype(path, resolve_device(device), dtype, verify, checks, what)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -312,8 +334,10 @@ def run(args: argparse.Namespace) -> int:
         prompts = [_read_prompt_file(args.prompt_file)]
     else:
         prompts = [replace_invalid(p) for p in args.prompt]
-    model = load_model(args.model, args.device, args.dtype, verify=args.verify)
-    check_vocab(params, model)
+    model = load_model(
+        args.model, args.device, args.dtype, args.verify,
+        check=lambda m: check_vocab(params, m), what="lumenlm generate",
+    )  # fmt: skip
     _replace_unprintable_output()
     ids = _encode_noting_long_prompts(prompts, model)
     rows = [p for p in prompts for _ in range(args.num_samples)]

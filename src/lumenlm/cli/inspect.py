@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     check_positive(args, "top_k")
     analyses = parse_analyses(args.analyses)
     check_output_dir(args.out, "--out")
-    model = load_in_dtype(args.model, args.device, args.dtype, verify=args.verify)
+    model = load_in_dtype(args.model, args.device, args.dtype, args.verify, what="lumenlm inspect")
     report = write_report(model, args.text, args.out, analyses, top_k=args.top_k)
     if report.notice:
         print(f"lumenlm inspect: note: {report.notice}", file=sys.stderr)

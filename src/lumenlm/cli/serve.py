@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
                 "who can reach it can use the model; set LUMENLM_API_KEY",
                 file=sys.stderr,
             )
-        model = load_model(args.model, args.device, args.dtype, verify=args.verify)
+        model = load_model(args.model, args.device, args.dtype, args.verify, what="lumenlm serve")
         name = args.model_name or served_name(model.model_dir)
         app = create_app(
             model,

@@ -25,7 +25,10 @@ decides per model and per machine:
    the speed is not probed: bf16 tensor cores are the reason the GPU is there.
 
 One line on stderr says what auto chose and the numbers it chose on (only where a probe
-ran). Explicit `--dtype fp32|bf16|fp16` are taken as given (bf16 on a CPU without native
+ran). The speed probe is timed, so near the margin two runs can choose differently;
+pass an explicit `--dtype` where outputs must be reproducible, or set
+`LUMENLM_DTYPE_AUTO=fp32` to make auto fp32 without probing (the test suite does). A
+model with hooks attached is not probed (its copy would carry them) and stays fp32. Explicit `--dtype fp32|bf16|fp16` are taken as given (bf16 on a CPU without native
 bf16 warns, `modelio.load`). Evaluation and inspection default to fp32, so reported
 metrics and activations are exact unless asked otherwise.
 
@@ -37,6 +40,8 @@ emulated; only its speed differs).
 from __future__ import annotations
 
 import copy
+import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -68,6 +73,8 @@ SPEED_MARGIN = 1.10
 """On a CPU, bf16 must decode at least 10% faster than fp32 to be chosen."""
 SPEED_ROUNDS = 3
 SPEED_PROMPT, SPEED_NEW = 16, 16
+ENV = "LUMENLM_DTYPE_AUTO"
+"""probe (the default) or fp32: auto is fp32 at once, with no probe."""
 
 
 def dtype_name(model: torch.nn.Module) -> str:
@@ -93,9 +100,13 @@ class DtypeChoice:
 def bf16_candidate(device: torch.device) -> str | None:
     """Why bf16 could pay on `device` ("native bf16 on ..."), or None where it cannot."""
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            return f"native bf16 on {torch.cuda.get_device_name(device)}"
-        return None
+        # the capability of `device` itself (is_bf16_supported asks the current device);
+        # bf16 tensor cores from Ampere (8.0) on; ROCm builds report through is_bf16_supported
+        if torch.version.hip:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        else:
+            native = torch.cuda.get_device_capability(device)[0] >= 8
+        return f"native bf16 on {torch.cuda.get_device_name(device)}" if native else None
     if device.type == "cpu" and cpu_bf16_native() is True:
         return "native bf16 on this CPU (AMX-BF16 or AVX512-BF16)"
     return None
@@ -136,15 +147,31 @@ def decode_seconds(model: GPT, prompt: list[int], new_tokens: int = SPEED_NEW) -
     return time.perf_counter() - t0
 
 
+def has_hooks(model: GPT) -> bool:
+    """Whether any hook is attached (on a hook point or as a module forward hook)."""
+    if model._hook_switch.count > 0:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 def _twin(model: GPT, dtype: torch.dtype) -> GPT:
     """A copy of `model` in `dtype` (the tokenizer shared, not copied; cached decode
-    weights left behind)."""
+    weights left behind). Each floating parameter and buffer is cast on the way into the
+    copy (deepcopy's memo), so at most the fp32 model plus one copy in `dtype` exist,
+    never two fp32 copies; tied weights stay tied."""
+    memo: dict[int, object] = {}
+    for p in model.parameters():
+        if id(p) not in memo:
+            memo[id(p)] = torch.nn.Parameter(p.detach().to(dtype), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        if b.is_floating_point() and id(b) not in memo:
+            memo[id(b)] = b.detach().to(dtype)
     tok = model.tokenizer
     cached = model.__dict__.pop("_decode_weights", None)
     compiled = model.__dict__.pop("_compiled_decode_step", None)
     try:
         model.tokenizer = None
-        twin = copy.deepcopy(model)
+        twin = copy.deepcopy(model, memo)
     finally:
         model.tokenizer = tok
         if cached is not None:
@@ -160,13 +187,19 @@ def choose_dtype(model: GPT, speed: bool | None = None) -> tuple[GPT, DtypeChoic
     module docstring. `speed` forces the decode-speed probe on or off (default: on a CPU
     only). `model` must be the fp32 model, in eval mode."""
     device = model.tok_emb.weight.device
+    if os.environ.get(ENV, "probe").strip().lower() == "fp32":
+        return model, DtypeChoice("fp32", f"{ENV}=fp32")
     why = bf16_candidate(device)
     if why is None:
         return model, DtypeChoice("fp32", f"no native bf16 on {device.type}")
+    if has_hooks(model):
+        return model, DtypeChoice("fp32", "hooks are attached (a copy would carry them)")
     twin = _twin(model, torch.bfloat16)
     ids = probe_ids(model)
     tv = total_variation(model, twin, ids)
-    if not tv <= TV_TOLERANCE:  # nan (non-finite bf16 logits) fails too
+    if not math.isfinite(tv):
+        return model, DtypeChoice("fp32", "the probe's next-token distributions are not finite", tv)
+    if tv > TV_TOLERANCE:
         return model, DtypeChoice(
             "fp32", f"bf16 moved the next-token distribution by {tv:.3f} (total variation; "
             f"tolerance {TV_TOLERANCE})", tv,

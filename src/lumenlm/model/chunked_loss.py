@@ -49,7 +49,7 @@ vocabulary of 64k or more gets `MIN_CHUNK_ROWS` rows either way."""
 
 SCORE_BLOCK_ELEMENTS = 1 << 19
 """Logit elements per block that `linear_token_scores` scores at a time within a chunk
-(512K floats, 2 MB: 64 rows at a vocabulary of 8000). The chunk's product runs whole
+(512K floats, 2 MB: 65 rows at a vocabulary of 8000; CPU only). The chunk's product runs whole
 (wide matmuls are fast); its log-softmax, comparison and row sum then run block by block
 while the block is still in the core's cache, instead of streaming the whole chunk
 through memory three times. The numbers are the same at any block size (each row is
@@ -249,7 +249,8 @@ def linear_token_scores(
     nll = torch.empty(n, dtype=torch.float32, device=h.device)
     rank = torch.empty(n, dtype=torch.int64, device=h.device)
     rows = chunk_rows or chunk_rows_for(weight.shape[0], SCORE_CHUNK_ELEMENTS)
-    block = max(1, SCORE_BLOCK_ELEMENTS // max(1, weight.shape[0]))
+    # blocks are a CPU cache tuning; on a GPU each would be a few more kernel launches
+    block = max(1, SCORE_BLOCK_ELEMENTS // max(1, weight.shape[0])) if h.is_cpu else rows
     with torch.autocast(dev, enabled=False):
         for s, e in _chunks(n, rows):
             logits = _chunk_logits(h[s:e], weight, bias)
