@@ -144,7 +144,8 @@ def header(results: dict[str, Any]) -> list[str]:
         "; ".join(f"{p} {v / 1e9:,.1f} GFLOP/s" for p, v in sorted(peaks.items())) or "not measured"
     )
     lines = [
-        f"## One command, every toolkit: `python -m benchmarks` ({m['date']})",
+        f"## One command, every toolkit: `python -m benchmarks` ({m['date']}, "
+        f"{device_label(results)})",
         "",
         f"`{m['command']}`",
         "",
@@ -160,7 +161,7 @@ def header(results: dict[str, Any]) -> list[str]:
         "median [min-max] over rounds; ratios: lumenlm / peer, the ratio of medians "
         "(min-max of the per-round ratios); > 1 means lumenlm is faster.",
         f"- Matmul peak ({m['peak_size']}^3, best of {m['peak_repeats']} per round, best "
-        f"round), measured in the same run: {peak_text}.",
+        f"round), measured in the same run on {device_label(results)}: {peak_text}.",
         "- Tasks: training step = forward, loss, backward, clip at 1.0, AdamW step, zero_grad "
         "(B x T tokens); eval = forward and per-token loss, no grad; prefill = one prompt "
         "into the KV cache and one new token (nanoGPT has no cache: one forward); decode = "
