@@ -62,17 +62,12 @@ def main() -> None:
                     drift(model, twin, torch.tensor(toks[o : o + t].astype(np.int64))[None])
                 )
         r = np.array(rows)
-        prompt = ids[0, : dt.SPEED_PROMPT].tolist()
-        new = max(1, min(dt.SPEED_NEW, model.config.context_length - len(prompt)))
-        times: dict[str, list[float]] = {"fp32": [], "bf16": []}
-        for _ in range(4):  # the first round warms up
-            times["fp32"].append(dt.decode_seconds(model, prompt, new))
-            times["bf16"].append(dt.decode_seconds(twin, prompt, new))
+        t32, t16 = dt.decode_times(model, twin, ids)
         _, choice = dt.choose_dtype(model)
         n = ids.shape[1] + (args.windows * min(64, model.config.context_length) if data else 0)
         print(f"| {Path(path).name} | {n} | {r[:, 0].max():.4f} | {r[:, 1].mean():.4f} | "
-              f"{r[:, 2].mean():.1e} | {r[:, 3].max():.3f} | {min(times['fp32'][1:]):.3f} | "
-              f"{min(times['bf16'][1:]):.3f} | {choice.name}: {choice.reason} |")  # fmt: skip
+              f"{r[:, 2].mean():.1e} | {r[:, 3].max():.3f} | {min(t32):.3f} | "
+              f"{min(t16):.3f} | {choice.name}: {choice.reason} |")  # fmt: skip
 
 
 if __name__ == "__main__":

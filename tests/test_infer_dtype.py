@@ -223,12 +223,9 @@ def test_the_copy_is_cast_on_the_way_in_and_stays_tied() -> None:
 
 
 def test_the_decode_probe_runs_at_any_context_length() -> None:
-    """`decode_seconds` and the probe's prompt arithmetic, for real (bf16 emulated here is
-    only slower), down to a 2-position model."""
+    """`decode_times` and `decode_seconds`, for real (bf16 emulated here is only slower),
+    down to a 2-position model."""
     for ctx in (2, 8, 17):
         model = make_model("tiny", context_length=ctx)
-        ids = dt.probe_ids(model)
-        prompt = ids[0, : dt.SPEED_PROMPT].tolist()
-        new = max(1, min(dt.SPEED_NEW, ctx - len(prompt)))
-        assert dt.decode_seconds(model, prompt, new) > 0
-        assert dt.decode_seconds(dt._twin(model, torch.bfloat16), prompt, new) > 0
+        t32, t16 = dt.decode_times(model, dt._twin(model, torch.bfloat16), dt.probe_ids(model))
+        assert len(t32) == len(t16) == dt.SPEED_ROUNDS and min(t32 + t16) > 0

@@ -28,8 +28,9 @@ One line on stderr says what auto chose and the numbers it chose on (only where 
 ran). The speed probe is timed, so near the margin two runs can choose differently;
 pass an explicit `--dtype` where outputs must be reproducible, or set
 `LUMENLM_DTYPE_AUTO=fp32` to make auto fp32 without probing (the test suite does). A
-model with hooks attached is not probed (its copy would carry them) and stays fp32. Explicit `--dtype fp32|bf16|fp16` are taken as given (bf16 on a CPU without native
-bf16 warns, `modelio.load`). Evaluation and inspection default to fp32, so reported
+model with hooks attached is not probed (its copy would carry them) and stays fp32.
+Explicit `--dtype fp32|bf16|fp16` are taken as given (bf16 on a CPU without native bf16
+warns, `modelio.load`). Evaluation and inspection default to fp32, so reported
 metrics and activations are exact unless asked otherwise.
 
 Tests: tests/test_infer_dtype.py fakes the hardware and the clock to check the policy,
@@ -154,6 +155,22 @@ def has_hooks(model: GPT) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
+def decode_times(
+    model: GPT, twin: GPT, ids: torch.Tensor, rounds: int = SPEED_ROUNDS
+) -> tuple[list[float], list[float]]:
+    """(the reference's, the twin's) seconds of `rounds` alternating greedy runs
+    (`decode_seconds`, after one warm-up run each) from the first `SPEED_PROMPT` probe
+    ids, `SPEED_NEW` new tokens or as many as the context leaves (at least one)."""
+    prompt = ids[0, :SPEED_PROMPT].tolist()
+    new = max(1, min(SPEED_NEW, model.config.context_length - len(prompt)))
+    decode_seconds(model, prompt, new), decode_seconds(twin, prompt, new)  # warm-up
+    t_ref, t_twin = [], []
+    for _ in range(rounds):
+        t_ref.append(decode_seconds(model, prompt, new))
+        t_twin.append(decode_seconds(twin, prompt, new))
+    return t_ref, t_twin
+
+
 def _twin(model: GPT, dtype: torch.dtype) -> GPT:
     """A copy of `model` in `dtype` (the tokenizer shared, not copied; cached decode
     weights left behind). Each floating parameter and buffer is cast on the way into the
@@ -206,13 +223,7 @@ def choose_dtype(model: GPT, speed: bool | None = None) -> tuple[GPT, DtypeChoic
         )  # fmt: skip
     speedup = None
     if speed if speed is not None else device.type == "cpu":
-        prompt = ids[0, :SPEED_PROMPT].tolist()
-        new = max(1, min(SPEED_NEW, model.config.context_length - len(prompt)))
-        decode_seconds(model, prompt, new), decode_seconds(twin, prompt, new)  # warm-up
-        t32, t16 = [], []
-        for _ in range(SPEED_ROUNDS):
-            t32.append(decode_seconds(model, prompt, new))
-            t16.append(decode_seconds(twin, prompt, new))
+        t32, t16 = decode_times(model, twin, ids)
         speedup = min(t32) / max(min(t16), 1e-12)
         if speedup < SPEED_MARGIN:
             return model, DtypeChoice(

@@ -49,10 +49,10 @@ vocabulary of 64k or more gets `MIN_CHUNK_ROWS` rows either way."""
 
 SCORE_BLOCK_ELEMENTS = 1 << 19
 """Logit elements per block that `linear_token_scores` scores at a time within a chunk
-(512K floats, 2 MB: 65 rows at a vocabulary of 8000; CPU only). The chunk's product runs whole
-(wide matmuls are fast); its log-softmax, comparison and row sum then run block by block
-while the block is still in the core's cache, instead of streaming the whole chunk
-through memory three times. The numbers are the same at any block size (each row is
+(512K floats, 2 MB: 65 rows at a vocabulary of 8000; CPU only). The chunk's product
+runs whole (wide matmuls are fast); its log-softmax, comparison and row sum then run
+block by block while the block is still in the core's cache, instead of streaming the
+whole chunk through memory three times. The numbers are the same at any block size (each row is
 scored alone). `benchmarks/bench_score_blocks.py` on a 2-core AVX2 EPYC (Zen 3),
 interleaved, the suite's rows in chunks of `SCORE_CHUNK_ELEMENTS`: scoring ran 1.10x
 faster for librarian-1.3m (4096 rows x 8000), 1.06x for lumiere-1m (2048 x 4096) and
@@ -235,8 +235,8 @@ def linear_token_scores(
 
     h: (N, D) hidden states (the head's input); weight: (V, D); targets: (N,). Returns
     the NLL (N,) in fp32 and the rank (N,) in int64. Besides the chunk's logits only one
-    block's log-softmax buffer (`SCORE_BLOCK_ELEMENTS`, reused for the rank) exists. The logits are
-    computed in the inputs' dtype (the autocast dtype under autocast), as `nn.Linear`
+    block's log-softmax buffer (`SCORE_BLOCK_ELEMENTS`, reused for the rank) exists. The
+    logits are computed in the inputs' dtype (the autocast dtype under autocast), as `nn.Linear`
     does, then scored in fp32: the same numbers as `token_scores(lm_head(h), targets)`.
     """
     if h.dim() != 2 or targets.shape != h.shape[:1]:
