@@ -1,8 +1,9 @@
 """`python -m benchmarks`: lumenlm against HF transformers (and nanoGPT) in one run.
 
 For each preset it times, with the same weights and the same tokens on every side:
-a training step end to end, evaluation, prefill and greedy decoding at batch 1 and 8,
-in two settings: (a) each toolkit as its user gets it by default, (b) equal settings
+a training step end to end (and again at the preset's dropout rate, each toolkit with
+its own dropout code, where the peer's model drops the same things), evaluation,
+prefill and greedy decoding at batch 1 and 8, in two settings: (a) each toolkit as its user gets it by default, (b) equal settings
 (see benchmarks/toolkits.py for exactly what each means). Each (toolkit, setting,
 preset) measurement runs in a worker process of its own (benchmarks/worker.py), and
 the rounds interleave them, so a slow spell of a shared host hits every side. The
@@ -118,7 +119,8 @@ def hardware(device: Any) -> dict[str, Any]:
 
 def prepare(presets: list[str], root: Path, quick: bool, nanogpt: str | None) -> dict[str, Any]:
     """Build each preset once (seed 0, no dropout), save it as a lumenlm model and as its
-    HF export: every worker loads these, so all toolkits hold the same weights."""
+    HF export: every worker loads these, so all toolkits hold the same weights (the
+    dropout task sets the preset's rate at run time)."""
     from lumenlm.train.metrics import flops_per_token, matmul_params
 
     info = {}

@@ -55,7 +55,8 @@ def round_rate(task: dict[str, Any]) -> float:
 
 def tasks(shape: dict[str, Any]) -> list[str]:
     """The task keys a worker result holds, in table order."""
-    return ["train", "eval", "prefill", *(f"decode_{b}" for b in shape["decode_batches"])]
+    extra = ["train_dropout"] if shape.get("dropout") else []
+    return ["train", *extra, "eval", "prefill", *(f"decode_{b}" for b in shape["decode_batches"])]
 
 
 def task_label(task: str, shape: dict[str, Any]) -> str:
@@ -63,6 +64,8 @@ def task_label(task: str, shape: dict[str, Any]) -> str:
     B, T = shape["batch"], shape["context"]
     if task == "train":
         return f"train step {B}x{T}"
+    if task == "train_dropout":
+        return f"train step {B}x{T}, dropout {shape['dropout']:g}"
     if task == "eval":
         return f"eval {B}x{T}"
     if task == "prefill":
@@ -163,7 +166,8 @@ def header(results: dict[str, Any]) -> list[str]:
         f"- Matmul peak ({m['peak_size']}^3, best of {m['peak_repeats']} per round, best "
         f"round), measured in the same run on {device_label(results)}: {peak_text}.",
         "- Tasks: training step = forward, loss, backward, clip at 1.0, AdamW step, zero_grad "
-        "(B x T tokens); eval = forward and per-token loss, no grad; prefill = one prompt "
+        '(B x T tokens; the "dropout" row: the same steps with every dropout rate of the '
+        "model at the preset's, after one more warm-up step); eval = forward and per-token loss, no grad; prefill = one prompt "
         "into the KV cache and one new token (nanoGPT has no cache: one forward); decode = "
         "greedy, exactly N new tokens, EOS ignored, whole call (prompt included), fp32 weights.",
         "",

@@ -24,7 +24,9 @@ class SuiteShape:
     train/eval: `batch` rows of `context` tokens (the preset's weights and layout, its
     context cut to `context` where a 2-core CPU could not run the full one in minutes);
     prefill: one prompt of `prefill` tokens; decode: a `prompt`-token prompt and exactly
-    `new_tokens` new ones at each batch size in `decode_batches`.
+    `new_tokens` new ones at each batch size in `decode_batches`; `dropout`: the
+    preset's dropout rate, at which each toolkit times its training step a second time
+    (its own dropout code: what a user training the preset pays), 0 for none.
     """
 
     batch: int
@@ -33,20 +35,28 @@ class SuiteShape:
     prompt: int
     new_tokens: int
     decode_batches: tuple[int, ...] = (1, 8)
+    dropout: float = 0.0
 
 
 SUITE_SHAPES: dict[str, SuiteShape] = {
-    # the card's batch and context (32 x 128)
-    "librarian-1.3m": SuiteShape(batch=32, context=128, prefill=128, prompt=16, new_tokens=64),
-    # the card's batch and context (32 x 64): 16 + 32 positions fit its 64-position table
-    "lumiere-1m": SuiteShape(batch=32, context=64, prefill=64, prompt=16, new_tokens=32),
+    # the card's batch and context (32 x 128); the preset's dropout, 0.2
+    "librarian-1.3m": SuiteShape(
+        batch=32, context=128, prefill=128, prompt=16, new_tokens=64, dropout=0.2
+    ),
+    # the card's batch and context (32 x 64): 16 + 32 positions fit its 64-position table;
+    # the preset's dropout, 0.1
+    "lumiere-1m": SuiteShape(
+        batch=32, context=64, prefill=64, prompt=16, new_tokens=32, dropout=0.1
+    ),
     # the real 128M weights (12 layers, d 768, vocab 32000), one row of 256 tokens: a
-    # training step is about 200 GFLOP, seconds on 2 cores (the card's 12 x 2048 is hours)
+    # training step is about 200 GFLOP, seconds on 2 cores (the card's 12 x 2048 is hours).
+    # No dropout task: HF's LlamaForCausalLM drops attention probabilities only (no
+    # embedding or residual dropout), so the two steps would not be the same computation.
     "lumenbase-128m": SuiteShape(batch=1, context=256, prefill=256, prompt=16, new_tokens=32),
 }
 
 QUICK_SHAPE = SuiteShape(
-    batch=2, context=32, prefill=16, prompt=8, new_tokens=8, decode_batches=(1, 2)
+    batch=2, context=32, prefill=16, prompt=8, new_tokens=8, decode_batches=(1, 2), dropout=0.1
 )
 """`--quick`: a smoke run that checks every code path, not a measurement."""
 

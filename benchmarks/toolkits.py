@@ -108,6 +108,24 @@ class Runner:
     train_mode: Callable[[bool], Any]
     precision: str
     notes: dict[str, Any]
+    set_dropout: Callable[[float], None]
+    """Set every dropout rate of the model (embedding, attention, residual) to p."""
+
+
+def dropout_setter(model: torch.nn.Module) -> Callable[[float], None]:
+    """`Runner.set_dropout` for `model`: each `nn.Dropout`'s p, and the float rates that
+    attention modules pass to SDPA (lumenlm's and nanoGPT's `attn_dropout`/`dropout`,
+    HF Llama's `attention_dropout`; HF GPT-2 passes its `attn_dropout` module's p)."""
+
+    def set_dropout(p: float) -> None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = p
+            for name in ("attn_dropout", "attention_dropout", "dropout"):
+                if isinstance(getattr(m, name, None), float):
+                    setattr(m, name, p)
+
+    return set_dropout
 
 
 def load_hf(hf_dir: str | Path, device: str | torch.device, **kwargs: Any) -> Any:
@@ -237,7 +255,10 @@ def build_lumenlm(
         train_step, evaluate, gen, raw.train, precision,
         {"loss": "chunked linear + cross-entropy (return_logits=False)",
          "optimizer": "build_optimizer: AdamW(fused=True), decay on matrices",
-         "decode": _decode_blas(raw)},
+         "decode": _decode_blas(raw),
+         "dropout": "lumenlm.model.dropout (mask bits from numpy's SFC64, seeded from torch's "
+                    "generator; attention: the explicit path)"},
+        dropout_setter(raw),
     )  # fmt: skip
 
 
@@ -305,8 +326,9 @@ def build_hf(
         "optimizer": opt_note,
         "attention": getattr(raw.config, "_attn_implementation", "?"),
         "class": type(raw).__name__,
+        "dropout": "torch's (nn.Dropout, SDPA dropout_p)",
     }
-    return Runner(train_step, evaluate, gen, raw.train, precision, notes)
+    return Runner(train_step, evaluate, gen, raw.train, precision, notes, dropout_setter(raw))
 
 
 # -- nanoGPT ---------------------------------------------------------------------------
@@ -412,7 +434,8 @@ def build_nanogpt(
         prompt = prompt.to(device)
         return raw.generate(prompt, n, top_k=1)[:, prompt.shape[1] :].cpu()
 
-    notes = {"loss": "its own (model(X, Y))", "optimizer": opt_note}
+    notes = {"loss": "its own (model(X, Y))", "optimizer": opt_note,
+             "dropout": "torch's (nn.Dropout, SDPA dropout_p)"}  # fmt: skip
     if cfg.d_ff != 4 * cfg.d_model:
         notes["mlp"] = f"MLP linears swapped for d_ff {cfg.d_ff} (nanoGPT hard-codes 4 x d)"
-    return Runner(train_step, evaluate, gen, raw.train, precision, notes)
+    return Runner(train_step, evaluate, gen, raw.train, precision, notes, dropout_setter(raw))

@@ -131,6 +131,14 @@ def measure_case(spec: dict[str, Any]) -> dict[str, Any]:
         "first_loss": first_loss,
         "first_step_s": first_s,
     }
+    if shape.dropout:
+        # the same steps again with the preset's dropout, in each toolkit's own code
+        runner.set_dropout(shape.dropout)
+        it = iter(batches)
+        times, _ = samples(
+            lambda: runner.train_step(*next(it)), dev, warmup=1 + spec["train_warmup"], iters=iters
+        )
+        out["train_dropout"] = {"times": times, "tokens": B * T}
     return out
 
 

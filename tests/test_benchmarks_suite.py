@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))
@@ -127,6 +128,58 @@ def test_shapes_fit_each_preset_context() -> None:
         assert shape.prompt + shape.new_tokens <= ctx and shape.context <= ctx
     small = suite_shape("tiny", 64, quick=True)
     assert small.prompt + small.new_tokens <= 64 and small.context <= 64
+
+
+def test_dropout_task_runs_at_each_presets_own_rate() -> None:
+    from lumenlm.presets import get_preset
+
+    for name, shape in SUITE_SHAPES.items():
+        cfg = get_preset(name).model
+        if shape.dropout:
+            assert shape.dropout == cfg.resid_dropout == cfg.attn_dropout == cfg.embd_dropout
+            assert "train_dropout" in report.tasks(shape.__dict__)
+        else:
+            assert "train_dropout" not in report.tasks(shape.__dict__)
+
+
+def _hf_models() -> list[torch.nn.Module]:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
+    llama = LlamaForCausalLM(
+        LlamaConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                    num_attention_heads=2, num_key_value_heads=1, vocab_size=64)
+    )  # fmt: skip
+    return [gpt2, llama]
+
+
+def test_dropout_setter_turns_every_toolkits_dropout_on_and_off() -> None:
+    """`set_dropout(p)` reaches every rate a model uses: with p > 0 two training
+    forwards differ, with 0 they are equal, and no dropout module keeps another p."""
+    pytest.importorskip("transformers")
+    from benchmarks import toolkits
+
+    from lumenlm.model import GPT
+    from lumenlm.presets import get_preset
+
+    ours = [GPT(get_preset(n).model.with_dropout(0.0)) for n in ("tiny-gpt2", "tiny")]
+    for model in ours + _hf_models():
+        set_dropout = toolkits.dropout_setter(model)
+        model.train()
+        x = torch.randint(0, 64, (2, 16))
+
+        def logits(m: torch.nn.Module = model, x: torch.Tensor = x) -> torch.Tensor:
+            return m(x).logits
+
+        set_dropout(0.0)
+        assert torch.equal(logits(), logits())
+        set_dropout(0.5)
+        assert not torch.equal(logits(), logits())
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                assert m.p == 0.5, type(model).__name__
+            rates = [getattr(m, n, None) for n in ("attn_dropout", "attention_dropout")]
+            assert all(r == 0.5 for r in rates if isinstance(r, float)), type(model).__name__
 
 
 @pytest.mark.slow

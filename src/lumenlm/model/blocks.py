@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lumenlm.config import ModelConfig
+from lumenlm.model.dropout import Dropout, dropout, fast_path
 from lumenlm.model.hook_points import HookPoint
 from lumenlm.model.kv_cache import KVCache
 from lumenlm.model.norms import make_norm, norm
@@ -46,7 +47,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=bias)
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_value, bias=bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.d_value, cfg.d_model, bias=bias)
-        self.resid_dropout = nn.Dropout(cfg.resid_dropout)
+        self.resid_dropout = Dropout(cfg.resid_dropout)
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         if cfg.positions == "rope":
             self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
@@ -87,14 +88,19 @@ class Attention(nn.Module):
         weights = None
         if hooked:
             need_weights = need_weights or self.hook_attn_scores.active or self.hook_pattern.active
+        # With attention dropout SDPA's CPU kernels fall back to this same explicit math,
+        # drawing the mask with torch's slow bernoulli_; written out, it uses `dropout`.
+        explicit = need_weights or (
+            dropout_p > 0.0 and fast_path(q, B * self.n_heads * T * k.shape[2])
+        )
         # Expand K/V so query head h reads KV head h // n_rep: for the explicit path, and
         # on CUDA when there is a mask (only the flash and math kernels take enable_gqa,
         # and flash takes no mask; expanded, the memory-efficient kernel can run).
-        expand = self.n_rep > 1 and (need_weights or (mask is not None and q.is_cuda))
+        expand = self.n_rep > 1 and (explicit or (mask is not None and q.is_cuda))
         if expand:
             k = k.repeat_interleave(self.n_rep, dim=1)
             v = v.repeat_interleave(self.n_rep, dim=1)
-        if need_weights:
+        if explicit:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)
             if is_causal:
                 causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
@@ -103,10 +109,12 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(~mask, float("-inf"))
             if hooked and self.hook_attn_scores.active:
                 scores = self.hook_attn_scores(scores)
-            weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+            probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
             if hooked and self.hook_pattern.active:
-                weights = self.hook_pattern(weights)
-            y = F.dropout(weights, dropout_p, self.training) @ v
+                probs = self.hook_pattern(probs)
+            if need_weights:
+                weights = probs
+            y = dropout(probs, dropout_p, self.training) @ v
         else:
             y = F.scaled_dot_product_attention(
                 q,
@@ -140,7 +148,7 @@ class MLP(nn.Module):
             self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
         self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
-        self.dropout = nn.Dropout(cfg.resid_dropout)
+        self.dropout = Dropout(cfg.resid_dropout)
         self.hook_pre = HookPoint()
         if self.swiglu:
             self.hook_pre_linear = HookPoint()

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from lumenlm.config import ModelConfig
 from lumenlm.model.blocks import Block
 from lumenlm.model.chunked_loss import linear_cross_entropy
+from lumenlm.model.dropout import Dropout
 from lumenlm.model.hook_points import HookPoint
 from lumenlm.model.hooked_model import HookedModel
 from lumenlm.model.kv_cache import KVCache
@@ -87,7 +88,7 @@ class GPT(HookedModel):
         self.pos_emb = (
             nn.Embedding(cfg.context_length, cfg.d_model) if cfg.positions == "learned" else None
         )
-        self.emb_dropout = nn.Dropout(cfg.embd_dropout)
+        self.emb_dropout = Dropout(cfg.embd_dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.final_norm = make_norm(cfg) if cfg.pre_norm else nn.Identity()
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
