@@ -269,3 +269,16 @@ def test_compiled_step_same_tokens() -> None:
     eager = [r.token_ids for r in generate(model, rows, **kw)]
     assert eager == [r.token_ids for r in generate(model, rows, compile=True, **kw)]
     assert eager == [r.token_ids for r in generate(model, rows, compile=True, **kw)]  # reused
+
+
+@pytest.mark.parametrize("shape", [(1, 256), (8, 512), (3, 2), (2, 7)])
+def test_gelu_outside_onednn_equals_gelu(shape: tuple[int, int]) -> None:
+    """The step's exact GELU (ATen's kernel through a transposed view) is F.gelu to an
+    ulp or two, contiguous, and leaves its input alone; odd widths take F.gelu itself."""
+    x = torch.randn(shape)
+    before = x.clone()
+    y = decode_mod._gelu(x, "none")
+    torch.testing.assert_close(y, torch.nn.functional.gelu(x), rtol=1e-6, atol=1e-6)
+    assert y.is_contiguous() and y.shape == x.shape and torch.equal(x, before)
+    tanh = decode_mod._gelu(x, "tanh")
+    assert torch.equal(tanh, torch.nn.functional.gelu(x, approximate="tanh"))
