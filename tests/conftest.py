@@ -20,6 +20,11 @@ os.environ.setdefault("LUMENLM_THREADS", "1")
 # CPU with native bf16, so two runs could choose differently there; tests that compare
 # outputs across runs need one answer on every CPU. tests/test_infer_dtype.py lifts it.
 os.environ.setdefault("LUMENLM_DTYPE_AUTO", "fp32")
+# On an AMD CPU the CLI re-runs itself with lumenlm.mkl_shim preloaded, and MKL's kernels
+# then round differently from this (unshimmed) test process: subprocesses started by
+# tests stay unshimmed so their outputs compare with in-process ones. test_mkl_shim.py
+# lifts it.
+os.environ.setdefault("LUMENLM_MKL", "system")
 
 
 @pytest.fixture

@@ -1,0 +1,158 @@
+"""MKL's own fast kernels on AMD CPUs: a one-function shim, preloaded on a re-exec.
+
+Why: torch's x86 wheels multiply fp32 matrices with Intel MKL, and MKL asks whether the
+CPU is an Intel one (`mkl_serv_intel_cpu_true`) before it picks a kernel. On an AMD CPU
+the answer is no and MKL runs slower generic code, however capable the CPU: on a 2-core
+AMD EPYC (Zen 3, AVX2 and FMA) the librarian-1.3m head's forward product ran at 75
+GFLOP/s instead of 131, and a 2048^3 product at 99 instead of 129
+(`benchmarks/bench_mkl.py`). The shim is the well-known community workaround (as in
+"libfakeintel"): one C function, `int mkl_serv_intel_cpu_true(void) { return 1; }`,
+preloaded so that MKL's call resolves to it; MKL then chooses among its kernels by the
+instruction sets the CPU reports, as it does on an Intel CPU with the same ones. The
+products are the same fp32 GEMM; only the kernels' blocking and summation order differ,
+so results agree to rounding (tests/test_mkl_shim.py checks products against fp64 and a
+model's logits and gradients against the unshimmed process).
+
+`setup()`, called by the CLI after parsing and before torch is imported, does this on
+Linux x86-64 with an AMD CPU that has AVX2 and FMA: it compiles the shim once with the
+system C compiler (`cc`, or `$CC`) into the user cache, then re-executes the same command
+with the shim in `LD_PRELOAD` (the dynamic loader reads it only at process start). That
+costs one more interpreter start, about 0.05 s. Nothing happens elsewhere, without a C
+compiler, when a shim is preloaded already, or with `LUMENLM_MKL=system` (or
+`--system-mkl`). Anything else in `LD_PRELOAD` (tcmalloc, say) stays, after the shim.
+Processes started by the command inherit the setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ENV = "LUMENLM_MKL"
+"""`system` (or off/0/no) leaves MKL alone; anything else lets `setup` shim it."""
+ACTIVE_ENV = "LUMENLM_MKL_SHIM"
+"""Set in the re-executed process to the shim's path (also stops a second re-exec)."""
+OFF_VALUES = {"system", "default", "off", "0", "no"}
+SOURCE = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
+"""The whole shim: MKL's "is this an Intel CPU?" answered yes."""
+REQUIRED_FLAGS = ("avx2", "fma")
+"""CPU flags the shim requires: MKL's AVX2 kernels, the ones it then picks on Zen 2-3."""
+
+
+def cpu_vendor_flags() -> tuple[str, frozenset[str]]:
+    """(vendor_id, flags) from /proc/cpuinfo; ("", empty) where unreadable. Reads the
+    file itself: this runs before torch (and lumenlm.devices) is imported."""
+    vendor, flags = "", frozenset()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key == "flags" and not flags:
+                    flags = frozenset(value.split())
+                if vendor and flags:
+                    break
+    except OSError:
+        pass
+    return vendor, flags
+
+
+def applies(environ: dict[str, str] | None = None) -> str | None:
+    """None when this process should get the shim, else why not (a short phrase)."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV, "").strip().lower() in OFF_VALUES:
+        return f"disabled ({ENV}=system)"
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return "not Linux x86-64"
+    vendor, flags = cpu_vendor_flags()
+    if vendor != "AuthenticAMD":
+        return f"not an AMD CPU ({vendor or 'unknown vendor'})"
+    if not all(f in flags for f in REQUIRED_FLAGS):
+        return "the CPU lacks AVX2/FMA"
+    if "mkl_serv_intel_cpu" in env.get("LD_PRELOAD", "") or "fakeintel" in env.get(
+        "LD_PRELOAD", ""
+    ):
+        return "a shim is already preloaded"
+    return None
+
+
+def cache_dir() -> Path:
+    """Where the compiled shim is kept: $XDG_CACHE_HOME/lumenlm, else ~/.cache/lumenlm."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lumenlm"
+
+
+def build(directory: Path | None = None) -> Path | None:
+    """The shim's shared library, compiled once (atomically: written under a temporary
+    name, then renamed); None when no C compiler works or the folder is not writable."""
+    d = directory or cache_dir()
+    tag = hashlib.sha256(SOURCE.encode()).hexdigest()[:12]
+    lib = d / f"libmkl_intel_path-{tag}.so"
+    if lib.is_file():
+        return lib
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return None
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=d) as tmp:
+            src, out = Path(tmp) / "shim.c", Path(tmp) / "shim.so"
+            src.write_text(SOURCE)
+            subprocess.run(
+                [cc, "-shared", "-fPIC", "-O2", "-o", str(out), str(src)],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+            os.replace(out, lib)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return lib
+
+
+def active() -> str | None:
+    """The shim's path when this process runs with it (after `setup`'s re-exec)."""
+    path = os.environ.get(ACTIVE_ENV)
+    return path if path and path in os.environ.get("LD_PRELOAD", "") else None
+
+
+def preload_env(lib: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of the environment that preloads `lib` (ahead of anything already in
+    LD_PRELOAD, an allocator for instance) and marks the shim active."""
+    env = dict(os.environ if environ is None else environ)
+    env["LD_PRELOAD"] = " ".join(filter(None, [str(lib), env.get("LD_PRELOAD", "").strip()]))
+    env[ACTIVE_ENV] = str(lib)
+    return env
+
+
+def setup(enabled: bool = True, argv: list[str] | None = None) -> str:
+    """Re-execute this process with the shim preloaded where it `applies` (never
+    returns then); else return what was done: "active" (this process has it), or why
+    not. `argv`: the command line to run again (default `sys.orig_argv`). Never raises:
+    a slower process is better than none."""
+    if active():
+        return "active"
+    if not enabled:
+        return "disabled (--system-mkl)"
+    why = applies()
+    if why is not None:
+        return why
+    if ACTIVE_ENV in os.environ:  # we re-executed and the shim still is not there
+        return "preload failed"
+    lib = build()
+    if lib is None:
+        return "no C compiler (or cache folder not writable)"
+    args = list(argv if argv is not None else sys.orig_argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, *args[1:]], preload_env(lib))
+    except OSError:
+        return "re-exec failed"
+    return "re-exec failed"  # not reached
