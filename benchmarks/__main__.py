@@ -36,6 +36,7 @@ from typing import Any
 
 import report
 import toolkits
+from lumenlm import mkl_shim
 from shapes import suite_shape
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,6 +191,13 @@ def run_worker(spec: dict[str, Any], work: Path, name: str, timeout: float) -> d
         os.environ,
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
+    # a worker gets the MKL shim only when its settings ask for it (worker.setup_mkl)
+    shim = env.pop(mkl_shim.ACTIVE_ENV, None)
+    if shim:
+        rest = [p for p in env.get("LD_PRELOAD", "").split() if p != shim]
+        env["LD_PRELOAD"] = " ".join(rest)
+        if not rest:
+            env.pop("LD_PRELOAD")
     with open(log, "w") as f:
         try:
             rc = subprocess.run(
@@ -242,11 +250,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             t0 = time.perf_counter()
             peak = run_worker(
                 {**base, "kind": "peak", "precisions": precisions, "size": args.peak_size,
-                 "repeats": args.peak_repeats, "settings": {"allocator": "tuned"}},
+                 "repeats": args.peak_repeats, "settings": {"allocator": "tuned", "mkl": "shim"}},
                 work, f"r{r}-peak", args.worker_timeout,
             )  # fmt: skip
             if "peak" in peak:
                 results["peak"].append(peak["peak"])
+                meta["peak_mkl"] = peak.get("mkl")
             meta["rounds_done"] = r
             _say(
                 f"[round {r + 1}/{args.repeats}] matmul peak {_peak_text(peak)} ({time.perf_counter() - t0:.0f} s)"

@@ -164,7 +164,8 @@ def header(results: dict[str, Any]) -> list[str]:
         "median [min-max] over rounds; ratios: lumenlm / peer, the ratio of medians "
         "(min-max of the per-round ratios); > 1 means lumenlm is faster.",
         f"- Matmul peak ({m['peak_size']}^3, best of {m['peak_repeats']} per round, best "
-        f"round), measured in the same run on {device_label(results)}: {peak_text}.",
+        f"round), measured in the same run on {device_label(results)}"
+        f"{', MKL ' + m['peak_mkl'] if m.get('peak_mkl') else ''}: {peak_text}.",
         "- Tasks: training step = forward, loss, backward, clip at 1.0, AdamW step, zero_grad "
         '(B x T tokens; the "dropout" row: the same steps with every dropout rate of the '
         "model at the preset's, after one more warm-up step); eval = forward and per-token loss, no grad; prefill = one prompt "
@@ -178,8 +179,8 @@ def header(results: dict[str, Any]) -> list[str]:
 
 
 def settings_table(results: dict[str, Any]) -> list[str]:
-    lines = ["| toolkit | setting | precision | allocator | optimizer | loss | compile | decode BLAS |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| toolkit | setting | precision | allocator | MKL | optimizer | loss | compile | decode BLAS |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for toolkit in ("lumenlm", *PEERS):
         for setting in SETTING_TITLES:
             entry = _first_entry(results, setting, toolkit)
@@ -193,6 +194,7 @@ def settings_table(results: dict[str, Any]) -> list[str]:
             same = " (same runs as (a))" if entry.get("same_as") else ""
             lines.append(
                 f"| {NAMES[toolkit]} | {setting}{same} | {precision} | {r.get('allocator')} | "
+                f"{r.get('mkl', 'system')} | "
                 f"{notes.get('optimizer', s['optimizer'])} | {notes.get('loss', '')} | "
                 f"{'yes' if s['compile'] else 'no'} | {_decode_notes(results, setting, toolkit)} |"
             )

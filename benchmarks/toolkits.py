@@ -8,7 +8,8 @@ toolkit is configured in the two settings the suite compares:
 
 (a) "default", as each user gets it:
   - lumenlm: what `lumenlm train` does without flags: `--precision auto`
-    (`resolve_precision`), glibc malloc tuned (`lumenlm.allocator.tune_malloc`), fused
+    (`resolve_precision`), glibc malloc tuned (`lumenlm.allocator.tune_malloc`), MKL's
+    fast kernels on AMD CPUs (`lumenlm.mkl_shim`: the CLI re-runs itself with it), fused
     AdamW with decay on matrices (`build_optimizer`, the preset's recipe), the chunked
     linear + cross-entropy (`model(x, y, return_logits=False)` inside the trainer's own
     `accumulate`), no compile.
@@ -20,8 +21,9 @@ toolkit is configured in the two settings the suite compares:
     disables itself without CUDA; bf16/fp16 autocast on CUDA), `compile = True`,
     `configure_optimizers` (fused AdamW on CUDA only: the for-loop kernel on CPU, decay
     0.1), clipping at 1.0, glibc's default malloc.
-(b) "equal": the same precision, lumenlm's tuned malloc, `build_optimizer`'s fused
-  AdamW and compile off (or on, with `--compile`) for everyone; each keeps its own loss.
+(b) "equal": the same precision, lumenlm's tuned malloc and MKL shim, `build_optimizer`'s
+  fused AdamW and compile off (or on, with `--compile`) for everyone; each keeps its own
+  loss.
 
 Training targets: row t of a window predicts token t+1 and the last position is not
 trained, which is what HF's `labels=input_ids` does, so all three train the same
@@ -63,6 +65,7 @@ class Settings:
     optimizer: str  # "lumenlm" (build_optimizer) | "hf-trainer" | "nanogpt"
     compile: bool
     tf32: bool  # CUDA fp32 matmuls on TF32 tensor cores (no effect on CPU)
+    mkl: str = "system"  # "shim" (lumenlm.mkl_shim, where it applies) | "system"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,9 +87,9 @@ def settings_for(
     """The `Settings` of `toolkit` in `setting` ("default" or "equal"); see the module
     docstring for where each default comes from."""
     if setting == "equal":
-        return Settings(equal_precision, "tuned", "lumenlm", compile, tf32=True)
+        return Settings(equal_precision, "tuned", "lumenlm", compile, tf32=True, mkl="shim")
     if toolkit == "lumenlm":
-        return Settings("auto", "tuned", "lumenlm", False, tf32=True)
+        return Settings("auto", "tuned", "lumenlm", False, tf32=True, mkl="shim")
     if toolkit == "hf":
         return Settings("fp32", "system", "hf-trainer", False, tf32=False)
     if device_type == "cuda":  # nanoGPT: bf16 where supported, else fp16 with a scaler

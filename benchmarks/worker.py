@@ -37,6 +37,17 @@ def setup_allocator(kind: str) -> str:
     return f"tuned mallopt ({state})" if state != "tuned" else "tuned mallopt"
 
 
+def setup_mkl(kind: str) -> str:
+    """With "shim", re-run this worker with `lumenlm.mkl_shim` preloaded where it applies
+    (as the `lumenlm` CLI does; before torch is imported); say what was done."""
+    from lumenlm import mkl_shim
+
+    if kind != "shim":
+        return "system" if not mkl_shim.active() else "shim (inherited)"
+    state = mkl_shim.setup()
+    return "shim" if state == "active" else f"system ({state})"
+
+
 def matmul_peak(precision: str, device: str, size: int, repeats: int) -> float:
     """Best FLOP/s of `repeats` (size x size) @ (size x size) matmuls in `precision`."""
     import torch
@@ -151,11 +162,14 @@ def _timed_step(runner: Any, batch: Any, device: str) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     spec_path = Path((argv if argv is not None else sys.argv[1:])[0])
     spec = json.loads(spec_path.read_text())
+    mkl = setup_mkl(spec.get("settings", {}).get("mkl", "system"))
     allocator = setup_allocator(spec.get("settings", {}).get("allocator", "tuned"))
     import torch
 
     torch.set_num_threads(spec["threads"])
-    result: dict[str, Any] = {"allocator": allocator, "threads": torch.get_num_threads()}
+    result: dict[str, Any] = {
+        "allocator": allocator, "mkl": mkl, "threads": torch.get_num_threads()
+    }  # fmt: skip
     if spec["kind"] == "peak":
         result["peak"] = {
             p: matmul_peak(p, spec["device"], spec["size"], spec["repeats"])
