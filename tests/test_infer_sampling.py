@@ -300,3 +300,25 @@ def test_openai_bias_and_penalties_follow_their_formulas() -> None:
         4,
         4,
     ]
+
+
+def test_greedy_pick_equals_torch_reference_with_ties_nan_and_inf() -> None:
+    """Greedy's argmax (numpy's on CPU) picks what the torch reference picks: NaN as
+    -inf, +inf largest, the first of tied maxima; rows of -inf/NaN only give token 0."""
+    from lumenlm.infer.sampling import NEG_INF, _nan_argmax
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        rows, vocab = 1 + trial % 9, 1 + (trial * 37) % 300
+        x = torch.randint(-3, 4, (rows, vocab), generator=g).float()  # many ties
+        special = torch.rand(rows, vocab, generator=g)
+        x[special < 0.05] = float("nan")
+        x[(special > 0.05) & (special < 0.08)] = float("inf") if trial % 3 == 0 else NEG_INF
+        if trial % 5 == 0:
+            x[0] = float("nan") if trial % 2 else NEG_INF  # nothing above -inf
+        for t in (x, x.double(), x[:, ::2] if vocab > 1 else x):
+            ref = torch.nan_to_num(t, nan=NEG_INF, neginf=NEG_INF).argmax(dim=-1)
+            assert torch.equal(_nan_argmax(t), ref), (trial, t)
+    with torch.inference_mode():
+        logits = torch.randn(3, 50)
+        assert torch.equal(_nan_argmax(logits), logits.argmax(-1))
