@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from lumenlm import cpuinfo
 from lumenlm.errors import ConfigError
 
 
@@ -69,25 +70,11 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 """CPU flags (/proc/cpuinfo) that mean native bf16 matmuls."""
 
 
-@functools.cache
 def cpu_info() -> tuple[str, frozenset[str]]:
-    """(model name, flags) of this CPU from /proc/cpuinfo; ("", empty) where unreadable."""
-    name, flags = "", frozenset()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not name:
-                    name = value.strip()
-                elif key == "flags" and not flags:
-                    flags = frozenset(value.split())
-                if name and flags:
-                    break
-    except OSError:
-        pass
-    name = name or platform.processor()
-    return name, flags
+    """(model name, flags) of this CPU from /proc/cpuinfo (`lumenlm.cpuinfo`); the name
+    falls back to `platform.processor()`, the flags to empty."""
+    info = cpuinfo.read()
+    return info.name or platform.processor(), info.flags
 
 
 def cpu_bf16_native() -> bool | None:

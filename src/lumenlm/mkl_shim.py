@@ -34,6 +34,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lumenlm import cpuinfo
+
 ENV = "LUMENLM_MKL"
 """`system` (or off/0/no) leaves MKL alone; anything else lets `setup` shim it."""
 ACTIVE_ENV = "LUMENLM_MKL_SHIM"
@@ -46,23 +48,9 @@ REQUIRED_FLAGS = ("avx2", "fma")
 
 
 def cpu_vendor_flags() -> tuple[str, frozenset[str]]:
-    """(vendor_id, flags) from /proc/cpuinfo; ("", empty) where unreadable. Reads the
-    file itself: this runs before torch (and lumenlm.devices) is imported."""
-    vendor, flags = "", frozenset()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "vendor_id" and not vendor:
-                    vendor = value.strip()
-                elif key == "flags" and not flags:
-                    flags = frozenset(value.split())
-                if vendor and flags:
-                    break
-    except OSError:
-        pass
-    return vendor, flags
+    """(vendor_id, flags) of this CPU (`lumenlm.cpuinfo`, which imports no torch)."""
+    info = cpuinfo.read()
+    return info.vendor, info.flags
 
 
 def applies(environ: dict[str, str] | None = None) -> str | None:
