@@ -36,7 +36,11 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("model storage", frozenset({"modelio"})),
     ("core", frozenset({"model", "data"})),
     ("presets", frozenset({"presets"})),
-    ("foundation", frozenset({"allocator", "blas", "config", "devices", "fsutil", "signals"})),
+    (
+        "foundation",
+        frozenset({"allocator", "blas", "config", "devices", "fsutil", "mkl_shim", "signals"}),
+    ),
+    ("platform", frozenset({"cpuinfo"})),
     ("errors", frozenset({"errors"})),
 ]
 # Same-layer imports that are allowed: (importer part, imported part).
