@@ -171,3 +171,17 @@ def test_products_under_the_shim_are_the_same_products(tmp_path: Path) -> None:
         # abs: a key bias gets no gradient in exact arithmetic, only rounding noise
         want = pytest.approx(p.grad.abs().sum().item(), rel=1e-4, abs=1e-6)
         assert out["grads"][name] == want, name
+
+
+def test_a_shim_the_loader_ignored_is_reported(tmp_path: Path) -> None:
+    """LD_PRELOAD naming a file the loader cannot load: setup says so, no re-exec loop."""
+    bad = tmp_path / "missing.so"
+    env = {**os.environ, "LD_PRELOAD": str(bad), mkl_shim.ACTIVE_ENV: str(bad)}
+    env.pop("LUMENLM_MKL", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    code = "from lumenlm import mkl_shim; print(mkl_shim.setup())"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "preload failed (the loader ignored the shim)"

@@ -110,6 +110,17 @@ def active() -> str | None:
     return path if path and path in os.environ.get("LD_PRELOAD", "") else None
 
 
+def _loaded() -> bool:
+    """Whether the shim's function is in the process's global symbols: true when the
+    loader preloaded it (before torch is imported nothing else defines it)."""
+    import ctypes
+
+    try:
+        return hasattr(ctypes.CDLL(None), "mkl_serv_intel_cpu_true")
+    except OSError:
+        return False
+
+
 def preload_env(lib: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
     """A copy of the environment that preloads `lib` (ahead of anything already in
     LD_PRELOAD, an allocator for instance) and marks the shim active."""
@@ -125,7 +136,7 @@ def setup(enabled: bool = True, argv: list[str] | None = None) -> str:
     not. `argv`: the command line to run again (default `sys.orig_argv`). Never raises:
     a slower process is better than none."""
     if active():
-        return "active"
+        return "active" if _loaded() else "preload failed (the loader ignored the shim)"
     if not enabled:
         return "disabled (--system-mkl)"
     why = applies()

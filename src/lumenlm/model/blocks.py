@@ -11,8 +11,10 @@ q/k/v hooks see the new positions only, the scores and pattern every key so far.
 
 Two attention paths give the same logits:
 - fast: `F.scaled_dot_product_attention` (flash / memory-efficient kernels);
-- explicit: softmax(QK^T / sqrt(d)) V written out, used only when the probabilities
-  are asked for (`return_attentions=True`, or a hook on `hook_attn_scores`/`hook_pattern`).
+- explicit: softmax(QK^T / sqrt(d)) V written out, used when the probabilities are asked
+  for (`return_attentions=True`, or a hook on `hook_attn_scores`/`hook_pattern`), and in
+  CPU training with attention dropout (SDPA would run the same math there, with torch's
+  slower mask; `model.dropout`).
 """
 
 from __future__ import annotations
