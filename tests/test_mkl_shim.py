@@ -185,3 +185,13 @@ def test_a_shim_the_loader_ignored_is_reported(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "preload failed (the loader ignored the shim)"
+
+
+def test_only_the_lumenlm_command_itself_is_run_again() -> None:
+    from lumenlm.cli import started_as_command
+
+    assert started_as_command("/x/.venv/bin/lumenlm")
+    assert started_as_command("/x/src/lumenlm/__main__.py")
+    assert not started_as_command("/home/me/train_my_model.py")  # a script calling main()
+    assert not started_as_command("-c")
+    assert not started_as_command("/x/other/__main__.py")

@@ -24,6 +24,7 @@ import keyword
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from lumenlm import mkl_shim
@@ -106,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    mkl = "not the process's own command line"
-    if argv is None:  # the process's own command line: it can be run again with the shim
+    mkl = "not started as the lumenlm command"
+    if argv is None and started_as_command():  # safe to run again from the start
         mkl = mkl_shim.setup(enabled=not getattr(args, "system_mkl", False))
     malloc = tune_malloc(enabled=not getattr(args, "system_malloc", False))
     debug = bool(getattr(args, "debug", False)) or os.environ.get("LUMENLM_DEBUG") == "1"
@@ -134,6 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lumenlm {args.command}: error: {unexpected_error_line(exc)}", file=sys.stderr)
         return 1
+
+
+def started_as_command(argv0: str | None = None) -> bool:
+    """Whether this process is the `lumenlm` console script or `python -m lumenlm`, so
+    that running its command line again (the MKL shim's re-exec) repeats nothing but the
+    command; a script of the user's that calls `main()` is not re-run."""
+    p = Path(sys.argv[0] if argv0 is None else argv0)
+    return p.name == "lumenlm" or (p.name == "__main__.py" and p.parent.name == "lumenlm")
 
 
 def one_line(message: str) -> str:
