@@ -192,12 +192,7 @@ def run_worker(spec: dict[str, Any], work: Path, name: str, timeout: float) -> d
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
     # a worker gets the MKL shim only when its settings ask for it (worker.setup_mkl)
-    shim = env.pop(mkl_shim.ACTIVE_ENV, None)
-    if shim:
-        rest = [p for p in env.get("LD_PRELOAD", "").split() if p != shim]
-        env["LD_PRELOAD"] = " ".join(rest)
-        if not rest:
-            env.pop("LD_PRELOAD")
+    env = mkl_shim.unpreload_env(env)
     with open(log, "w") as f:
         try:
             rc = subprocess.run(

@@ -45,6 +45,8 @@ def test_preload_env_keeps_what_was_preloaded(tmp_path: Path) -> None:
     assert env["LD_PRELOAD"] == f"{lib} /usr/lib/libtcmalloc.so"
     assert env[mkl_shim.ACTIVE_ENV] == str(lib) and env["A"] == "1"
     assert mkl_shim.preload_env(lib, {})["LD_PRELOAD"] == str(lib)
+    assert mkl_shim.unpreload_env(env) == {"LD_PRELOAD": "/usr/lib/libtcmalloc.so", "A": "1"}
+    assert mkl_shim.unpreload_env(mkl_shim.preload_env(lib, {})) == {}
 
 
 def _compiler() -> str | None:

@@ -130,6 +130,20 @@ def preload_env(lib: Path, environ: dict[str, str] | None = None) -> dict[str, s
     return env
 
 
+def unpreload_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of the environment without the shim `preload_env` added (anything else in
+    LD_PRELOAD stays): for a child process that must run with MKL's own choice."""
+    env = dict(os.environ if environ is None else environ)
+    shim = env.pop(ACTIVE_ENV, None)
+    if shim:
+        rest = [p for p in env.get("LD_PRELOAD", "").split() if p != shim]
+        if rest:
+            env["LD_PRELOAD"] = " ".join(rest)
+        else:
+            env.pop("LD_PRELOAD", None)
+    return env
+
+
 def setup(enabled: bool = True, argv: list[str] | None = None) -> str:
     """Re-execute this process with the shim preloaded where it `applies` (never
     returns then); else return what was done: "active" (this process has it), or why

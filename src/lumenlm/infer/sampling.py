@@ -374,7 +374,7 @@ def _nan_argmax(x: Tensor) -> Tensor:
 
 def _argmax_ignoring_nan(x: Tensor) -> tuple[Tensor, Tensor]:
     """(argmax per row with NaN as -inf, whether the row has anything above -inf)."""
-    clean = torch.nan_to_num(x, nan=NEG_INF, neginf=NEG_INF)  # +inf -> the largest float
-    best = clean.argmax(dim=-1)
-    # the row's largest value is above -inf exactly when any value is
-    return best, clean.gather(-1, best[:, None])[:, 0] > NEG_INF
+    best = _nan_argmax(x)
+    # the row's largest value is above -inf exactly when any value is; where the pick is
+    # NaN (a row of NaN/-inf only) the comparison is False, as it is for -inf
+    return best, x.gather(-1, best[:, None])[:, 0] > NEG_INF
