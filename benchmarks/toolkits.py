@@ -267,10 +267,11 @@ def build_lumenlm(
 
 def _decode_blas(model: Any) -> str:
     """Which BLAS lumenlm's decode step multiplies through for `model`, and why
-    (`lumenlm.blas.decode_choice`, the rule the step itself follows)."""
-    from lumenlm import blas
+    (`lumenlm.blas.decode_choice`, as the step itself made it: the probe's answer is
+    kept for the process, and generate's step reuses it)."""
+    from lumenlm.model.decode_step import DecodeStep
 
-    return blas.decode_choice(model.lm_head.weight, blas.parameter_bytes(model))[1]
+    return DecodeStep(model).blas
 
 
 def _hf_trainer_optimizer(model: Any) -> tuple[Any, str]:

@@ -19,6 +19,10 @@ from lumenlm import blas
 from lumenlm.errors import ConfigError
 
 
+SMALL = [torch.randn(64, 96), torch.randn(96, 64)]
+"""Weights for the probe tests with a fake clock: their timings are scripted."""
+
+
 @pytest.fixture(autouse=True)
 def _fresh(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv(blas.ENV, raising=False)
@@ -87,58 +91,89 @@ def test_probe_picks_numpy_only_when_clearly_faster(
     monkeypatch: pytest.MonkeyPatch, torch_s: float, numpy_s: float, want: str
 ) -> None:
     _fake_clock(monkeypatch, torch_s, numpy_s)
-    choice, ratio = blas.probe()
+    choice, ratio = blas.probe(weights=SMALL)
     assert choice == want
     assert ratio == pytest.approx(torch_s / numpy_s)
     blas.reset()
-    assert blas.choice() == want  # auto runs the same probe
+    assert blas.choice(SMALL) == want  # auto runs the same probe
 
 
 def test_probe_refuses_a_wrong_product(monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_clock(monkeypatch, 10.0, 1.0)  # "much faster", but wrong
     monkeypatch.setattr(blas, "numpy_mm", lambda a, b: torch.mm(a, b) * 1.001)
-    assert blas.probe()[0] == "torch"
+    assert blas.probe(weights=SMALL)[0] == "torch"
+
+
+def test_the_probe_streams_its_weights_from_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twice the last-level cache, never under PROBE_MIN_BYTES: a model's weights from
+    the first until there are that many bytes (all of a smaller model), or random ones."""
+    monkeypatch.setattr(blas.cpuinfo, "last_level_cache_bytes", lambda: 48 << 20)
+    assert blas.probe_bytes() == 96 << 20
+    monkeypatch.setattr(blas.cpuinfo, "last_level_cache_bytes", lambda: 0)
+    assert blas.probe_bytes() == blas.PROBE_MIN_BYTES
+    gen = torch.Generator().manual_seed(0)
+    model = [torch.zeros(1024, 1024 * k) for k in (4, 4, 4, 4, 4, 4)]  # 16 MiB each
+    assert blas._probe_weights(model, gen) == model[:4]
+    assert len(blas._probe_weights(model[:2], gen)) == 2
+    made = blas._probe_weights(None, gen)
+    assert sum(w.numel() * 4 for w in made) >= blas.PROBE_MIN_BYTES
+    assert all(w.dtype == torch.float32 and w.std() > 0.5 for w in made)
+
+
+def test_last_level_cache_is_read_from_sysfs(tmp_path) -> None:
+    from lumenlm import cpuinfo
+
+    for i, (kind, size) in enumerate([("Data", "48K"), ("Unified", "1024K"), ("Unified", "32768K")]):
+        (tmp_path / f"index{i}").mkdir()
+        (tmp_path / f"index{i}" / "type").write_text(kind + "\n")
+        (tmp_path / f"index{i}" / "size").write_text(size + "\n")
+    assert cpuinfo.last_level_cache_bytes(str(tmp_path)) == 32 << 20
+    assert cpuinfo.last_level_cache_bytes(str(tmp_path / "none")) == 0
 
 
 def test_decode_mm_auto_only_for_large_cpu_float_models(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blas, "probe", lambda *a, **k: ("numpy", 2.0))
     big, small = blas.STREAM_BYTES, blas.STREAM_BYTES - 1
     w = torch.zeros(2, 2)
-    assert blas.decode_mm(w, big) is blas.numpy_mm
-    assert blas.decode_mm(w, small) is torch.mm
-    assert blas.decode_mm(w.bfloat16(), big) is torch.mm  # numpy has no bf16
-    assert blas.decode_mm(torch.zeros(2, 2, device="meta"), big) is torch.mm
+    assert blas.decode_mm([w], big) is blas.numpy_mm
+    assert blas.decode_mm([w], small) is torch.mm
+    assert blas.decode_mm([w.bfloat16()], big) is torch.mm  # numpy has no bf16
+    assert blas.decode_mm([torch.zeros(2, 2, device="meta")], big) is torch.mm
     monkeypatch.setattr(blas, "probe", lambda *a, **k: ("torch", 1.0))
     blas.reset()
-    assert blas.decode_mm(w, big) is torch.mm
+    assert blas.decode_mm([w], big) is torch.mm
 
 
 def test_decode_mm_env_forces_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blas, "probe", lambda *a, **k: pytest.fail("probed"))
     w = torch.zeros(2, 2)
     monkeypatch.setenv(blas.ENV, "numpy")
-    assert blas.decode_mm(w, 0) is blas.numpy_mm  # at any size
-    assert blas.decode_mm(w.bfloat16(), 0) is torch.mm
+    assert blas.decode_mm([w], 0) is blas.numpy_mm  # at any size
+    assert blas.decode_mm([w.bfloat16()], 0) is torch.mm
     monkeypatch.setenv(blas.ENV, "torch")
     blas.reset()
-    assert blas.decode_mm(w, blas.STREAM_BYTES) is torch.mm
+    assert blas.decode_mm([w], blas.STREAM_BYTES) is torch.mm
 
 
 def test_decode_choice_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blas, "probe", lambda *a, **k: ("numpy", 2.0))
     w = torch.zeros(2, 2)
-    assert blas.decode_choice(w, blas.STREAM_BYTES) == (
+    assert blas.decode_choice([w], blas.STREAM_BYTES) == (
         blas.numpy_mm,
         "numpy's (OpenBLAS), chosen by the probe",
     )
-    assert blas.decode_choice(w, 0)[1] == "torch's (model below blas.STREAM_BYTES)"
+    assert blas.decode_choice([w], 0)[1] == "torch's (model below blas.STREAM_BYTES)"
     monkeypatch.setenv(blas.ENV, "numpy")
-    assert blas.decode_choice(w, 0)[1] == "numpy's (OpenBLAS), forced by LUMENLM_BLAS=numpy"
+    assert blas.decode_choice([w], 0)[1] == "numpy's (OpenBLAS), forced by LUMENLM_BLAS=numpy"
     monkeypatch.setenv(blas.ENV, "torch")
-    assert blas.decode_choice(w, blas.STREAM_BYTES) == (
+    assert blas.decode_choice([w], blas.STREAM_BYTES) == (
         torch.mm,
         "torch's, forced by LUMENLM_BLAS=torch",
     )
+    monkeypatch.delenv(blas.ENV)
+    monkeypatch.setattr(blas, "probe", lambda *a, **k: ("torch", 1.0))
+    blas.reset()
+    assert blas.decode_choice([w], blas.STREAM_BYTES)[1] == "torch's, chosen by the probe"
 
 
 def _openblas_threads() -> set[int]:
@@ -164,5 +199,5 @@ def test_probe_is_not_swayed_by_a_slow_spell(monkeypatch: pytest.MonkeyPatch) ->
     # per round: torch, numpy; the warm-up pair first, then PROBE_ROUNDS pairs
     spell = [1.0, 0.5] + [1.0, 6.0] * 4 + [1.0, 0.5] * (blas.PROBE_ROUNDS - 4)
     _scripted_clock(monkeypatch, iter(spell))
-    choice, ratio = blas.probe()
+    choice, ratio = blas.probe(weights=SMALL)
     assert (choice, ratio) == ("numpy", pytest.approx(2.0))

@@ -8,9 +8,12 @@ row and 3.2x at eight (`benchmarks/bench_blas.py`). On an Intel CPU MKL may well
 faster one. So the choice is timed on this CPU, once per process, never assumed from
 the vendor:
 
-- `probe()` multiplies decode-shaped matrices both ways, interleaved, and picks numpy only
-  when it is at least `MARGIN` times faster and its product equals torch's to float
-  rounding;
+- `probe()` multiplies one and eight rows by the model's own decode weights both ways,
+  interleaved, and picks numpy only when it is at least `MARGIN` times faster and its
+  product equals torch's to float rounding. The weights must stream from memory as they
+  do in decoding (`probe_bytes`: twice the last-level cache): with the MKL shim
+  (`lumenlm.mkl_shim`) MKL won on 4 MB weights that stay in the cache, and lost on the
+  real model (lumenbase-128m decode, numpy's 1.19x at one row and 1.33x at eight);
 - `LUMENLM_BLAS=torch` never uses numpy's; `LUMENLM_BLAS=numpy` uses it for every model
   size, without a probe (to compare); `auto`, the default, probes for large models.
 
@@ -30,12 +33,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from lumenlm import cpuinfo
 from lumenlm.errors import ConfigError
 
 ENV = "LUMENLM_BLAS"
@@ -43,8 +47,12 @@ ENV = "LUMENLM_BLAS"
 CHOICES = ("auto", "torch", "numpy")
 MARGIN = 1.2
 """numpy must be at least this many times faster in the probe to be chosen."""
-PROBE_SHAPES = ((1, 512, 2048), (8, 512, 2048), (1, 2048, 512))
-"""(rows, in, out) of the probe's products: decode-shaped, 4 MB of weights each."""
+CHECK_SHAPES = ((1, 512, 2048), (8, 512, 2048), (1, 2048, 512))
+"""(rows, in, out) of the products whose values the probe compares first."""
+PROBE_ROWS = (1, 8)
+"""Rows of the probe's timed products: one sequence, and a batch."""
+PROBE_MIN_BYTES = 64 << 20
+"""The probe multiplies by at least this many bytes of weights (see `probe_bytes`)."""
 PROBE_ROUNDS = 7
 """Rounds of the probe; each side's best round counts (see `probe`)."""
 STREAM_BYTES = 128 << 20
@@ -108,10 +116,39 @@ def numpy_threads() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def probe(rounds: int = PROBE_ROUNDS) -> tuple[str, float]:
-    """("numpy" or "torch", torch's time / numpy's time) over `PROBE_SHAPES`.
+def probe_bytes() -> int:
+    """Bytes of weights the probe multiplies by: twice this CPU's last-level cache
+    (`cpuinfo.last_level_cache_bytes`), at least `PROBE_MIN_BYTES`. Decoding a model
+    of `STREAM_BYTES` or more reads every weight from memory once per token; a probe
+    whose weights stayed in the cache would time a different kernel regime."""
+    return max(PROBE_MIN_BYTES, 2 * cpuinfo.last_level_cache_bytes())
 
-    Each round times every shape once each way, alternating; the ratio is of each
+
+def _probe_weights(weights: Sequence[Tensor] | None, gen: torch.Generator) -> list[Tensor]:
+    """`weights` from the first, until they reach `probe_bytes` or run out (a model that
+    fits in the cache is timed in the cache, as it decodes); random (1024, 4096)
+    matrices of that many bytes where no weights are given."""
+    limit = probe_bytes()
+    if weights is None:
+        n = -(-limit // (1024 * 4096 * 4))
+        return [torch.empty(1024, 4096).uniform_(-1, 1, generator=gen) for _ in range(n)]
+    picked, total = [], 0
+    for w in weights:
+        picked.append(w)
+        total += w.numel() * w.element_size()
+        if total >= limit:
+            break
+    return picked
+
+
+def probe(
+    rounds: int = PROBE_ROUNDS, weights: Sequence[Tensor] | None = None
+) -> tuple[str, float]:
+    """("numpy" or "torch", torch's time / numpy's time) for decode-shaped products:
+    `PROBE_ROWS` rows by each of `weights` (2-D, (in, out), CPU float; see
+    `_probe_weights`).
+
+    Each round times every product once each way, alternating; the ratio is of each
     side's best round. On a shared host a slow spell lengthens some rounds and never
     shortens one, so the best round is the closest to each side's own speed. Measured on
     the 2-core EPYC (36 probes of 7 rounds, the two ratios from the same rounds): the
@@ -123,19 +160,22 @@ def probe(rounds: int = PROBE_ROUNDS) -> tuple[str, float]:
     """
     set_threads(torch.get_num_threads())
     gen = torch.Generator().manual_seed(0)
-    pairs = [
-        (torch.randn(r, k, generator=gen), torch.randn(k, n, generator=gen))
-        for r, k, n in PROBE_SHAPES
-    ]
-    for a, b in pairs:
+    for r, k, n in CHECK_SHAPES:
+        a, b = torch.randn(r, k, generator=gen), torch.randn(k, n, generator=gen)
         if not torch.allclose(numpy_mm(a, b), torch.mm(a, b), rtol=1e-4, atol=1e-4):
             return "torch", 0.0
+    mats = _probe_weights(weights, gen)
+    inputs = {
+        (rows, k): torch.randn(rows, k, generator=gen, dtype=mats[0].dtype)
+        for rows in PROBE_ROWS
+        for k in {w.shape[0] for w in mats}
+    }
 
     def once(fn: Callable[[Tensor, Tensor], Tensor]) -> float:
         start = _timer()
-        for a, b in pairs:
-            for _ in range(4):
-                fn(a, b)
+        for rows in PROBE_ROWS:
+            for w in mats:
+                fn(inputs[rows, w.shape[0]], w)
         return _timer() - start
 
     once(torch.mm), once(numpy_mm)  # warm-up: pages, thread pools
@@ -147,14 +187,16 @@ def probe(rounds: int = PROBE_ROUNDS) -> tuple[str, float]:
     return ("numpy" if ratio >= MARGIN else "torch"), ratio
 
 
-def choice() -> str:
-    """ "numpy" or "torch": `LUMENLM_BLAS` when set, else the probe (run once per process)."""
+def choice(weights: Sequence[Tensor] | None = None) -> str:
+    """ "numpy" or "torch": `LUMENLM_BLAS` when set, else the probe over `weights` (run
+    once per process: every model it is asked for streams its weights, see
+    `STREAM_BYTES`)."""
     global _choice
     want = requested()
     if want != "auto":
         return want
     if _choice is None:
-        _choice = probe()[0]
+        _choice = probe(weights=weights)[0]
     return _choice
 
 
@@ -164,15 +206,16 @@ def parameter_bytes(module: torch.nn.Module) -> int:
 
 
 def decode_choice(
-    weight: Tensor, model_bytes: int
+    weights: Sequence[Tensor], model_bytes: int
 ) -> tuple[Callable[[Tensor, Tensor], Tensor], str]:
-    """The 2-D product for decoding a model of `model_bytes` parameter bytes with
-    `weight`'s device and dtype, and why, in words (for reports). For CPU
-    float32/float64: `LUMENLM_BLAS=numpy` gives `numpy_mm` at any size, `torch` gives
-    `torch.mm`, and `auto` gives `numpy_mm` for a model of at least `STREAM_BYTES` when
-    the probe says numpy is faster. Anything else (a GPU, bf16, which numpy lacks) gets
-    `torch.mm`."""
-    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.float64):
+    """The 2-D product for decoding a model of `model_bytes` parameter bytes by
+    `weights`, its (in, out) decode matrices in the order a step reads them, and why, in
+    words (for reports). For CPU float32/float64: `LUMENLM_BLAS=numpy` gives `numpy_mm`
+    at any size, `torch` gives `torch.mm`, and `auto` gives `numpy_mm` for a model of at
+    least `STREAM_BYTES` when the probe over `weights` says numpy is faster. Anything
+    else (a GPU, bf16, which numpy lacks) gets `torch.mm`."""
+    first = weights[0]
+    if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.float64):
         return torch.mm, "torch's"
     want = requested()
     if want == "numpy":
@@ -181,14 +224,14 @@ def decode_choice(
         return torch.mm, f"torch's, forced by {ENV}=torch"
     if model_bytes < STREAM_BYTES:
         return torch.mm, "torch's (model below blas.STREAM_BYTES)"  # no probe for small models
-    if choice() == "numpy":
+    if choice(weights) == "numpy":
         return numpy_mm, "numpy's (OpenBLAS), chosen by the probe"
-    return torch.mm, "torch's"
+    return torch.mm, "torch's, chosen by the probe"
 
 
-def decode_mm(weight: Tensor, model_bytes: int) -> Callable[[Tensor, Tensor], Tensor]:
+def decode_mm(weights: Sequence[Tensor], model_bytes: int) -> Callable[[Tensor, Tensor], Tensor]:
     """`decode_choice`'s product."""
-    return decode_choice(weight, model_bytes)[0]
+    return decode_choice(weights, model_bytes)[0]
 
 
 def reset() -> None:

@@ -40,3 +40,26 @@ def read() -> CPUInfo:
         found.get("model name", ""),
         frozenset(found.get("flags", "").split()),
     )
+
+
+@functools.cache
+def last_level_cache_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """The size of cpu0's largest unified cache (the L3 on x86) from sysfs under
+    `root`; 0 where unknown. On a VM this is what the hypervisor reports, which is what
+    the kernel and the BLAS see."""
+    best = 0
+    for i in range(8):
+        try:
+            with open(f"{root}/index{i}/type", encoding="ascii") as f:
+                kind = f.read().strip()
+            with open(f"{root}/index{i}/size", encoding="ascii") as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        if kind != "Unified" or not size:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1].upper(), 1)
+        digits = size[:-1] if unit != 1 else size
+        if digits.isdigit():
+            best = max(best, int(digits) * unit)
+    return best

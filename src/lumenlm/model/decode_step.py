@@ -165,6 +165,14 @@ def decode_weights(model: GPT) -> DecodeWeights:
     return weights
 
 
+def matrices(w: DecodeWeights) -> list[Tensor]:
+    """The (in, out) matrices a step multiplies by, in the order it reads them."""
+    out: list[Tensor] = []
+    for lw in w.layers:
+        out += [lin[0] for lin in (*lw.qkv, lw.o, *lw.up, lw.down)]
+    return [*out, w.head[0]]
+
+
 def _apply_norm(n: Norm, x: Tensor) -> Tensor:
     kind, w, b, eps = n
     if kind == "layernorm":
@@ -265,6 +273,8 @@ class DecodeStep:
         self.compile = compile
         self._fn: Callable[..., Tensor] = self._step
         self._mm: MatMul = torch.mm
+        self.blas = "torch's"
+        """Which BLAS the step multiplies through, and why (`blas.decode_choice`)."""
         self.refresh()
         if compile:
             self._fn = compiled_step(model, self)
@@ -288,7 +298,10 @@ class DecodeStep:
         # the eager step multiplies through numpy's BLAS where that is faster on this CPU
         # (for its device and dtype); a compiled one keeps torch's ops for inductor
         w = self.weights
-        self._mm = torch.mm if self.compile else blas.decode_mm(w.head[0], w.nbytes)
+        if self.compile:
+            self._mm, self.blas = torch.mm, "torch's (compiled step)"
+        else:
+            self._mm, self.blas = blas.decode_choice(matrices(w), w.nbytes)
         self._module_hooks = any(x._forward_hooks or x._forward_pre_hooks for x in self._modules)
         return self.weights
 
