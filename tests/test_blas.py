@@ -18,7 +18,6 @@ from threadpoolctl import threadpool_info
 from lumenlm import blas
 from lumenlm.errors import ConfigError
 
-
 SMALL = [torch.randn(64, 96), torch.randn(96, 64)]
 """Weights for the probe tests with a fake clock: their timings are scripted."""
 
@@ -123,7 +122,9 @@ def test_the_probe_streams_its_weights_from_memory(monkeypatch: pytest.MonkeyPat
 def test_last_level_cache_is_read_from_sysfs(tmp_path) -> None:
     from lumenlm import cpuinfo
 
-    for i, (kind, size) in enumerate([("Data", "48K"), ("Unified", "1024K"), ("Unified", "32768K")]):
+    for i, (kind, size) in enumerate(
+        [("Data", "48K"), ("Unified", "1024K"), ("Unified", "32768K")]
+    ):
         (tmp_path / f"index{i}").mkdir()
         (tmp_path / f"index{i}" / "type").write_text(kind + "\n")
         (tmp_path / f"index{i}" / "size").write_text(size + "\n")

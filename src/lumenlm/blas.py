@@ -141,9 +141,7 @@ def _probe_weights(weights: Sequence[Tensor] | None, gen: torch.Generator) -> li
     return picked
 
 
-def probe(
-    rounds: int = PROBE_ROUNDS, weights: Sequence[Tensor] | None = None
-) -> tuple[str, float]:
+def probe(rounds: int = PROBE_ROUNDS, weights: Sequence[Tensor] | None = None) -> tuple[str, float]:
     """("numpy" or "torch", torch's time / numpy's time) for decode-shaped products:
     `PROBE_ROWS` rows by each of `weights` (2-D, (in, out), CPU float; see
     `_probe_weights`).
