@@ -1,8 +1,9 @@
-"""What /proc/cpuinfo says about this CPU: vendor, model name and flags.
+"""What /proc/cpuinfo says about this CPU (vendor, model name and flags), and sysfs its
+last-level cache.
 
 Why a module of its own: `lumenlm.devices` (torch's side of device handling) and
-`lumenlm.mkl_shim` (which must decide before torch is imported) both read it, and this
-file imports nothing heavy.
+`lumenlm.mkl_shim` (which must decide before torch is imported) both read it,
+`lumenlm.blas` sizes its probe by the cache, and this file imports nothing heavy.
 """
 
 from __future__ import annotations
