@@ -11,14 +11,22 @@ Three measurements, each interleaved (torch, numpy, torch, ...), medians of the 
    processes of its own, alternating (`LUMENLM_BLAS=numpy` forces numpy at every model
    size, `LUMENLM_BLAS=torch` never), at batch 1 and 8: the end-to-end figure that the
    threshold follows;
-4. `--train`: a training step (forward, chunked loss, backward, fused AdamW) with every
+4. `--probe`: `blas.probe`'s ratio (torch's time / numpy's) over weights that stay in the
+   cache (4 MB each, as the probe had them before) and over `blas.probe_bytes` of weights
+   that stream from memory (as it has them now), alternating: why the probe streams;
+5. `--train`: a training step (forward, chunked loss, backward, fused AdamW) with every
    `nn.Linear` product (forward and both backward products) through numpy, against the
    model as it is; both under `numpy_threads` and without. This is the trial behind
    "training keeps torch's BLAS" in `lumenlm.blas`.
 
-    .venv/bin/python benchmarks/bench_blas.py [--rounds 5] [--generate] [--train] [--threads N]
+    .venv/bin/python benchmarks/bench_blas.py [--rounds 5] [--generate] [--probe] [--train]
+        [--threads N] [--system-mkl]
+
+Like every `lumenlm` process, the script runs with `lumenlm.mkl_shim` where it applies
+(it re-runs itself once, before importing torch); `--system-mkl` leaves MKL alone.
 """
 
+# ruff: noqa: E402 (the MKL shim is set up before torch is imported)
 from __future__ import annotations
 
 import argparse
@@ -29,6 +37,11 @@ import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from lumenlm import mkl_shim
+
+# before torch is imported: as the `lumenlm` CLI does (re-runs this script once)
+SHIM = mkl_shim.setup(enabled="--system-mkl" not in sys.argv)
 
 import torch
 from torch import Tensor, nn
@@ -265,10 +278,33 @@ def whole_calls(rounds: int, threads: int) -> None:
                     env = {**os.environ, "LUMENLM_BLAS": which}
                     cmd = [sys.executable, __file__, "--generate-worker", preset, str(rows),
                            str(calls), "--threads", str(threads)]  # fmt: skip
+                    if "--system-mkl" in sys.argv:
+                        cmd.append("--system-mkl")
                     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                     tps[which].append(float(out.stdout.split()[-1]))
             t, n = statistics.median(tps["torch"]), statistics.median(tps["numpy"])
             print(f"| {preset} | {rows} | {t:.0f} | {n:.0f} | {n / t:.2f}x |")
+
+
+CACHED_WEIGHTS = [torch.randn(512, 2048), torch.randn(2048, 512)]
+"""The probe's weights before: 4 MB each, small enough to stay in a 32 MB L3."""
+
+
+def probe_trial(rounds: int) -> None:
+    print("| probe weights | torch / numpy time, each probe | numpy chosen |")
+    print("|---|---|---:|")
+    ratios: dict[str, list[float]] = {"cached": [], "streamed": []}
+    for _ in range(rounds):
+        ratios["cached"].append(blas.probe(weights=CACHED_WEIGHTS)[1])
+        ratios["streamed"].append(blas.probe()[1])
+    for name, rs in ratios.items():
+        label = (
+            "4 MB each, in the cache"
+            if name == "cached"
+            else f"{blas.probe_bytes() >> 20} MiB, streamed"
+        )
+        chosen = sum(r >= blas.MARGIN for r in rs)
+        print(f"| {label} | {', '.join(f'{r:.2f}' for r in rs)} | {chosen} of {len(rs)} |")
 
 
 def main() -> None:
@@ -279,6 +315,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--train", action="store_true", help="also the training-step trial")
     ap.add_argument("--generate", action="store_true", help="also whole generate calls")
+    ap.add_argument("--probe", action="store_true", help="also the probe's two weight sizes")
+    ap.add_argument("--system-mkl", action="store_true", help="run without the MKL shim")
     ap.add_argument("--generate-worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
@@ -290,8 +328,12 @@ def main() -> None:
     model, flags = cpu_info()
     print(
         f"CPU: {model}; avx2 {'avx2' in flags}, avx512f {'avx512f' in flags}; "
-        f"torch {torch.__version__} threads {torch.get_num_threads()}; probe: {blas.probe()}"
+        f"torch {torch.__version__} threads {torch.get_num_threads()}; MKL: {SHIM}; "
+        f"probe: {blas.probe()}"
     )
+    if args.probe:
+        probe_trial(args.rounds)
+        print()
     products(args.rounds)
     print()
     decode_steps(args.rounds)
