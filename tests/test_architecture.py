@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
         "foundation",
         frozenset({"allocator", "blas", "config", "devices", "fsutil", "mkl_shim", "signals"}),
     ),
-    ("platform", frozenset({"cpuinfo"})),
+    ("platform", frozenset({"cbuild", "cpuinfo"})),
     ("errors", frozenset({"errors"})),
 ]
 # Same-layer imports that are allowed: (importer part, imported part).

@@ -68,7 +68,7 @@ def test_build_compiles_once_atomically(tmp_path: Path, monkeypatch: pytest.Monk
     def no_compile(*a: object, **k: object) -> None:
         raise AssertionError("compiled again")
 
-    monkeypatch.setattr(mkl_shim.subprocess, "run", no_compile)
+    monkeypatch.setattr(mkl_shim.cbuild.subprocess, "run", no_compile)
     assert mkl_shim.build(tmp_path) == lib
 
 

@@ -25,16 +25,12 @@ Processes started by the command inherit the setting.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from lumenlm import cpuinfo
+from lumenlm import cbuild, cpuinfo
 
 ENV = "LUMENLM_MKL"
 """`system` (or off/0/no) leaves MKL alone; anything else lets `setup` shim it."""
@@ -72,36 +68,10 @@ def applies(environ: dict[str, str] | None = None) -> str | None:
     return None
 
 
-def cache_dir() -> Path:
-    """Where the compiled shim is kept: $XDG_CACHE_HOME/lumenlm, else ~/.cache/lumenlm."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lumenlm"
-
-
 def build(directory: Path | None = None) -> Path | None:
-    """The shim's shared library, compiled once (atomically: written under a temporary
-    name, then renamed); None when no C compiler works or the folder is not writable."""
-    d = directory or cache_dir()
-    tag = hashlib.sha256(SOURCE.encode()).hexdigest()[:12]
-    lib = d / f"libmkl_intel_path-{tag}.so"
-    if lib.is_file():
-        return lib
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        return None
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=d) as tmp:
-            src, out = Path(tmp) / "shim.c", Path(tmp) / "shim.so"
-            src.write_text(SOURCE)
-            subprocess.run(
-                [cc, "-shared", "-fPIC", "-O2", "-o", str(out), str(src)],
-                check=True, capture_output=True, timeout=60,
-            )  # fmt: skip
-            os.replace(out, lib)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return lib
+    """The shim's shared library, compiled once (`lumenlm.cbuild`: atomically, named by
+    the source's hash); None when no C compiler works or the folder is not writable."""
+    return cbuild.library("mkl_intel_path", SOURCE, ("-O2",), directory)
 
 
 def active() -> str | None:
