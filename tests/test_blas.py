@@ -18,6 +18,8 @@ from threadpoolctl import threadpool_info
 from lumenlm import blas
 from lumenlm.errors import ConfigError
 
+REAL_UNAVAILABLE = blas.packed.unavailable
+"""The packed kernel's own answer (the autouse fixture replaces it)."""
 SMALL = [torch.randn(64, 96), torch.randn(96, 64)]
 """Weights for the probe tests with a fake clock: their timings are scripted."""
 
@@ -25,6 +27,8 @@ SMALL = [torch.randn(64, 96), torch.randn(96, 64)]
 @pytest.fixture(autouse=True)
 def _fresh(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv(blas.ENV, raising=False)
+    # the probe's two-way tests: torch's against numpy's (the packed kernel's below)
+    monkeypatch.setattr(blas.packed, "unavailable", lambda: "off in this test")
     threads = torch.get_num_threads()
     blas.reset()
     yield
@@ -64,22 +68,14 @@ def test_bad_env_value_names_the_choices(monkeypatch: pytest.MonkeyPatch) -> Non
         blas.choice()
 
 
-def _fake_clock(monkeypatch: pytest.MonkeyPatch, torch_s: float, numpy_s: float) -> None:
-    """Each timed round of torch.mm takes torch_s, of numpy_mm numpy_s (they alternate)."""
-    _scripted_clock(monkeypatch, itertools.cycle([torch_s, numpy_s]))
+def _fake_clock(monkeypatch: pytest.MonkeyPatch, **seconds: float) -> None:
+    """Every timed pass of a side takes `seconds[side]` (torch=..., numpy=..., packed=...)."""
+    _scripted_clock(monkeypatch, {k: itertools.repeat(v) for k, v in seconds.items()})
 
 
-def _scripted_clock(monkeypatch: pytest.MonkeyPatch, durations: Iterator[float]) -> None:
-    """The probe's timed calls take the next of `durations` each (torch, numpy, ...)."""
-    ticks = itertools.count()
-    now = [0.0]
-
-    def clock() -> float:
-        if next(ticks) % 2:  # the end of a round: advance by that round's duration
-            now[0] += next(durations)
-        return now[0]
-
-    monkeypatch.setattr(blas, "_timer", clock)
+def _scripted_clock(monkeypatch: pytest.MonkeyPatch, durations: dict[str, Iterator[float]]) -> None:
+    """Each timed pass of a side (warm-ups included) takes the next of its `durations`."""
+    monkeypatch.setattr(blas, "_timed", lambda name, fn, mats, inputs: next(durations[name]))
 
 
 @pytest.mark.parametrize(
@@ -89,7 +85,7 @@ def _scripted_clock(monkeypatch: pytest.MonkeyPatch, durations: Iterator[float])
 def test_probe_picks_numpy_only_when_clearly_faster(
     monkeypatch: pytest.MonkeyPatch, torch_s: float, numpy_s: float, want: str
 ) -> None:
-    _fake_clock(monkeypatch, torch_s, numpy_s)
+    _fake_clock(monkeypatch, torch=torch_s, numpy=numpy_s)
     choice, ratio = blas.probe(weights=SMALL)
     assert choice == want
     assert ratio == pytest.approx(torch_s / numpy_s)
@@ -98,7 +94,7 @@ def test_probe_picks_numpy_only_when_clearly_faster(
 
 
 def test_probe_refuses_a_wrong_product(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_clock(monkeypatch, 10.0, 1.0)  # "much faster", but wrong
+    _fake_clock(monkeypatch, torch=10.0, numpy=1.0)  # "much faster", but wrong
     monkeypatch.setattr(blas, "numpy_mm", lambda a, b: torch.mm(a, b) * 1.001)
     assert blas.probe(weights=SMALL)[0] == "torch"
 
@@ -195,10 +191,106 @@ def test_numpy_threads_hand_torchs_threads_to_blas_and_restore() -> None:
 
 
 def test_probe_is_not_swayed_by_a_slow_spell(monkeypatch: pytest.MonkeyPatch) -> None:
-    """numpy twice as fast, but a slow spell hits most of its rounds: each side's best
-    round still decides."""
-    # per round: torch, numpy; the warm-up pair first, then PROBE_ROUNDS pairs
-    spell = [1.0, 0.5] + [1.0, 6.0] * 4 + [1.0, 0.5] * (blas.PROBE_ROUNDS - 4)
-    _scripted_clock(monkeypatch, iter(spell))
+    """numpy twice as fast, but a slow spell hits its whole first block and its second
+    warm-up: each side's best call still decides, and a warm-up never counts."""
+    n = blas.PROBE_ROUNDS
+    numpy_s = [0.01] + [6.0] * n + [0.01] + [0.5] * n  # block 1 (warm-up, calls), block 2
+    _scripted_clock(monkeypatch, {"torch": itertools.repeat(1.0), "numpy": iter(numpy_s)})
     choice, ratio = blas.probe(weights=SMALL)
     assert (choice, ratio) == ("numpy", pytest.approx(2.0))
+
+
+def test_the_numpy_side_runs_as_the_step_runs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy's passes under `numpy_threads` (torch on one thread), the others not."""
+    seen: dict[str, set[int]] = {}
+    torch.set_num_threads(2)
+
+    def timed(name, fn, mats, inputs) -> float:
+        seen.setdefault(name, set()).add(torch.get_num_threads())
+        return 1.0
+
+    monkeypatch.setattr(blas, "_timed", timed)
+    blas.probe(weights=SMALL)
+    assert seen == {"torch": {2}, "numpy": {1}}
+
+
+def _with_packed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packed kernel in the probe, its product a stand-in (the kernel's own values
+    are tests/test_packed.py's)."""
+    monkeypatch.setattr(blas.packed, "unavailable", lambda: None)
+    monkeypatch.setattr(blas, "_packed_product", lambda: torch.mm)
+
+
+@pytest.mark.parametrize(
+    ("durations", "want", "ratio"),
+    [
+        ((2.0, 1.5, 1.0), "packed", 2.0),  # fastest, and 2x torch's
+        ((2.0, 1.0, 1.5), "numpy", 2.0),
+        ((1.0, 0.9, 0.95), "torch", 1.0 / 0.9),  # the best other is under MARGIN
+    ],
+)
+def test_the_probe_picks_the_fastest_of_three(
+    monkeypatch: pytest.MonkeyPatch, durations: tuple[float, ...], want: str, ratio: float
+) -> None:
+    _with_packed(monkeypatch)
+    _fake_clock(monkeypatch, **dict(zip(("torch", "numpy", "packed"), durations)))
+    assert blas.probe(weights=SMALL) == (want, pytest.approx(ratio))
+
+
+def test_the_probe_refuses_a_wrong_packed_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    _with_packed(monkeypatch)
+    monkeypatch.setattr(blas, "_packed_product", lambda: lambda a, b: torch.mm(a, b) + 1e-2)
+    _fake_clock(monkeypatch, torch=2.0, numpy=1.5)  # a packed pass would fail: no time
+    assert blas.probe(weights=SMALL) == ("numpy", pytest.approx(2.0 / 1.5))
+
+
+def test_decode_choice_with_the_packed_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = torch.zeros(2, 2)
+    monkeypatch.setattr(blas, "probe", lambda *a, **k: ("packed", 2.0))
+    assert blas.decode_choice([w], blas.STREAM_BYTES) == (
+        blas.packed.packed_mm,
+        "lumenlm's packed kernel (lumenlm.packed), chosen by the probe",
+    )
+    # a step that keeps no copies cannot pack: numpy's, the next best here
+    mm, why = blas.decode_choice([w], blas.STREAM_BYTES, packed_ok=False)
+    assert mm is blas.numpy_mm and "keeps no copies" in why
+    monkeypatch.setenv(blas.ENV, "packed")
+    mm, why = blas.decode_choice([w], 0)  # forced, but unavailable (the fixture)
+    assert mm is torch.mm and "off in this test" in why
+    monkeypatch.setattr(blas.packed, "unavailable", lambda: None)
+    assert blas.decode_choice([w], 0)[0] is blas.packed.packed_mm  # at any size
+
+
+def test_decode_choice_takes_only_what_the_probe_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An iterable of weights is read no further than the probe asks (not at all for a
+    small model or a settled choice)."""
+    taken = []
+
+    def weights():
+        for i in range(100):
+            taken.append(i)
+            yield torch.zeros(4, 4)
+
+    assert blas.decode_choice(weights(), 0)[0] is torch.mm
+    assert taken == [0]  # the first, for its device and dtype
+    monkeypatch.setattr(blas, "probe", lambda *a, **k: ("numpy", 2.0))
+    blas.choice()
+    taken.clear()
+    assert blas.decode_choice(weights(), blas.STREAM_BYTES)[0] is blas.numpy_mm
+    assert taken == [0]
+
+
+def test_a_real_probe_runs_every_side_and_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No fake clock: the sides (the packed kernel too, where it builds) really run."""
+    monkeypatch.setattr(blas.packed, "unavailable", REAL_UNAVAILABLE)
+    ran = set()
+    real = blas._timed
+
+    def timed(name, fn, mats, inputs) -> float:
+        ran.add(name)
+        return real(name, fn, mats, inputs)
+
+    monkeypatch.setattr(blas, "_timed", timed)
+    choice, ratio = blas.probe(rounds=1, weights=SMALL)
+    assert choice in ran and ratio > 0
+    assert ran == {"torch", "numpy"} | ({"packed"} if blas.packed.unavailable() is None else set())

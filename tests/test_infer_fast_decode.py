@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from infer_helpers import _one_thread, make_model  # noqa: F401 (fixture)
-from lumenlm import blas
+from lumenlm import blas, packed
 from lumenlm.infer import generate
 from lumenlm.infer.batch_engine import BatchEngine
 from lumenlm.infer.engine import Decoder
@@ -81,17 +81,34 @@ def test_fast_step_logits_equal_plain_path(case: str, shape: str) -> None:
         assert torch.equal(f.argmax(-1), p.argmax(-1))
 
 
+def _need(product: str) -> None:
+    why = packed.unavailable() if product == "packed" else None
+    if why is not None:
+        pytest.skip(f"the packed kernel is unavailable here: {why}")
+
+
+@pytest.mark.parametrize("product", ["numpy", "packed"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_fast_step_through_numpy_blas_equals_plain_path(
-    case: str, monkeypatch: pytest.MonkeyPatch
+def test_fast_step_through_numpy_or_the_packed_kernel_equals_plain_path(
+    case: str, product: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same parity when the step multiplies through numpy's BLAS (`lumenlm.blas`),
-    as large models do where numpy's is faster: forced here for a tiny model."""
-    monkeypatch.setenv(blas.ENV, "numpy")  # at any model size
+    """The same parity when the step multiplies through numpy's BLAS or the packed kernel
+    (`lumenlm.blas`), as large models do where one is faster: forced here for a tiny
+    model (biases, post-norm and GQA included); packed, the step keeps no (in, out)
+    copies."""
+    _need(product)
+    monkeypatch.setenv(blas.ENV, product)  # at any model size
     blas.reset()
     try:
         model = model_for(case)
-        assert DecodeStep(model)._mm is blas.numpy_mm
+        step = DecodeStep(model)
+        assert step._mm is (blas.numpy_mm if product == "numpy" else packed.packed_mm)
+        assert step.weights.packed == (product == "packed")
+        assert all(
+            isinstance(lin[0], packed.PackedMatrix) == (product == "packed")
+            for lw in step.weights.layers
+            for lin in (*lw.qkv, lw.o, *lw.up, lw.down)
+        )
         steps = model.config.context_length + 20
         fast = decode_logits(model, PROMPTS["padded"], steps, fast=True)
         plain = decode_logits(model, PROMPTS["padded"], steps, fast=False)
@@ -119,15 +136,20 @@ def test_generate_fast_equals_plain_and_recompute(case: str) -> None:
     assert sampled == [r.token_ids for r in generate(model, rows, fast=False, **kw)]
 
 
-@pytest.mark.parametrize("blas_env", ["auto", "numpy"])
+@pytest.mark.parametrize("blas_env", ["auto", "numpy", "packed"])
 def test_batch_engine_fast_equals_plain(blas_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The server's engine: the fast step and GPT.forward (forced by a hook that changes
     nothing) give the same greedy tokens, for prompts of many lengths, sliding included;
-    also with the step's products through numpy's BLAS (run from the engine's thread)."""
+    also with the step's products through numpy's BLAS or the packed kernel (run from
+    the engine's thread, at every batch size the engine forms)."""
+    _need(blas_env)
     monkeypatch.setenv(blas.ENV, blas_env)
+    blas.reset()
     calls = []
-    real = blas.numpy_mm
-    monkeypatch.setattr(blas, "numpy_mm", lambda a, b: calls.append(1) or real(a, b))
+    owner = blas if blas_env != "packed" else packed
+    name = "numpy_mm" if blas_env != "packed" else "packed_mm"
+    real = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda a, b: calls.append(1) or real(a, b))
     model = model_for("llama-gqa")
     prompts = [[1 + i] * (1 + 9 * i) for i in range(8)]
     p = SamplingParams(max_new_tokens=80, temperature=0, ignore_eos=True)
@@ -147,7 +169,7 @@ def test_batch_engine_fast_equals_plain(blas_env: str, monkeypatch: pytest.Monke
         handle.remove()
     assert fast == plain
     assert all(len(t) == 80 for t in fast)
-    assert bool(calls) == (blas_env == "numpy")  # the products went where they were sent
+    assert bool(calls) == (blas_env != "auto")  # the products went where they were sent
 
 
 def test_module_hooks_and_hook_points_take_the_plain_path() -> None:

@@ -1,4 +1,5 @@
-"""Which BLAS multiplies CPU matrices: torch's own (MKL) or numpy's (OpenBLAS), measured.
+"""Which product multiplies the decode step's CPU matrices: torch's own BLAS (MKL),
+numpy's (OpenBLAS), or lumenlm's packed kernel (`lumenlm.packed`), measured.
 
 Why: torch's x86 wheels run fp32 matrix products through Intel MKL, and MKL does not run
 its best code on every CPU. On the 2-core AMD EPYC (Zen 3, AVX2, no AVX-512) this was
@@ -8,14 +9,15 @@ row and 3.2x at eight (`benchmarks/bench_blas.py`). On an Intel CPU MKL may well
 faster one. So the choice is timed on this CPU, once per process, never assumed from
 the vendor:
 
-- `probe()` multiplies one and eight rows by the model's own decode weights both ways,
-  interleaved, and picks numpy only when it is at least `MARGIN` times faster and its
-  product equals torch's to float rounding. The weights must stream from memory as they
+- `probe()` multiplies one and eight rows by the model's own decode weights each way
+  (torch's, numpy's, and the packed kernel's where it builds), interleaved, and picks the
+  fastest other than torch's only when it is at least `MARGIN` times faster than torch's
+  and its product equals torch's to float rounding. The weights must stream from memory as they
   do in decoding (`probe_bytes`: twice the last-level cache): with the MKL shim
   (`lumenlm.mkl_shim`) MKL won on 4 MB weights that stay in the cache, and lost on the
   real model (lumenbase-128m decode, numpy's 1.19x at one row and 1.33x at eight);
-- `LUMENLM_BLAS=torch` never uses numpy's; `LUMENLM_BLAS=numpy` uses it for every model
-  size, without a probe (to compare); `auto`, the default, probes for large models.
+- `LUMENLM_BLAS=torch` uses torch's only; `numpy` or `packed` uses that one for every
+  model size, without a probe (to compare); `auto`, the default, probes for large models.
 
 Only the eager decode step (`model.decode_step`: generate, chat and serve) of large models
 uses this (`STREAM_BYTES`). Inside a training step or an evaluation the two libraries'
@@ -31,30 +33,35 @@ numpy's BLAS gets torch's thread count and torch runs one thread (`numpy_threads
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from lumenlm import cpuinfo
+from lumenlm import cpuinfo, packed
 from lumenlm.errors import ConfigError
 
 ENV = "LUMENLM_BLAS"
-"""auto (probe), torch, or numpy."""
-CHOICES = ("auto", "torch", "numpy")
+"""auto (probe), torch, numpy or packed."""
+CHOICES = ("auto", "torch", "numpy", "packed")
 MARGIN = 1.2
-"""numpy must be at least this many times faster in the probe to be chosen."""
+"""numpy's or the packed kernel's product must be at least this many times faster than
+torch's in the probe to be chosen."""
 CHECK_SHAPES = ((1, 512, 2048), (8, 512, 2048), (1, 2048, 512))
 """(rows, in, out) of the products whose values the probe compares first."""
 PROBE_ROWS = (1, 8)
 """Rows of the probe's timed products: one sequence, and a batch."""
 PROBE_MIN_BYTES = 64 << 20
 """The probe multiplies by at least this many bytes of weights (see `probe_bytes`)."""
-PROBE_ROUNDS = 7
-"""Rounds of the probe; each side's best round counts (see `probe`)."""
+PROBE_ROUNDS = 3
+"""Timed calls per side in each of the probe's `PROBE_BLOCKS`; each side's best counts."""
+PROBE_BLOCKS = 2
+"""Times the probe goes through the sides (see `probe`)."""
 STREAM_BYTES = 128 << 20
 """With `auto`, models with at least this many parameter bytes decode through numpy's BLAS
 (when the probe finds it faster). They stream every weight from memory for each token,
@@ -62,6 +69,10 @@ so the product kernel's throughput is the step's speed: lumenbase-128m (490 MiB)
 1.4-2.2x faster. Smaller models' steps are bound by the cost per op, and the second
 thread pool cost more than the products gained: whole generate calls of librarian-1.3m
 and lumiere-1m ran at 0.30-0.97x (benchmarks/RESULTS.md, "Which BLAS multiplies")."""
+
+MatMul = Callable[[Tensor, Any], Tensor]
+"""A decode product: `torch.mm`, `numpy_mm` (both on (in, out) matrices) or
+`packed.packed_mm` (on `packed.PackedMatrix`)."""
 
 _choice: str | None = None
 _threads: int | None = None
@@ -124,7 +135,7 @@ def probe_bytes() -> int:
     return max(PROBE_MIN_BYTES, 2 * cpuinfo.last_level_cache_bytes())
 
 
-def _probe_weights(weights: Sequence[Tensor] | None, gen: torch.Generator) -> list[Tensor]:
+def _probe_weights(weights: Iterable[Tensor] | None, gen: torch.Generator) -> list[Tensor]:
     """`weights` from the first, until they reach `probe_bytes` or run out (a model that
     fits in the cache is timed in the cache, as it decodes); random (1024, 4096)
     matrices of that many bytes where no weights are given."""
@@ -141,54 +152,82 @@ def _probe_weights(weights: Sequence[Tensor] | None, gen: torch.Generator) -> li
     return picked
 
 
-def probe(rounds: int = PROBE_ROUNDS, weights: Sequence[Tensor] | None = None) -> tuple[str, float]:
-    """("numpy" or "torch", torch's time / numpy's time) for decode-shaped products:
-    `PROBE_ROWS` rows by each of `weights` (2-D, (in, out), CPU float; see
-    `_probe_weights`).
+def _packed_product() -> Callable[[Tensor, Tensor], Tensor]:
+    """`packed.packed_mm` on a matrix packed at first use (the probe's weights)."""
+    cache: dict[int, packed.PackedMatrix] = {}
 
-    Each round times every product once each way, alternating; the ratio is of each
-    side's best round. On a shared host a slow spell lengthens some rounds and never
-    shortens one, so the best round is the closest to each side's own speed. Measured on
-    the 2-core EPYC (36 probes of 7 rounds, the two ratios from the same rounds): the
-    ratio of medians fell below `MARGIN` 3 times (0.90, 0.97, 1.03), which picks torch's
-    BLAS for that process, while the ratio of best rounds never went below 1.54 (a
-    `python -m benchmarks` run, with the medians, had lumenbase-128m decode through
-    torch's BLAS in one of its three rounds). numpy is refused, whatever its speed, if
-    its product differs from torch's beyond float rounding (a broken or mismatched BLAS).
+    def mm(a: Tensor, b: Tensor) -> Tensor:
+        p = cache.get(id(b))
+        if p is None:
+            p = cache[id(b)] = packed.pack(b)
+        return packed.packed_mm(a, p)
+
+    return mm
+
+
+def _timed(name: str, fn: MatMul, mats: list[Tensor], inputs: dict) -> float:
+    """Seconds for one pass of `PROBE_ROWS` rows by every matrix in `mats` through `fn`
+    (`name`: the side's, for tests that script the durations)."""
+    start = _timer()
+    for rows in PROBE_ROWS:
+        for w in mats:
+            fn(inputs[rows, w.shape[0]], w)
+    return _timer() - start
+
+
+def probe(rounds: int = PROBE_ROUNDS, weights: Iterable[Tensor] | None = None) -> tuple[str, float]:
+    """("torch", "numpy" or "packed"; torch's time / the best other's time) for
+    decode-shaped products: `PROBE_ROWS` rows by each of `weights` (2-D, (in, out), CPU
+    fp32; see `_probe_weights`). The packed kernel takes part where it is available.
+
+    The sides are timed in blocks: one warm-up call, then `rounds` timed calls, side
+    after side (numpy's under `numpy_threads`, as the step runs it), and the whole
+    cycle `PROBE_BLOCKS` times; each side's best call counts. Blocks, because the
+    libraries' idle threads spin for a while after a call (OpenBLAS's, torch's OpenMP
+    pool): alternating call by call, each side ran in the other's spin and the packed
+    kernel's calls took 20-115 ms for the same 9 ms of work on the 2-core EPYC. Best
+    calls, because on a shared host a slow spell lengthens some calls and never
+    shortens one, and two cycles, so that a spell cannot cover one side's every call.
+    A product that differs from torch's beyond float rounding (a broken or mismatched
+    library) is refused, whatever its speed.
     """
     set_threads(torch.get_num_threads())
     gen = torch.Generator().manual_seed(0)
-    for r, k, n in CHECK_SHAPES:
-        a, b = torch.randn(r, k, generator=gen), torch.randn(k, n, generator=gen)
-        if not torch.allclose(numpy_mm(a, b), torch.mm(a, b), rtol=1e-4, atol=1e-4):
-            return "torch", 0.0
+    checks = [
+        (torch.randn(r, k, generator=gen), torch.randn(k, n, generator=gen))
+        for r, k, n in CHECK_SHAPES
+    ]
+    others: dict[str, MatMul] = {"numpy": numpy_mm}
+    if packed.unavailable() is None:
+        others["packed"] = _packed_product()
+    sides: dict[str, MatMul] = {"torch": torch.mm}
+    for name, fn in others.items():
+        if all(torch.allclose(fn(a, b), torch.mm(a, b), rtol=1e-4, atol=1e-4) for a, b in checks):
+            sides[name] = fn
+    if len(sides) == 1:
+        return "torch", 0.0
     mats = _probe_weights(weights, gen)
     inputs = {
         (rows, k): torch.randn(rows, k, generator=gen, dtype=mats[0].dtype)
         for rows in PROBE_ROWS
         for k in {w.shape[0] for w in mats}
     }
-
-    def once(fn: Callable[[Tensor, Tensor], Tensor]) -> float:
-        start = _timer()
-        for rows in PROBE_ROWS:
-            for w in mats:
-                fn(inputs[rows, w.shape[0]], w)
-        return _timer() - start
-
-    once(torch.mm), once(numpy_mm)  # warm-up: pages, thread pools
-    t_torch, t_numpy = [], []
-    for _ in range(rounds):
-        t_torch.append(once(torch.mm))
-        t_numpy.append(once(numpy_mm))
-    ratio = min(t_torch) / max(min(t_numpy), 1e-12)
-    return ("numpy" if ratio >= MARGIN else "torch"), ratio
+    best = dict.fromkeys(sides, float("inf"))
+    for _ in range(PROBE_BLOCKS):
+        for name, fn in sides.items():
+            with numpy_threads() if name == "numpy" else contextlib.nullcontext():
+                _timed(name, fn, mats, inputs)  # warm-up: the other side's threads settle
+                for _ in range(rounds):
+                    best[name] = min(best[name], _timed(name, fn, mats, inputs))
+    other = min((n for n in best if n != "torch"), key=lambda n: best[n])
+    ratio = best["torch"] / max(best[other], 1e-12)
+    return (other if ratio >= MARGIN else "torch"), ratio
 
 
-def choice(weights: Sequence[Tensor] | None = None) -> str:
-    """ "numpy" or "torch": `LUMENLM_BLAS` when set, else the probe over `weights` (run
-    once per process: every model it is asked for streams its weights, see
-    `STREAM_BYTES`)."""
+def choice(weights: Iterable[Tensor] | None = None) -> str:
+    """ "torch", "numpy" or "packed": `LUMENLM_BLAS` when set, else the probe over
+    `weights` (run once per process: every model it is asked for streams its weights,
+    see `STREAM_BYTES`)."""
     global _choice
     want = requested()
     if want != "auto":
@@ -203,31 +242,54 @@ def parameter_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
+NAMES = {
+    "numpy": "numpy's (OpenBLAS)",
+    "packed": "lumenlm's packed kernel (lumenlm.packed)",
+}
+
+
 def decode_choice(
-    weights: Sequence[Tensor], model_bytes: int
-) -> tuple[Callable[[Tensor, Tensor], Tensor], str]:
-    """The 2-D product for decoding a model of `model_bytes` parameter bytes by
-    `weights`, its (in, out) decode matrices in the order a step reads them, and why, in
-    words (for reports). For CPU float32/float64: `LUMENLM_BLAS=numpy` gives `numpy_mm`
-    at any size, `torch` gives `torch.mm`, and `auto` gives `numpy_mm` for a model of at
-    least `STREAM_BYTES` when the probe over `weights` says numpy is faster. Anything
-    else (a GPU, bf16, which numpy lacks) gets `torch.mm`."""
-    first = weights[0]
-    if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.float64):
+    weights: Iterable[Tensor], model_bytes: int, packed_ok: bool = True
+) -> tuple[MatMul, str]:
+    """The product for decoding a model of `model_bytes` parameter bytes by `weights`,
+    its (in, out) decode matrices in the order a step reads them (an iterable: the probe
+    takes only the first `probe_bytes`, and only once per process), and why, in words
+    (for reports). For CPU float32: `LUMENLM_BLAS=numpy` or `packed` gives that product
+    at any size, `torch` gives `torch.mm`, and `auto` gives what the probe over
+    `weights` finds fastest for a model of at least `STREAM_BYTES`. Anything else (a
+    GPU, bf16, which numpy and the kernel lack) gets `torch.mm`. `packed_ok=False`
+    (a step that keeps no copies of its weights) leaves the packed kernel out."""
+    it = iter(weights)
+    first = next(it)
+    if first.device.type != "cpu" or first.dtype != torch.float32:
         return torch.mm, "torch's"
     want = requested()
-    if want == "numpy":
-        return numpy_mm, f"numpy's (OpenBLAS), forced by {ENV}=numpy"
     if want == "torch":
         return torch.mm, f"torch's, forced by {ENV}=torch"
+    if want != "auto":
+        why = packed.unavailable() if want == "packed" else None
+        if want == "packed" and (why or not packed_ok):
+            why = why or "the step keeps no copies of its weights"
+            return torch.mm, f"torch's ({ENV}=packed, but the packed kernel is not used: {why})"
+        return _product(want), f"{NAMES[want]}, forced by {ENV}={want}"
     if model_bytes < STREAM_BYTES:
         return torch.mm, "torch's (model below blas.STREAM_BYTES)"  # no probe for small models
-    if choice(weights) == "numpy":
-        return numpy_mm, "numpy's (OpenBLAS), chosen by the probe"
+    picked = choice(itertools.chain([first], it))
+    if picked == "packed" and not packed_ok:
+        return (
+            numpy_mm,
+            f"{NAMES['numpy']} (the probe chose the packed kernel, but the step keeps no copies)",
+        )
+    if picked != "torch":
+        return _product(picked), f"{NAMES[picked]}, chosen by the probe"
     return torch.mm, "torch's, chosen by the probe"
 
 
-def decode_mm(weights: Sequence[Tensor], model_bytes: int) -> Callable[[Tensor, Tensor], Tensor]:
+def _product(name: str) -> MatMul:
+    return numpy_mm if name == "numpy" else packed.packed_mm
+
+
+def decode_mm(weights: Iterable[Tensor], model_bytes: int) -> MatMul:
     """`decode_choice`'s product."""
     return decode_choice(weights, model_bytes)[0]
 

@@ -30,10 +30,12 @@ share it:
   mode="reduce-overhead"); eager callers may pass `keys` to read only the columns
   written so far (worth it for long buffers). Masked columns get exactly zero weight.
 
-- the products of a model too large for the CPU's caches go through numpy's BLAS
-  (OpenBLAS) when a one-off probe finds it faster than torch's MKL (`lumenlm.blas`:
-  1.5-2x the decode speed of lumenbase-128m on an AVX2 EPYC), with torch's own ops on
-  one thread meanwhile so that the two thread pools do not fight over the cores.
+- the products of a model too large for the CPU's caches go through whichever of
+  torch's MKL, numpy's OpenBLAS and lumenlm's packed kernel a one-off probe on the
+  model's own weights finds fastest (`lumenlm.blas`). With the packed kernel
+  (`lumenlm.packed`) the weights are kept packed in 16-column panels instead of as
+  (in, out) copies (the same memory); with numpy's, torch's own ops run on one thread
+  meanwhile so that the two thread pools do not fight over the cores.
 
 The numbers are the plain path's operations in the same dtype and order; only the BLAS
 kernels chosen for the fused and transposed products differ, so logits agree to
@@ -43,7 +45,7 @@ tokens are identical).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -51,7 +53,7 @@ import torch.nn.functional as F
 import torch.nn.modules.module as module_hooks
 from torch import Tensor
 
-from lumenlm import blas
+from lumenlm import blas, packed
 from lumenlm.model.gpt import GPT
 from lumenlm.model.hook_points import HookPoint
 from lumenlm.model.norms import RMSNorm
@@ -60,8 +62,8 @@ from lumenlm.model.positions import rope_cos_sin
 COPY_LIMIT_BYTES = 1 << 30
 """Above this many bytes of weights, decode uses the model's own tensors (no copies)."""
 
-Linear = tuple[Tensor, Tensor | None]
-"""A weight in (in, out) layout and its bias: y = x @ w + b."""
+Linear = tuple[Tensor | packed.PackedMatrix, Tensor | None]
+"""A weight in (in, out) layout (or packed so, `lumenlm.packed`) and its bias: y = x @ w + b."""
 Norm = tuple[str, Tensor | None, Tensor | None, float]
 """("layernorm" | "rmsnorm" | "identity", weight, bias, eps)."""
 
@@ -90,6 +92,7 @@ class DecodeWeights:
     head: Linear
     nbytes: int  # the model's parameter bytes
     key: tuple  # the parameters these were made from: (data_ptr, version) of each
+    packed: bool = False  # the matrices are `packed.PackedMatrix` (for `packed.packed_mm`)
 
 
 def _norm(module: torch.nn.Module) -> Norm:
@@ -102,8 +105,14 @@ def _norm(module: torch.nn.Module) -> Norm:
     return ("identity", None, None, 0.0)
 
 
-def _linears(mods: list[torch.nn.Linear], copy: bool) -> list[Linear]:
-    """The (in, out) weights of `mods`: one fused contiguous copy, or views of each."""
+def _fused(mods: list[torch.nn.Linear]) -> Tensor:
+    """The (in, out) contiguous copy of `mods`' weights side by side."""
+    return torch.cat([m.weight.detach() for m in mods]).t().contiguous()
+
+
+def _linears(mods: list[torch.nn.Linear], copy: bool, pack: bool = False) -> list[Linear]:
+    """The (in, out) weights of `mods`: one fused contiguous copy (packed with `pack`),
+    or views of each."""
     ws = [m.weight.detach() for m in mods]
     bs = [m.bias.detach() if m.bias is not None else None for m in mods]
     if not copy:
@@ -111,25 +120,47 @@ def _linears(mods: list[torch.nn.Linear], copy: bool) -> list[Linear]:
     bias = None
     if any(b is not None for b in bs):
         bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(ws, bs)])
-    return [(torch.cat(ws).t().contiguous(), bias)]
+    return [(packed.pack(_fused(mods)) if pack else _fused(mods), bias)]
+
+
+def _groups(model: GPT) -> Iterator[list[torch.nn.Linear]]:
+    """The linears a step multiplies by, grouped as fused, in the order it reads them."""
+    for block in model.blocks:
+        a, m = block.attn, block.mlp
+        yield [a.q_proj, a.k_proj, a.v_proj]
+        yield [a.o_proj]
+        yield [m.gate_proj, m.up_proj] if m.swiglu else [m.up_proj]
+        yield [m.down_proj]
+    yield [model.lm_head]
+
+
+def probe_matrices(model: GPT) -> Iterator[Tensor]:
+    """The (in, out) matrices a step multiplies by, made one at a time, in its order:
+    what `blas.decode_choice` times (it takes only the first few)."""
+    with torch.no_grad():
+        for mods in _groups(model):
+            yield _fused(mods)
 
 
 def _param_key(model: GPT) -> tuple:
     return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
 
 
-def decode_weights(model: GPT) -> DecodeWeights:
-    """`model`'s weights in decode layout, cached on the model and rebuilt when any
-    parameter was replaced or changed in place (a training step, `load_state_dict`,
-    `.to()`)."""
+def decode_weights(model: GPT, pack: bool = False) -> DecodeWeights:
+    """`model`'s weights in decode layout (packed for `packed.packed_mm` with `pack`;
+    only where the step copies its weights, see `COPY_LIMIT_BYTES`), cached on the model
+    and rebuilt when any parameter was replaced or changed in place (a training step,
+    `load_state_dict`, `.to()`) or the other layout is asked for."""
     key = _param_key(model)
-    cached: DecodeWeights | None = model.__dict__.get("_decode_weights")
-    if cached is not None and cached.key == key:
-        return cached
-    model.__dict__.pop("_decode_weights", None)  # free the stale copies first
-    cfg = model.config
     size = blas.parameter_bytes(model)
     copy = size <= COPY_LIMIT_BYTES
+    pack = pack and copy
+    cached: DecodeWeights | None = model.__dict__.get("_decode_weights")
+    if cached is not None and cached.key == key and cached.packed == pack:
+        return cached
+    model.__dict__.pop("_decode_weights", None)  # free the stale copies first
+    del cached
+    cfg = model.config
     with torch.no_grad():
         layers = []
         for block in model.blocks:
@@ -138,11 +169,11 @@ def decode_weights(model: GPT) -> DecodeWeights:
             layers.append(
                 LayerWeights(
                     attn_norm=_norm(block.attn_norm),
-                    qkv=_linears([a.q_proj, a.k_proj, a.v_proj], copy),
-                    o=_linears([a.o_proj], copy)[0],
+                    qkv=_linears([a.q_proj, a.k_proj, a.v_proj], copy, pack),
+                    o=_linears([a.o_proj], copy, pack)[0],
                     mlp_norm=_norm(block.mlp_norm),
-                    up=_linears(ups, copy),
-                    down=_linears([m.down_proj], copy)[0],
+                    up=_linears(ups, copy, pack),
+                    down=_linears([m.down_proj], copy, pack)[0],
                 )
             )
         rope = None
@@ -157,20 +188,13 @@ def decode_weights(model: GPT) -> DecodeWeights:
             rope=rope,
             layers=layers,
             final_norm=_norm(model.final_norm),
-            head=_linears([model.lm_head], copy)[0],
+            head=_linears([model.lm_head], copy, pack)[0],
             nbytes=size,
             key=key,
+            packed=pack,
         )
     model.__dict__["_decode_weights"] = weights
     return weights
-
-
-def matrices(w: DecodeWeights) -> list[Tensor]:
-    """The (in, out) matrices a step multiplies by, in the order it reads them."""
-    out: list[Tensor] = []
-    for lw in w.layers:
-        out += [lin[0] for lin in (*lw.qkv, lw.o, *lw.up, lw.down)]
-    return [*out, w.head[0]]
 
 
 def _apply_norm(n: Norm, x: Tensor) -> Tensor:
@@ -186,13 +210,13 @@ def _apply_norm(n: Norm, x: Tensor) -> Tensor:
     return x
 
 
-MatMul = Callable[[Tensor, Tensor], Tensor]
-"""A 2-D product: `torch.mm` or `blas.numpy_mm` (see `lumenlm.blas`)."""
+MatMul = blas.MatMul
+"""A 2-D product: `torch.mm`, `blas.numpy_mm` or `packed.packed_mm` (`lumenlm.blas`)."""
 
 
 def _project(x: Tensor, lin: Linear, mm: MatMul, add: Tensor | None = None) -> Tensor:
     """x @ w + b (+ add): with torch's BLAS one addmm (b or add as its input) and at most
-    one in-place add; with numpy's the product, then in-place adds."""
+    one in-place add; with numpy's or the packed kernel the product, then in-place adds."""
     w, b = lin
     if mm is torch.mm:
         if add is not None:
@@ -275,6 +299,7 @@ class DecodeStep:
         self._mm: MatMul = torch.mm
         self.blas = "torch's"
         """Which BLAS the step multiplies through, and why (`blas.decode_choice`)."""
+        self._split_threads = False
         self.refresh()
         if compile:
             self._fn = compiled_step(model, self)
@@ -294,14 +319,19 @@ class DecodeStep:
         changed) and look for module forward hooks. That walks every parameter and
         module, so the loops call it once per prefill (`Decoder`) or per engine
         iteration with new work (`BatchEngine`), not per token."""
-        self.weights = decode_weights(self.model)
-        # the eager step multiplies through numpy's BLAS where that is faster on this CPU
-        # (for its device and dtype); a compiled one keeps torch's ops for inductor
-        w = self.weights
+        # the eager step multiplies through numpy's BLAS or the packed kernel where that
+        # is faster on this CPU (for its device and dtype; the probe runs once per
+        # process); a compiled one keeps torch's ops for inductor
+        m = self.model
         if self.compile:
             self._mm, self.blas = torch.mm, "torch's (compiled step)"
         else:
-            self._mm, self.blas = blas.decode_choice(matrices(w), w.nbytes)
+            nbytes = blas.parameter_bytes(m)
+            self._mm, self.blas = blas.decode_choice(
+                probe_matrices(m), nbytes, packed_ok=nbytes <= COPY_LIMIT_BYTES
+            )
+        self._split_threads = self._mm is blas.numpy_mm
+        self.weights = decode_weights(m, pack=self._mm is packed.packed_mm)
         self._module_hooks = any(x._forward_hooks or x._forward_pre_hooks for x in self._modules)
         return self.weights
 
@@ -318,7 +348,7 @@ class DecodeStep:
         w = self.weights
         if self.compile:
             return self._fn(w, tokens, positions, column, key_mask, k, v)
-        if self._mm is torch.mm:
+        if not self._split_threads:
             return self._step(w, tokens, positions, column, key_mask, k, v, keys)
         with blas.numpy_threads():
             return self._step(w, tokens, positions, column, key_mask, k, v, keys)

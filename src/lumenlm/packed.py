@@ -1,0 +1,143 @@
+"""A decode product of its own: few rows times a weight packed into 16-column panels.
+
+Why: decoding a model too large for the CPU's caches multiplies 1-32 rows by every
+weight once per token, so the product's speed is how fast it streams the weights from
+memory. Neither BLAS torch and numpy ship does that well at these shapes on the 2-core
+AMD EPYC (Zen 3, AVX2) this was written on: over the lumenbase-128m weights of one
+decode step (476 MB), MKL (with `lumenlm.mkl_shim`) took 52 ms at one row and 99 ms at
+eight, OpenBLAS 34 and 65 ms, where the memory allows about 25 ms (17-20 GB/s measured).
+OpenBLAS at two to four rows was slower than at eight (69-70 ms).
+
+The kernel (`packed_mm.c`, compiled once with the system C compiler through
+`lumenlm.cbuild`) keeps each weight as panels of 16 columns, `[N/16][K][16]`, so that
+each thread reads one contiguous stretch of memory, and multiplies up to four rows per
+pass over a panel with AVX2 FMAs (one row: four independent accumulators, so the FMA
+latency does not bound it). Measured the same way, interleaved, it took 29 ms at one
+row, 34-40 ms at two to four, 47 ms at eight and 67 ms at sixteen: 0.85x, about 0.5x,
+0.72x and 0.81x of OpenBLAS's time (`benchmarks/bench_blas.py`).
+
+Its threads are torch's own: the library is linked against libgomp, which the dynamic
+loader resolves to the copy torch already loaded, so one OpenMP pool serves both (a
+process where that is not so, two OpenMP runtimes mapped, does not use the kernel).
+
+It is the same fp32 product: each output is a sum over k in order (one row: four
+interleaved partial sums), so it differs from MKL's and OpenBLAS's blocked sums by
+rounding only (tests/test_packed.py: within 1e-5 of the largest entry against fp64).
+`lumenlm.blas` times it against the two BLAS libraries on the model's own weights and
+uses it where it is the fastest; `lumenlm.model.decode_step` then stores the weights
+packed instead of as (in, out) copies (the same memory).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import platform
+from importlib import resources
+
+import torch
+from torch import Tensor
+
+from lumenlm import cbuild, cpuinfo
+
+FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp")
+"""Compiler flags: the kernel is written for AVX2 with FMA."""
+PANEL = 16
+"""Columns per panel (two AVX registers of fp32)."""
+
+
+class PackedMatrix:
+    """A (K, N) fp32 CPU matrix, packed in panels of `PANEL` columns (the last one
+    padded with zeros), as `packed_mm` reads it."""
+
+    def __init__(self, data: Tensor, k: int, n: int) -> None:
+        self.data, self.k, self.n = data, k, n
+
+    @property
+    def shape(self) -> torch.Size:
+        """(in, out), as the (in, out) matrix it stands for."""
+        return torch.Size((self.k, self.n))
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+
+def _openmp_runtimes() -> set[str]:
+    """Paths of the OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
+    found = set()
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                path = line.rsplit(" ", 1)[-1].strip()
+                name = path.rsplit("/", 1)[-1]
+                if name.startswith(("libgomp", "libiomp", "libomp")):
+                    found.add(path)
+    except OSError:
+        pass
+    return found
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """(the kernel library, "") or (None, why it is unavailable)."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return None, "not Linux x86-64"
+    flags = cpuinfo.read().flags
+    if not {"avx2", "fma"} <= flags:
+        return None, "the CPU lacks AVX2/FMA"
+    source = resources.files("lumenlm").joinpath("packed_mm.c").read_text()
+    path = cbuild.library("lumenlm_packed_mm", source, FLAGS)
+    if path is None:
+        return None, "no C compiler with OpenMP (or the cache folder is not writable)"
+    before = _openmp_runtimes()
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        return None, f"the kernel did not load ({e})"
+    if len(_openmp_runtimes() | before) > 1:
+        return None, "two OpenMP runtimes in the process (torch's and the kernel's)"
+    L, P = ctypes.c_long, ctypes.c_void_p
+    lib.lumenlm_pack.argtypes = [P, L, L, P]
+    lib.lumenlm_pack.restype = None
+    lib.lumenlm_packed_mm.argtypes = [P, L, L, P, L, P, ctypes.c_int]
+    lib.lumenlm_packed_mm.restype = None
+    return lib, ""
+
+
+def unavailable() -> str | None:
+    """None when the kernel can be used in this process, else why not (a phrase)."""
+    lib, why = _load()
+    return None if lib is not None else why
+
+
+def pack(w: Tensor) -> PackedMatrix:
+    """`w` (K, N), any strides, fp32 on the CPU, packed for `packed_mm` (a new buffer of
+    K x N rounded up to whole panels)."""
+    lib, why = _load()
+    if lib is None:
+        raise RuntimeError(f"the packed kernel is unavailable here: {why}")
+    if w.dim() != 2 or w.dtype != torch.float32 or w.device.type != "cpu":
+        raise ValueError(f"pack takes a 2-D fp32 CPU matrix, got {tuple(w.shape)} {w.dtype}")
+    w = w.detach().contiguous()
+    k, n = w.shape
+    data = torch.empty(-(-n // PANEL) * PANEL * k)
+    lib.lumenlm_pack(w.data_ptr(), k, n, data.data_ptr())
+    return PackedMatrix(data, k, n)
+
+
+def packed_mm(x: Tensor, w: PackedMatrix) -> Tensor:
+    """`x @ w` for x (M, K) fp32 on the CPU (no gradient): a new (M, N) tensor, on
+    torch's intra-op thread count."""
+    lib, why = _load()
+    if lib is None:
+        raise RuntimeError(f"the packed kernel is unavailable here: {why}")
+    if x.dim() != 2 or x.shape[1] != w.k or x.dtype != torch.float32:
+        raise ValueError(f"packed_mm: x {tuple(x.shape)} {x.dtype} does not fit ({w.k}, {w.n})")
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], w.n)
+    lib.lumenlm_packed_mm(
+        x.data_ptr(), x.shape[0], w.k, w.data.data_ptr(), w.n, y.data_ptr(),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return y
