@@ -138,6 +138,7 @@ def products(rounds: int) -> None:
 def _step_fn(model: GPT, rows: int, mm: Callable[[Tensor, Tensor], Tensor]) -> Callable[[], Any]:
     step = DecodeStep(model)
     step._mm = mm  # what decode_mm would pick, forced
+    step._split_threads = mm is blas.numpy_mm  # numpy's runs under numpy_threads
     cfg = model.config
     S = cfg.context_length
     cache = model.new_cache(rows, S)
