@@ -84,7 +84,7 @@ def products(preset: str, rounds: int, calls: int) -> None:
                             times[name].append(time.perf_counter() - start)
         t = {name: statistics.median(v) * 1e3 for name, v in times.items()}
         print(
-            f"| {rows} | {t['torch']:.1f} | {t['numpy']:.1f} | {t['packed']:.1f} "
+            f"| {rows} | {t['torch']:.3g} | {t['numpy']:.3g} | {t['packed']:.3g} "
             f"| {t['torch'] / t['packed']:.2f}x | {t['numpy'] / t['packed']:.2f}x |"
         )
 
