@@ -278,6 +278,12 @@ def test_decode_choice_takes_only_what_the_probe_needs(monkeypatch: pytest.Monke
     taken.clear()
     assert blas.decode_choice(weights(), blas.STREAM_BYTES)[0] is blas.numpy_mm
     assert taken == [0]
+    taken.clear()  # with a sample for the device and dtype: not read at all
+    assert blas.decode_choice(weights(), 0, sample=torch.zeros(1))[0] is torch.mm
+    assert blas.decode_choice(weights(), blas.STREAM_BYTES, sample=torch.zeros(1))[0] is (
+        blas.numpy_mm
+    )
+    assert taken == []
 
 
 def test_a_real_probe_runs_every_side_and_answers(monkeypatch: pytest.MonkeyPatch) -> None:

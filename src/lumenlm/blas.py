@@ -249,7 +249,10 @@ NAMES = {
 
 
 def decode_choice(
-    weights: Iterable[Tensor], model_bytes: int, packed_ok: bool = True
+    weights: Iterable[Tensor],
+    model_bytes: int,
+    packed_ok: bool = True,
+    sample: Tensor | None = None,
 ) -> tuple[MatMul, str]:
     """The product for decoding a model of `model_bytes` parameter bytes by `weights`,
     its (in, out) decode matrices in the order a step reads them (an iterable: the probe
@@ -258,9 +261,11 @@ def decode_choice(
     at any size, `torch` gives `torch.mm`, and `auto` gives what the probe over
     `weights` finds fastest for a model of at least `STREAM_BYTES`. Anything else (a
     GPU, bf16, which numpy and the kernel lack) gets `torch.mm`. `packed_ok=False`
-    (a step that keeps no copies of its weights) leaves the packed kernel out."""
+    (a step that keeps no copies of its weights) leaves the packed kernel out. `sample`:
+    a tensor with the weights' device and dtype, so that a lazy `weights` is not read at
+    all when no probe runs (else its first matrix is)."""
     it = iter(weights)
-    first = next(it)
+    first = sample if sample is not None else next(it)
     if first.device.type != "cpu" or first.dtype != torch.float32:
         return torch.mm, "torch's"
     want = requested()
@@ -274,7 +279,7 @@ def decode_choice(
         return _product(want), f"{NAMES[want]}, forced by {ENV}={want}"
     if model_bytes < STREAM_BYTES:
         return torch.mm, "torch's (model below blas.STREAM_BYTES)"  # no probe for small models
-    picked = choice(itertools.chain([first], it))
+    picked = choice(it if sample is not None else itertools.chain([first], it))
     if picked == "packed" and not packed_ok:
         return (
             numpy_mm,

@@ -328,7 +328,10 @@ class DecodeStep:
         else:
             nbytes = blas.parameter_bytes(m)
             self._mm, self.blas = blas.decode_choice(
-                probe_matrices(m), nbytes, packed_ok=nbytes <= COPY_LIMIT_BYTES
+                probe_matrices(m),
+                nbytes,
+                packed_ok=nbytes <= COPY_LIMIT_BYTES,
+                sample=m.lm_head.weight,
             )
         self._split_threads = self._mm is blas.numpy_mm
         self.weights = decode_weights(m, pack=self._mm is packed.packed_mm)
