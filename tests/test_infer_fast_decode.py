@@ -304,3 +304,31 @@ def test_gelu_outside_onednn_equals_gelu(shape: tuple[int, int]) -> None:
     assert y.is_contiguous() and y.shape == x.shape and torch.equal(x, before)
     tanh = decode_mod._gelu(x, "tanh")
     assert torch.equal(tanh, torch.nn.functional.gelu(x, approximate="tanh"))
+
+
+def test_auto_probes_the_models_own_weights_and_keeps_its_layout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With every model counted as large, `auto` runs the real probe on the model's own
+    matrices; the step's layout follows the choice, survives a refresh, and decodes the
+    plain path's greedy tokens."""
+    monkeypatch.setenv(blas.ENV, "auto")
+    monkeypatch.setattr(blas, "STREAM_BYTES", 0)
+    blas.reset()
+    seen = []
+    real = blas._probe_weights
+    monkeypatch.setattr(blas, "_probe_weights", lambda w, g: seen.append(1) or real(w, g))
+    try:
+        model = model_for("llama-gqa")
+        step = DecodeStep(model)
+        assert seen and step.blas.endswith("chosen by the probe")
+        assert step.weights.packed == (step._mm is packed.packed_mm)
+        before = step.weights
+        step.refresh()
+        assert step.weights is before and len(seen) == 1  # no second probe, no rebuild
+        kw = dict(temperature=0, max_new_tokens=30, ignore_eos=True)
+        rows = PROMPTS["padded"]
+        fast = [r.token_ids for r in generate(model, rows, **kw)]
+        assert fast == [r.token_ids for r in generate(model, rows, fast=False, **kw)]
+    finally:
+        blas.reset()
