@@ -11,9 +11,10 @@ Three measurements, each interleaved (torch, numpy, torch, ...), medians of the 
    processes of its own, alternating (`LUMENLM_BLAS=numpy` forces numpy at every model
    size, `LUMENLM_BLAS=torch` never), at batch 1 and 8: the end-to-end figure that the
    threshold follows;
-4. `--probe`: `blas.probe`'s ratio (torch's time / numpy's) over weights that stay in the
-   cache (4 MB each, as the probe had them before) and over `blas.probe_bytes` of weights
-   that stream from memory (as it has them now), alternating: why the probe streams;
+4. `--probe`: what four kinds of probe choose, each run `--rounds` times: the probe as it
+   was (4 MB weights that stay in the cache, torch's and numpy's products alternating
+   call by call), the same weights timed in blocks as `blas.probe` does now, random
+   streamed weights, and lumenbase-128m's own (the probe now); alone, without the rest;
 5. `--train`: a training step (forward, chunked loss, backward, fused AdamW) with every
    `nn.Linear` product (forward and both backward products) through numpy, against the
    model as it is; both under `numpy_threads` and without. This is the trial behind
@@ -35,6 +36,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +51,7 @@ from torch import Tensor, nn
 from lumenlm import blas
 from lumenlm.devices import cpu_info
 from lumenlm.model import GPT
-from lumenlm.model.decode_step import DecodeStep
+from lumenlm.model.decode_step import DecodeStep, decode_weights, probe_matrices
 from lumenlm.presets import get_preset
 from shapes import suite_shape
 from timing import samples
@@ -137,8 +139,9 @@ def products(rounds: int) -> None:
 
 def _step_fn(model: GPT, rows: int, mm: Callable[[Tensor, Tensor], Tensor]) -> Callable[[], Any]:
     step = DecodeStep(model)
-    step._mm = mm  # what decode_mm would pick, forced
+    step._mm = mm  # what decode_mm would pick, forced, on the (in, out) copies
     step._split_threads = mm is blas.numpy_mm  # numpy's runs under numpy_threads
+    step.weights = decode_weights(model, pack=False)
     cfg = model.config
     S = cfg.context_length
     cache = model.new_cache(rows, S)
@@ -291,21 +294,50 @@ CACHED_WEIGHTS = [torch.randn(512, 2048), torch.randn(2048, 512)]
 """The probe's weights before: 4 MB each, small enough to stay in a 32 MB L3."""
 
 
-def probe_trial(rounds: int) -> None:
-    print("| probe weights | torch / numpy time, each probe | numpy chosen |")
-    print("|---|---|---:|")
-    ratios: dict[str, list[float]] = {"cached": [], "streamed": []}
+def _alternating_probe(weights: list[Tensor], rounds: int = 7) -> tuple[str, float]:
+    """The probe as it was before: torch's and numpy's products alternating call by
+    call (4 products of 1 and 8 rows per call), each side's best of `rounds`."""
+    blas.set_threads(torch.get_num_threads())
+    xs = {(r, w.shape[0]): torch.randn(r, w.shape[0]) for r in (1, 8) for w in weights}
+
+    def once(fn: Callable[[Tensor, Tensor], Tensor]) -> float:
+        start = time.perf_counter()
+        for r in (1, 8):
+            for w in weights:
+                for _ in range(4):
+                    fn(xs[r, w.shape[0]], w)
+        return time.perf_counter() - start
+
+    once(torch.mm), once(blas.numpy_mm)
+    t = {"torch": [], "numpy": []}
     for _ in range(rounds):
-        ratios["cached"].append(blas.probe(weights=CACHED_WEIGHTS)[1])
-        ratios["streamed"].append(blas.probe()[1])
-    for name, rs in ratios.items():
-        label = (
-            "4 MB each, in the cache"
-            if name == "cached"
-            else f"{blas.probe_bytes() >> 20} MiB, streamed"
-        )
-        chosen = sum(r >= blas.MARGIN for r in rs)
-        print(f"| {label} | {', '.join(f'{r:.2f}' for r in rs)} | {chosen} of {len(rs)} |")
+        t["torch"].append(once(torch.mm))
+        t["numpy"].append(once(blas.numpy_mm))
+    ratio = min(t["torch"]) / min(t["numpy"])
+    return ("numpy" if ratio >= blas.MARGIN else "torch"), ratio
+
+
+def probe_trial(rounds: int) -> None:
+    """Each kind of probe `rounds` times, interleaved: what it chose, and torch's time
+    over the chosen (or best other) side's."""
+    model = GPT(get_preset("lumenbase-128m").model.with_dropout(0.0)).eval()
+    kinds: dict[str, Callable[[], tuple[str, float]]] = {
+        "4 MB weights, in the cache; torch and numpy alternating call by call (the probe "
+        "before)": lambda: _alternating_probe(CACHED_WEIGHTS),
+        "4 MB weights, in the cache; in blocks": lambda: blas.probe(weights=CACHED_WEIGHTS),
+        f"random weights, {blas.probe_bytes() >> 20} MiB, streamed; in blocks": blas.probe,
+        "lumenbase-128m's own first matrices, streamed; in blocks (the probe now)": (
+            lambda: blas.probe(weights=probe_matrices(model))
+        ),
+    }
+    got: dict[str, list[tuple[str, float]]] = {k: [] for k in kinds}
+    for _ in range(rounds):
+        for name, fn in kinds.items():
+            got[name].append(fn())
+    print("| probe | choice (torch's time / the other's), each probe |")
+    print("|---|---|")
+    for name, results in got.items():
+        print(f"| {name} | {', '.join(f'{c} {r:.2f}' for c, r in results)} |")
 
 
 def main() -> None:
@@ -316,7 +348,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--train", action="store_true", help="also the training-step trial")
     ap.add_argument("--generate", action="store_true", help="also whole generate calls")
-    ap.add_argument("--probe", action="store_true", help="also the probe's two weight sizes")
+    ap.add_argument("--probe", action="store_true", help="only the trial of four probes")
     ap.add_argument("--system-mkl", action="store_true", help="run without the MKL shim")
     ap.add_argument("--generate-worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -329,12 +361,11 @@ def main() -> None:
     model, flags = cpu_info()
     print(
         f"CPU: {model}; avx2 {'avx2' in flags}, avx512f {'avx512f' in flags}; "
-        f"torch {torch.__version__} threads {torch.get_num_threads()}; MKL: {SHIM}; "
-        f"probe: {blas.probe()}"
+        f"torch {torch.__version__} threads {torch.get_num_threads()}; MKL: {SHIM}"
     )
-    if args.probe:
+    if args.probe:  # the probe trial alone
         probe_trial(args.rounds)
-        print()
+        return
     products(args.rounds)
     print()
     decode_steps(args.rounds)

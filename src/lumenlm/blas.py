@@ -10,12 +10,14 @@ faster one. So the choice is timed on this CPU, once per process, never assumed 
 the vendor:
 
 - `probe()` multiplies one and eight rows by the model's own decode weights each way
-  (torch's, numpy's, and the packed kernel's where it builds), interleaved, and picks the
-  fastest other than torch's only when it is at least `MARGIN` times faster than torch's
-  and its product equals torch's to float rounding. The weights must stream from memory as they
-  do in decoding (`probe_bytes`: twice the last-level cache): with the MKL shim
-  (`lumenlm.mkl_shim`) MKL won on 4 MB weights that stay in the cache, and lost on the
-  real model (lumenbase-128m decode, numpy's 1.19x at one row and 1.33x at eight);
+  (torch's, numpy's, and the packed kernel's where it builds), in blocks (see there),
+  and picks the fastest other than torch's only when it is at least `MARGIN` times
+  faster than torch's and its product equals torch's to float rounding. The weights
+  stream from memory as they do in decoding (`probe_bytes`: twice the last-level
+  cache). The probe before (4 MB weights, torch's and numpy's calls alternating) chose
+  MKL in 5 of 5 runs with the MKL shim (`lumenlm.mkl_shim`), while lumenbase-128m then
+  decoded 1.19x faster at one row and 1.33x at eight through numpy's; the same weights
+  timed in blocks chose the packed kernel in 5 of 5 (`benchmarks/bench_blas.py --probe`);
 - `LUMENLM_BLAS=torch` uses torch's only; `numpy` or `packed` uses that one for every
   model size, without a probe (to compare); `auto`, the default, probes for large models.
 
