@@ -1,13 +1,14 @@
 """Which product multiplies the decode step's CPU matrices: torch's own BLAS (MKL),
 numpy's (OpenBLAS), or lumenlm's packed kernel (`lumenlm.packed`), measured.
 
-Why: torch's x86 wheels run fp32 matrix products through Intel MKL, and MKL does not run
-its best code on every CPU. On the 2-core AMD EPYC (Zen 3, AVX2, no AVX-512) this was
-written on, every product shape measured ran faster through the OpenBLAS that numpy
-ships, most at the one and eight rows of decoding: the lumenbase-128m head 1.5x at one
-row and 3.2x at eight (`benchmarks/bench_blas.py`). On an Intel CPU MKL may well be the
-faster one. So the choice is timed on this CPU, once per process, never assumed from
-the vendor:
+Why: torch's x86 wheels run fp32 matrix products through Intel MKL, which is built for
+large products. Decoding multiplies a few rows by every weight, once per token. On the
+2-core AMD EPYC (Zen 3, AVX2, no AVX-512) this was written on, one decode step of
+lumenbase-128m (490 MiB of weights) took 44 ms of products through MKL (with
+`lumenlm.mkl_shim`) at one row and 94 ms at eight, 35 and 65 ms through the OpenBLAS
+that numpy ships, and 35 and 50 ms through the packed kernel (`benchmarks/bench_packed.py`).
+Without the shim, MKL was slower still. On another CPU the order may differ. So the
+choice is timed on this CPU, once per process, never assumed from the vendor:
 
 - `probe()` multiplies one and eight rows by the model's own decode weights each way
   (torch's, numpy's, and the packed kernel's where it builds), in blocks (see there),
@@ -66,11 +67,13 @@ PROBE_BLOCKS = 2
 """Times the probe goes through the sides (see `probe`)."""
 STREAM_BYTES = 128 << 20
 """With `auto`, models with at least this many parameter bytes decode through numpy's BLAS
-(when the probe finds it faster). They stream every weight from memory for each token,
-so the product kernel's throughput is the step's speed: lumenbase-128m (490 MiB) decoded
-1.4-2.2x faster. Smaller models' steps are bound by the cost per op, and the second
-thread pool cost more than the products gained: whole generate calls of librarian-1.3m
-and lumiere-1m ran at 0.30-0.97x (benchmarks/RESULTS.md, "Which BLAS multiplies")."""
+or the packed kernel when the probe finds one faster. They stream every weight from
+memory for each token, so the product's throughput is the step's speed: lumenbase-128m
+(490 MiB) decoded 1.42x (one row) and 1.57x (eight) faster through the packed kernel
+than through MKL. Smaller models' steps are bound by the cost per op: with numpy's, the
+second thread pool cost more than the products gained (whole generate calls of
+librarian-1.3m and lumiere-1m at 0.30-0.97x, benchmarks/RESULTS.md, "Which BLAS
+multiplies"), and the packed kernel, forced, ranged from 0.84x to 1.34x."""
 
 MatMul = Callable[[Tensor, Any], Tensor]
 """A decode product: `torch.mm`, `numpy_mm` (both on (in, out) matrices) or
