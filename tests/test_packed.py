@@ -93,3 +93,16 @@ def test_without_a_compiler_it_says_why(monkeypatch: pytest.MonkeyPatch, tmp_pat
             packed.pack(torch.zeros(2, 2))
     finally:
         packed._load.cache_clear()
+
+
+def test_a_changed_default_dtype_changes_nothing(kernel: None) -> None:
+    g = torch.Generator().manual_seed(2)
+    x, w = torch.randn(3, 40, generator=g), torch.randn(40, 24, generator=g)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = packed.packed_mm(x, packed.pack(w))
+    finally:
+        torch.set_default_dtype(before)
+    assert got.dtype == torch.float32
+    assert _err(got, x.double() @ w.double()) < 1e-5

@@ -121,7 +121,7 @@ def pack(w: Tensor) -> PackedMatrix:
         raise ValueError(f"pack takes a 2-D fp32 CPU matrix, got {tuple(w.shape)} {w.dtype}")
     w = w.detach().contiguous()
     k, n = w.shape
-    data = torch.empty(-(-n // PANEL) * PANEL * k)
+    data = torch.empty(-(-n // PANEL) * PANEL * k, dtype=torch.float32)
     lib.lumenlm_pack(w.data_ptr(), k, n, data.data_ptr())
     return PackedMatrix(data, k, n)
 
@@ -135,7 +135,7 @@ def packed_mm(x: Tensor, w: PackedMatrix) -> Tensor:
     if x.dim() != 2 or x.shape[1] != w.k or x.dtype != torch.float32:
         raise ValueError(f"packed_mm: x {tuple(x.shape)} {x.dtype} does not fit ({w.k}, {w.n})")
     x = x.contiguous()
-    y = torch.empty(x.shape[0], w.n)
+    y = torch.empty(x.shape[0], w.n, dtype=torch.float32)  # whatever the default dtype
     lib.lumenlm_packed_mm(
         x.data_ptr(), x.shape[0], w.k, w.data.data_ptr(), w.n, y.data_ptr(),
         torch.get_num_threads(),
