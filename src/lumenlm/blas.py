@@ -147,7 +147,10 @@ def _probe_weights(weights: Iterable[Tensor] | None, gen: torch.Generator) -> li
     limit = probe_bytes()
     if weights is None:
         n = -(-limit // (1024 * 4096 * 4))
-        return [torch.empty(1024, 4096).uniform_(-1, 1, generator=gen) for _ in range(n)]
+        shape = (1024, 4096)
+        return [
+            torch.empty(shape, dtype=torch.float32).uniform_(-1, 1, generator=gen) for _ in range(n)
+        ]
     picked, total = [], 0
     for w in weights:
         picked.append(w)
@@ -198,8 +201,9 @@ def probe(rounds: int = PROBE_ROUNDS, weights: Iterable[Tensor] | None = None) -
     """
     set_threads(torch.get_num_threads())
     gen = torch.Generator().manual_seed(0)
+    f32 = torch.float32
     checks = [
-        (torch.randn(r, k, generator=gen), torch.randn(k, n, generator=gen))
+        (torch.randn(r, k, generator=gen, dtype=f32), torch.randn(k, n, generator=gen, dtype=f32))
         for r, k, n in CHECK_SHAPES
     ]
     others: dict[str, MatMul] = {"numpy": numpy_mm}
