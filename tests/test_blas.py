@@ -300,3 +300,14 @@ def test_a_real_probe_runs_every_side_and_answers(monkeypatch: pytest.MonkeyPatc
     choice, ratio = blas.probe(rounds=1, weights=SMALL)
     assert choice in ran and ratio > 0
     assert ran == {"torch", "numpy"} | ({"packed"} if blas.packed.unavailable() is None else set())
+
+
+def test_a_product_that_fails_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    _with_packed(monkeypatch)
+
+    def broken(a, b):
+        raise RuntimeError("no")
+
+    monkeypatch.setattr(blas, "_packed_product", lambda: broken)
+    _fake_clock(monkeypatch, torch=1.0, numpy=2.0)
+    assert blas.probe(weights=SMALL) == ("torch", pytest.approx(0.5))

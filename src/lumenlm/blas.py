@@ -183,6 +183,17 @@ def _timed(name: str, fn: MatMul, mats: list[Tensor], inputs: dict) -> float:
     return _timer() - start
 
 
+def _agrees(fn: MatMul, checks: list[tuple[Tensor, Tensor]]) -> bool:
+    """Whether `fn` gives torch's products to float rounding; an error counts as no (an
+    optional product must never stop a decode)."""
+    try:
+        return all(
+            torch.allclose(fn(a, b), torch.mm(a, b), rtol=1e-4, atol=1e-4) for a, b in checks
+        )
+    except (RuntimeError, ValueError, OSError):
+        return False
+
+
 def probe(rounds: int = PROBE_ROUNDS, weights: Iterable[Tensor] | None = None) -> tuple[str, float]:
     """("torch", "numpy" or "packed"; torch's time / the best other's time) for
     decode-shaped products: `PROBE_ROWS` rows by each of `weights` (2-D, (in, out), CPU
@@ -211,7 +222,7 @@ def probe(rounds: int = PROBE_ROUNDS, weights: Iterable[Tensor] | None = None) -
         others["packed"] = _packed_product()
     sides: dict[str, MatMul] = {"torch": torch.mm}
     for name, fn in others.items():
-        if all(torch.allclose(fn(a, b), torch.mm(a, b), rtol=1e-4, atol=1e-4) for a, b in checks):
+        if _agrees(fn, checks):
             sides[name] = fn
     if len(sides) == 1:
         return "torch", 0.0
