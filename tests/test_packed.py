@@ -106,3 +106,14 @@ def test_a_changed_default_dtype_changes_nothing(kernel: None) -> None:
         torch.set_default_dtype(before)
     assert got.dtype == torch.float32
     assert _err(got, x.double() @ w.double()) < 1e-5
+
+
+def test_a_row_gets_the_same_bits_alone_and_in_any_batch(kernel: None) -> None:
+    """Every output is the same in-order sum whatever the number of rows, so a request
+    decodes the same alone and in the server's batch (docs/SERVING.md)."""
+    g = torch.Generator().manual_seed(3)
+    w = packed.pack(torch.randn(300, 1000, generator=g))
+    rows = torch.randn(33, 300, generator=g)
+    alone = torch.cat([packed.packed_mm(rows[i : i + 1], w) for i in range(33)])
+    for m in (2, 3, 4, 5, 6, 7, 8, 9, 13, 33):
+        assert torch.equal(packed.packed_mm(rows[:m], w), alone[:m]), m

@@ -10,9 +10,9 @@ measured). OpenBLAS at two to four rows (63-67 ms) was no faster than at eight.
 
 The kernel (`packed_mm.c`, compiled once with the system C compiler through
 `lumenlm.cbuild`) keeps each weight as panels of 16 columns, `[N/16][K][16]`, so that
-each thread reads one contiguous stretch of memory, and multiplies up to four rows per
-pass over a panel with AVX2 FMAs (one row: four independent accumulators, so the FMA
-latency does not bound it). Measured the same way it took 35 ms at one row, 35-39 ms
+each thread reads one contiguous stretch of memory, and multiplies two to four rows per
+pass over a panel with AVX2 FMAs (a single row goes over four panels at once: eight
+independent accumulators, so the FMA latency does not bound it). Measured the same way it took 35 ms at one row, 35-39 ms
 at two to four, 50 ms at eight and 63 ms at sixteen: 1.0x, 1.7-1.8x, 1.3x and 1.3x
 OpenBLAS's speed, 1.3-2.2x MKL's (`benchmarks/bench_packed.py`); whole `generate`
 calls of lumenbase-128m ran 1.42x (batch 1) and 1.57x (batch 8) faster than through MKL.
@@ -21,9 +21,10 @@ Its threads are torch's own: the library is linked against libgomp, which the dy
 loader resolves to the copy torch already loaded, so one OpenMP pool serves both (a
 process where that is not so, two OpenMP runtimes mapped, does not use the kernel).
 
-It is the same fp32 product: each output is a sum over k in order (one row: four
-interleaved partial sums), so it differs from MKL's and OpenBLAS's blocked sums by
-rounding only (tests/test_packed.py: within 1e-5 of the largest entry against fp64).
+It is the same fp32 product: each output is a sum over k in order, whatever the number
+of rows, so it differs from MKL's and OpenBLAS's blocked sums by rounding only
+(tests/test_packed.py: within 1e-5 of the largest entry against fp64), and a row gets
+the same bits alone and in any batch (tested), as docs/SERVING.md wants of a request.
 `lumenlm.blas` times it against the two BLAS libraries on the model's own weights and
 uses it where it is the fastest; `lumenlm.model.decode_step` then stores the weights
 packed instead of as (in, out) copies (the same memory).
