@@ -5,8 +5,8 @@ Why: torch's x86 wheels run fp32 matrix products through Intel MKL, which is bui
 large products. Decoding multiplies a few rows by every weight, once per token. On the
 2-core AMD EPYC (Zen 3, AVX2, no AVX-512) this was written on, one decode step of
 lumenbase-128m (490 MiB of weights) took 44 ms of products through MKL (with
-`lumenlm.mkl_shim`) at one row and 94 ms at eight, 35 and 65 ms through the OpenBLAS
-that numpy ships, and 35 and 50 ms through the packed kernel (`benchmarks/bench_packed.py`).
+`lumenlm.mkl_shim`) at one row and 94 ms at eight, 29 and 62 ms through the OpenBLAS
+that numpy ships, and 22 and 46 ms through the packed kernel (`benchmarks/bench_packed.py`).
 Without the shim, MKL was slower still. On another CPU the order may differ. So the
 choice is timed on this CPU, once per process, never assumed from the vendor:
 
@@ -69,7 +69,7 @@ STREAM_BYTES = 128 << 20
 """With `auto`, models with at least this many parameter bytes decode through numpy's BLAS
 or the packed kernel when the probe finds one faster. They stream every weight from
 memory for each token, so the product's throughput is the step's speed: lumenbase-128m
-(490 MiB) decoded 1.42x (one row) and 1.57x (eight) faster through the packed kernel
+(490 MiB) decoded 1.71x (one row) and 1.74x (eight) faster through the packed kernel
 than through MKL. Smaller models' steps are bound by the cost per op: with numpy's, the
 second thread pool cost more than the products gained (whole generate calls of
 librarian-1.3m and lumiere-1m at 0.30-0.97x, benchmarks/RESULTS.md, "Which BLAS

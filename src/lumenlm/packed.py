@@ -5,17 +5,19 @@ weight once per token, so the product's speed is how fast it streams the weights
 memory. Neither BLAS torch and numpy ship does that well at these shapes on the 2-core
 AMD EPYC (Zen 3, AVX2) this was written on: over the lumenbase-128m weights of one
 decode step (490 MiB), MKL (with `lumenlm.mkl_shim`) took 44 ms at one row and 94 ms
-at eight, OpenBLAS 35 and 65 ms, where the memory allows about 25 ms (17-20 GB/s
-measured). OpenBLAS at two to four rows (63-67 ms) was no faster than at eight.
+at eight, OpenBLAS 29-35 and 62-65 ms, where the memory allows about 21-25 ms (a
+500 MB `sum` read 17-20 GB/s). OpenBLAS at two to four rows (63-69 ms) was no faster
+than at eight.
 
 The kernel (`packed_mm.c`, compiled once with the system C compiler through
 `lumenlm.cbuild`) keeps each weight as panels of 16 columns, `[N/16][K][16]`, so that
 each thread reads one contiguous stretch of memory, and multiplies two to four rows per
 pass over a panel with AVX2 FMAs (a single row goes over four panels at once: eight
-independent accumulators, so the FMA latency does not bound it). Measured the same way it took 35 ms at one row, 35-39 ms
-at two to four, 50 ms at eight and 63 ms at sixteen: 1.0x, 1.7-1.8x, 1.3x and 1.3x
-OpenBLAS's speed, 1.3-2.2x MKL's (`benchmarks/bench_packed.py`); whole `generate`
-calls of lumenbase-128m ran 1.42x (batch 1) and 1.57x (batch 8) faster than through MKL.
+independent accumulators, so the FMA latency does not bound it). Measured the same
+way it took 22 ms at one row (the memory's speed), 36-40 ms at two to four, 46 ms at
+eight and 76 ms at sixteen: 1.36x, 1.7-1.9x, 1.36x and 1.11x OpenBLAS's speed, 1.5-2.4x
+MKL's (`benchmarks/bench_packed.py`); whole `generate` calls of lumenbase-128m ran 1.71x
+(batch 1) and 1.74x (batch 8) faster than through MKL.
 
 Its threads are torch's own: the library is linked against libgomp, which the dynamic
 loader resolves to the copy torch already loaded, so one OpenMP pool serves both (a
