@@ -162,18 +162,18 @@ def decode_weights(model: GPT, pack: bool = False) -> DecodeWeights:
     del cached
     cfg = model.config
     with torch.no_grad():
+        groups = list(_groups(model))  # per block: q|k|v, o, the MLP's up, down; the head
         layers = []
-        for block in model.blocks:
-            a, m = block.attn, block.mlp
-            ups = [m.gate_proj, m.up_proj] if m.swiglu else [m.up_proj]
+        for i, block in enumerate(model.blocks):
+            qkv, o, ups, down = groups[4 * i : 4 * i + 4]
             layers.append(
                 LayerWeights(
                     attn_norm=_norm(block.attn_norm),
-                    qkv=_linears([a.q_proj, a.k_proj, a.v_proj], copy, pack),
-                    o=_linears([a.o_proj], copy, pack)[0],
+                    qkv=_linears(qkv, copy, pack),
+                    o=_linears(o, copy, pack)[0],
                     mlp_norm=_norm(block.mlp_norm),
                     up=_linears(ups, copy, pack),
-                    down=_linears([m.down_proj], copy, pack)[0],
+                    down=_linears(down, copy, pack)[0],
                 )
             )
         rope = None
@@ -188,7 +188,7 @@ def decode_weights(model: GPT, pack: bool = False) -> DecodeWeights:
             rope=rope,
             layers=layers,
             final_norm=_norm(model.final_norm),
-            head=_linears([model.lm_head], copy, pack)[0],
+            head=_linears(groups[-1], copy, pack)[0],
             nbytes=size,
             key=key,
             packed=pack,
