@@ -148,8 +148,6 @@ def prepare(presets: list[str], root: Path, quick: bool, nanogpt: str | None) ->
 def plan(args: argparse.Namespace, device: Any, info: dict[str, Any]) -> dict[str, Any]:
     """results["cases"][preset][setting][toolkit] entries; a toolkit whose settings are the
     same in (a) and (b) is measured once and its entry shared (`same_as`)."""
-    from lumenlm.train.precision import resolve_precision
-
     equal_precision = args.equal_precision or ("bf16" if device.type == "cuda" else "fp32")
     cases: dict[str, Any] = {}
     for preset in args.presets:
@@ -163,8 +161,10 @@ def plan(args: argparse.Namespace, device: Any, info: dict[str, Any]) -> dict[st
                     toolkit, setting, device.type, equal_precision, args.compile
                 )
                 skip = info[preset]["nanogpt_misfit"] if toolkit == "nanogpt" else None
-                # "auto" and what it resolves to are the same run
-                resolved = dict(s.to_dict(), precision=resolve_precision(s.precision, device))
+                # "auto" and what it resolves to are the same run, where it is known now
+                resolved = dict(
+                    s.to_dict(), precision=toolkits.possible_precisions(s.precision, device)
+                )
                 key = tuple(sorted(resolved.items()))
                 if key in by_settings:
                     entry = dict(by_settings[key], same_as=next(iter(by_settings[key]["serves"])))
@@ -214,7 +214,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
     from lumenlm.devices import configure_threads, resolve_device
     from lumenlm.train.metrics import guess_peak_flops
-    from lumenlm.train.precision import resolve_precision
 
     device = resolve_device(args.device)
     threads = configure_threads(args.threads)[0]
@@ -234,9 +233,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         _say(f"preparing {', '.join(args.presets)} (weights and HF exports) in {work}")
         info = prepare(args.presets, work, args.quick, args.nanogpt)
         cases = plan(args, device, info)
-        precisions = sorted({"fp32"} | {
-            resolve_precision(e["settings"]["precision"], device)
-            for c in cases.values() for s in c.values() for e in s.values()})  # fmt: skip
+        precisions = sorted({"fp32"}.union(*(
+            toolkits.possible_precisions(e["settings"]["precision"], device)
+            for c in cases.values() for s in c.values() for e in s.values())))  # fmt: skip
         meta["device_peak"] = {p: guess_peak_flops(device.type, p) for p in precisions
                                if device.type == "cuda"}  # fmt: skip
         results: dict[str, Any] = {"meta": meta, "presets": info, "cases": cases, "peak": []}

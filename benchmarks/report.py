@@ -188,9 +188,7 @@ def settings_table(results: dict[str, Any]) -> list[str]:
                 continue
             s, r = entry["settings"], entry["rounds"][0]
             notes = r.get("notes", {})
-            precision = r.get("precision", s["precision"])
-            if s["precision"] == "auto":
-                precision = f"{precision} (auto)"
+            precision = _per_preset(results, setting, toolkit, _precision_note)
             same = " (same runs as (a))" if entry.get("same_as") else ""
             lines.append(
                 f"| {NAMES[toolkit]} | {setting}{same} | {precision} | {r.get('allocator')} | "
@@ -203,11 +201,26 @@ def settings_table(results: dict[str, Any]) -> list[str]:
 
 def _decode_notes(results: dict[str, Any], setting: str, toolkit: str) -> str:
     """Each preset's decode BLAS (lumenlm's notes; peers use torch's)."""
+    return _per_preset(results, setting, toolkit, lambda e: round_note(e, "decode", "torch's"))
+
+
+def _precision_note(entry: dict[str, Any]) -> str:
+    """The training precision an entry ran in ("bf16 (auto)" where auto chose it), and
+    its evaluation's where that differs (lumenlm's default scores in fp32)."""
+    precisions = sorted({r.get("precision", "?") for r in entry["rounds"]})
+    text = "/".join(precisions) + (" (auto)" if entry["settings"]["precision"] == "auto" else "")
+    evals = round_note(entry, "eval")
+    return f"{text}; eval {evals}" if evals and evals.split()[0] not in precisions else text
+
+
+def _per_preset(results: dict[str, Any], setting: str, toolkit: str, value: Any) -> str:
+    """`value(entry)` of each preset's entry: one value where all agree, else each with
+    its preset."""
     seen = []
     for name, preset in results["cases"].items():
         entry = preset.get(setting, {}).get(toolkit)
         if entry and entry.get("rounds") and not entry.get("error"):
-            seen.append((name, round_note(entry, "decode", "torch's")))
+            seen.append((name, value(entry)))
     if len({n for _, n in seen}) <= 1:
         return seen[0][1] if seen else ""
     return "; ".join(f"{name}: {note}" for name, note in seen)

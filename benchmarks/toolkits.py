@@ -98,6 +98,22 @@ def settings_for(
     return Settings("fp32", "system", "nanogpt", True, tf32=True)
 
 
+def possible_precisions(precision: str, device: torch.device) -> tuple[str, ...]:
+    """What `precision` can turn out to be in a worker, known before any worker runs.
+
+    "auto" on a CPU with native bf16 depends on a probe of each model (`lumenlm train`'s
+    `auto_cpu_precision`, run in the worker under the MKL shim, as the CLI runs it), so
+    it may be fp32 or bf16; elsewhere `resolve_precision` says at once what it is.
+    `python -m benchmarks` measures the matmul peak in each, and keeps "auto" apart
+    from an explicit fp32 wherever it could be something else."""
+    from lumenlm.devices import cpu_bf16_native
+    from lumenlm.train.precision import resolve_precision
+
+    if precision == "auto" and device.type == "cpu" and cpu_bf16_native() is True:
+        return ("bf16", "fp32")
+    return (resolve_precision(precision, device),)
+
+
 @dataclass
 class Runner:
     """One toolkit's model and its own code for each measured task."""
@@ -219,13 +235,22 @@ def build_lumenlm(
     `lumenlm.evaluate.evaluate_tokens`, and `lumenlm.infer.generate`."""
     from lumenlm.evaluate import evaluate_tokens
     from lumenlm.infer import generate
+    from lumenlm.infer.dtype import auto_dtype, dtype_name
     from lumenlm.modelio import load
+    from lumenlm.presets import get_preset
     from lumenlm.train.distributed import DistEnv
     from lumenlm.train.loss import accumulate
     from lumenlm.train.precision import autocast, make_scaler, resolve_precision
 
     raw = load(model_dir, device=device)
-    precision = resolve_precision(settings.precision, device)
+    # as `lumenlm train` resolves it: "auto" probes this model at the preset's rows
+    # where the CPU has native bf16 (cached on disk), else fp32 at once
+    rows = get_preset(preset).train.batch_size
+    precision = resolve_precision(settings.precision, device, raw.config, rows)
+    # `lumenlm eval` and `lumenlm generate` by default: fp32 scoring, `--dtype auto` decoding
+    default = settings.precision == "auto"
+    eval_precision = "fp32" if default else precision
+    decoder = auto_dtype(raw, "lumenlm generate") if default else raw
     model = _maybe_compile(raw, settings)
     opt = _optimizer(settings.optimizer, raw, preset, device)
     scaler = make_scaler(precision, device)
@@ -244,21 +269,24 @@ def build_lumenlm(
         return loss
 
     def evaluate(tokens: torch.Tensor) -> float:
-        with autocast(precision, device):
+        with autocast(eval_precision, device):
             res = evaluate_tokens(
                 model, tokens, window=shape.context, batch_size=shape.batch, progress=False
             )
         return res.loss
 
     def gen(prompt: torch.Tensor, n: int) -> torch.Tensor:
-        res = generate(raw, prompt.tolist(), temperature=0, max_new_tokens=n, ignore_eos=True)
+        res = generate(decoder, prompt.tolist(), temperature=0, max_new_tokens=n, ignore_eos=True)
         return torch.tensor([r.token_ids for r in res])
 
     return Runner(
         train_step, evaluate, gen, raw.train, precision,
         {"loss": "chunked linear + cross-entropy (return_logits=False)",
          "optimizer": "build_optimizer: AdamW(fused=True), decay on matrices",
-         "decode": _decode_blas(raw),
+         "eval": f"{eval_precision}{' (lumenlm eval --dtype default)' if default else ''}",
+         "decode": f"{dtype_name(decoder)} weights"
+                   f"{' (lumenlm generate --dtype auto)' if default else ''}; "
+                   f"{_decode_blas(decoder)}",
          "dropout": "lumenlm.model.dropout (mask bits from numpy's SFC64, seeded from torch's "
                     "generator; attention: the explicit path)"},
         dropout_setter(raw),

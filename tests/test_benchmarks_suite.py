@@ -19,6 +19,8 @@ sys.path.append(str(ROOT))
 from benchmarks import report  # noqa: E402
 from benchmarks.shapes import SUITE_SHAPES, suite_shape  # noqa: E402
 
+from lumenlm.train.precision import LOSS_TOLERANCE  # noqa: E402
+
 NANOGPT = Path(os.environ.get("NANOGPT_MODEL", "/work/peers/nanogpt/model.py"))
 
 
@@ -212,7 +214,12 @@ def test_quick_run_measures_every_side_and_they_agree(tmp_path: Path, preset: st
         base = entries["lumenlm"]["rounds"][0]
         for toolkit in ran[1:]:
             r = entries[toolkit]["rounds"][0]
-            assert r["train"]["first_loss"] == pytest.approx(base["train"]["first_loss"], abs=1e-4)
+            # lumenlm's auto may train in bf16 where the CPU has it natively: then its
+            # first loss is bf16 autocast's, within the tolerance the trainer states
+            same = r["precision"] == base["precision"]
+            close = pytest.approx(base["train"]["first_loss"], **(
+                {"abs": 1e-4} if same else {"rel": LOSS_TOLERANCE}))  # fmt: skip
+            assert r["train"]["first_loss"] == close, (setting, toolkit)
             assert r["eval"]["loss"] == pytest.approx(base["eval"]["loss"], abs=1e-4)
             for b in shape["decode_batches"]:
                 assert r[f"decode_{b}"]["ids"] == base[f"decode_{b}"]["ids"], (toolkit, b)
@@ -242,3 +249,44 @@ def test_a_note_that_differs_between_rounds_names_its_rounds() -> None:
     assert "torch's (round 1); numpy's (OpenBLAS), chosen by the probe (round 2)" in text
     ours["rounds"][0]["notes"]["decode"] = ours["rounds"][1]["notes"]["decode"]
     assert "(round" not in report.render(results)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_is_measured_apart_from_fp32_only_where_a_probe_decides_it(
+    monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    """On a CPU with native bf16, lumenlm's "auto" resolves per model in its worker (the
+    trainer's probe), so the suite measures it apart from (b)'s explicit fp32 and times
+    the bf16 peak too; elsewhere auto is fp32 at once and (a) and (b) are one run."""
+    import argparse
+
+    from benchmarks import __main__ as suite
+    from benchmarks import toolkits
+
+    import lumenlm.devices
+
+    monkeypatch.setattr(lumenlm.devices, "cpu_bf16_native", lambda: native)
+    cpu = torch.device("cpu")
+    assert toolkits.possible_precisions("auto", cpu) == (("bf16", "fp32") if native else ("fp32",))
+    assert toolkits.possible_precisions("fp32", cpu) == ("fp32",)
+    args = argparse.Namespace(presets=["p"], settings=["default", "equal"], equal_precision=None,
+                              compile=False, nanogpt=None)  # fmt: skip
+    cases = suite.plan(args, cpu, {"p": {"nanogpt_misfit": None}})
+    ours = cases["p"]["default"]["lumenlm"], cases["p"]["equal"]["lumenlm"]
+    assert (ours[0] is ours[1] or ours[1].get("same_as") == "default") is not native
+    hf = cases["p"]["default"]["hf"], cases["p"]["equal"]["hf"]
+    assert hf[1].get("same_as") is None  # HF's defaults differ from (b) in allocator and optimizer
+
+
+def test_settings_table_names_each_presets_precision_and_lumenlms_fp32_scoring() -> None:
+    """Where auto chose differently per preset, the settings table says which preset got
+    what, and that lumenlm's default evaluation scored in fp32 (as `lumenlm eval`)."""
+    results = _results()
+    ours = results["cases"]["p"]["default"]["lumenlm"]
+    other = json.loads(json.dumps(ours))
+    for r in ours["rounds"]:
+        r["precision"] = "bf16"
+        r["notes"]["eval"] = "fp32 (lumenlm eval --dtype default)"
+    results["cases"]["q"] = {"default": {"lumenlm": other}}
+    table = "\n".join(report.settings_table(results))
+    assert "p: bf16 (auto); eval fp32 (lumenlm eval --dtype default); q: fp32 (auto)" in table
