@@ -8,7 +8,9 @@ toolkit is configured in the two settings the suite compares:
 
 (a) "default", as each user gets it:
   - lumenlm: what `lumenlm train` does without flags: `--precision auto`
-    (`resolve_precision`), glibc malloc tuned (`lumenlm.allocator.tune_malloc`), MKL's
+    (`resolve_precision` given the model and the preset's rows: fp32 at once without
+    native bf16, else a cached probe of this model decides), evaluation as `lumenlm
+    eval` scores (fp32), decoding as `lumenlm generate` (`--dtype auto`), glibc malloc tuned (`lumenlm.allocator.tune_malloc`), MKL's
     fast kernels on AMD CPUs (`lumenlm.mkl_shim`: the CLI re-runs itself with it), fused
     AdamW with decay on matrices (`build_optimizer`, the preset's recipe), the chunked
     linear + cross-entropy (`model(x, y, return_logits=False)` inside the trainer's own
@@ -28,7 +30,9 @@ toolkit is configured in the two settings the suite compares:
 Training targets: row t of a window predicts token t+1 and the last position is not
 trained, which is what HF's `labels=input_ids` does, so all three train the same
 B x (T-1) targets from the same T inputs and start from the same loss. Evaluation
-scores all B x T next tokens. Decoding is greedy, exactly N new tokens, in fp32 weights.
+scores all B x T next tokens. Decoding is greedy, exactly N new tokens, in fp32 weights
+(lumenlm's default: the weights `--dtype auto` chose, fp32 unless bf16 is native, close
+and faster).
 """
 
 from __future__ import annotations
