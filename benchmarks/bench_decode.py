@@ -11,8 +11,10 @@ is short, so this is decode speed). N is cut to what fits the context after the 
 (lumiere-1m: 64 - 16 = 48), since HF does not slide past it. Ratios are lumenlm / HF:
 > 1 means lumenlm is faster.
 
-Two lumenlm columns: "fast" is the default engine (the fast decode step of
-`lumenlm.model.decode_step`); "plain" is `generate(..., fast=False)`, every step through
+Three lumenlm columns: "fast" is the default engine (the fast decode step of
+`lumenlm.model.decode_step`: for small fp32 CPU models one C call per token,
+`lumenlm.small_step`); "torch-step" the same step in torch ops
+(`LUMENLM_SMALL_STEP=0`); "plain" is `generate(..., fast=False)`, every step through
 `GPT.forward` with the KV cache (the engine before the fast step). Each figure is given
 by wall time and by the process's CPU time (`time.thread_time`, one torch thread): on a
 shared host the wall clock also counts waiting for a core, the CPU time does not, so
@@ -30,15 +32,18 @@ The functions (`build`, `measure`, `CASES`) are importable for `python -m benchm
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from lumenlm import small_step
 from lumenlm.infer import generate
 from lumenlm.model import GPT
 from lumenlm.presets import get_preset
@@ -92,16 +97,31 @@ def _timed(fn: Callable[[], Any], device: str) -> tuple[float, float, Any]:
     return time.perf_counter() - w, time.thread_time() - c, out
 
 
+@contextlib.contextmanager
+def _setenv(name: str, value: str | None) -> Iterator[None]:
+    """`name` set to `value` for the block (left alone for None)."""
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if value is not None:
+            os.environ.pop(name, None) if old is None else os.environ.__setitem__(name, old)
+
+
 def runners(
     ours: GPT, hf: Any, prompt: torch.Tensor, new_tokens: int, compile: bool = False
 ) -> dict[str, Callable[[], torch.Tensor]]:
-    """name -> a call returning (B, new_tokens) greedy ids: fast, plain, [compiled], hf."""
+    """name -> a call returning (B, new_tokens) greedy ids: fast, torch-step, plain,
+    [compiled], hf."""
     rows = prompt.tolist()
     kw: dict[str, Any] = dict(temperature=0, max_new_tokens=new_tokens, ignore_eos=True)
 
-    def ours_with(**extra: Any) -> Callable[[], torch.Tensor]:
+    def ours_with(small: str | None = None, **extra: Any) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
-            return torch.tensor([r.token_ids for r in generate(ours, rows, **kw, **extra)])
+            with _setenv(small_step.ENV, small):
+                return torch.tensor([r.token_ids for r in generate(ours, rows, **kw, **extra)])
 
         return run
 
@@ -117,7 +137,7 @@ def runners(
             )
         return out[:, prompt.shape[1] :].cpu()
 
-    out = {"fast": ours_with(), "plain": ours_with(fast=False)}
+    out = {"fast": ours_with(), "torch-step": ours_with(small="0"), "plain": ours_with(fast=False)}
     if compile:
         out["compiled"] = ours_with(compile=True)
     out["hf"] = run_hf
@@ -189,9 +209,12 @@ def main() -> None:
         f"threads={torch.get_num_threads()} prompt={PROMPT_LEN} new_tokens={N} "
         f"repeats={args.repeats} (medians; tok/s by wall clock, [by CPU time])"
     )
-    names = ["fast", "plain", *(["compiled"] if args.compile else []), "hf"]
+    names = ["fast", "torch-step", "plain", *(["compiled"] if args.compile else []), "hf"]
     head = " ".join(f"{n + ' tok/s':>20}" for n in names)
-    print(f"{'case':44} {'batch':>5} {head} {'fast/HF':>14} {'plain/HF':>14} {'same':>5}")
+    print(
+        f"{'case':44} {'batch':>5} {head} {'fast/HF':>14} {'torch-step/HF':>14} "
+        f"{'plain/HF':>14} {'same':>5}"
+    )
     for preset in args.cases:
         what, overrides = CASES[preset]
         ours, hf = build(preset, overrides, dev)
@@ -200,13 +223,14 @@ def main() -> None:
             cells = " ".join(f"{t[n].wall_tps:>10.0f} [{t[n].cpu_tps:>7.0f}]" for n in names)
             ratio = {
                 n: f"{t[n].wall_tps / t['hf'].wall_tps:.2f} [{t[n].cpu_tps / t['hf'].cpu_tps:.2f}]"
-                for n in ("fast", "plain")
+                for n in ("fast", "torch-step", "plain")
             }
             label = f"{preset} ({what})"
             n_new = min(N, ours.config.context_length - PROMPT_LEN)
             label += f", {n_new} new" if n_new != N else ""
             print(
-                f"{label:44} {B:>5} {cells} {ratio['fast']:>14} {ratio['plain']:>14} "
+                f"{label:44} {B:>5} {cells} {ratio['fast']:>14} {ratio['torch-step']:>14} "
+                f"{ratio['plain']:>14} "
                 f"{'yes' if same else 'NO':>5}"
             )
             if cold is not None:

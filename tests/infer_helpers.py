@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lumenlm.infer.engine import Decoder
 from lumenlm.model import GPT
 from lumenlm.modelio import save_model
 from lumenlm.presets import get_preset
@@ -68,6 +69,46 @@ def make_model_dir(root: Path, preset: str, tokenizer_path: Path | None, **extra
     out = root / preset
     save_model(make_model(preset), out, tokenizer_path=tokenizer_path, extra=dict(extra) or None)
     return out
+
+
+# -- decode cases: the layouts the fast decode steps are checked on -------------------
+
+FP32_RTOL = 1e-5
+"""fp32 decode logits may differ from the plain path's by this, relative to the largest."""
+
+CASES = {
+    "gpt2": ("tiny-gpt2", {}),
+    "lumiere": ("lumiere-1m", {"n_layers": 2, "d_model": 64, "d_ff": 128, "context_length": 48}),
+    "llama-gqa": ("tiny", {}),
+    "post-norm": ("tiny-gpt2", {"pre_norm": False}),
+    "d_value": ("tiny", {"d_value": 8, "n_kv_heads": 1}),
+}
+PROMPTS = {
+    "equal": [[5, 17, 42, 99, 3, 8], [7, 7, 1, 2, 3, 4]],
+    "padded": [[5, 17, 42], list(range(10, 40)), [9]],
+}
+
+
+def model_for(case: str) -> GPT:
+    preset, overrides = CASES[case]
+    return make_model(preset, **overrides)
+
+
+def decode_logits(model: GPT, prompts: list[list[int]], steps: int, fast: bool) -> list:
+    """Greedy decode with a small window (so it slides); every step's logits."""
+    dec = Decoder(model, prompts, max_new_tokens=steps, window_keep=8, fast=fast)
+    logits = dec.prefill()
+    out = []
+    for _ in range(steps):
+        out.append(logits)
+        t = logits.argmax(-1)
+        logits = dec.step(t, t.tolist())
+    assert dec.slides > 0  # the run crossed at least one context slide
+    return out
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,6 @@
-"""The fast decode step (`model.decode_step`) against the plain path (`GPT.forward`).
+"""The fast decode step (`model.decode_step`) against the plain path (`GPT.forward`):
+its torch-ops step, which the C step for small models (tests/test_small_step.py) stands
+in for where that is available, so here it is turned off.
 
 Stated tolerances:
 - fp32: every step's logits within 1e-5 of the plain path's, relative to the largest
@@ -19,8 +21,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from infer_helpers import _one_thread, make_model  # noqa: F401 (fixture)
-from lumenlm import blas, packed
+from infer_helpers import (  # noqa: F401 (fixture)
+    CASES,
+    FP32_RTOL,
+    PROMPTS,
+    _one_thread,
+    decode_logits,
+    make_model,
+    model_for,
+    rel_err,
+)
+from lumenlm import blas, packed, small_step
 from lumenlm.infer import generate
 from lumenlm.infer.batch_engine import BatchEngine
 from lumenlm.infer.engine import Decoder
@@ -30,42 +41,14 @@ from lumenlm.model import decode_step as decode_mod
 from lumenlm.model.decode_step import DecodeStep
 from lumenlm.presets import get_preset
 
-FP32_RTOL = 1e-5
 BF16_RTOL = 5e-2
 
-CASES = {
-    "gpt2": ("tiny-gpt2", {}),
-    "lumiere": ("lumiere-1m", {"n_layers": 2, "d_model": 64, "d_ff": 128, "context_length": 48}),
-    "llama-gqa": ("tiny", {}),
-    "post-norm": ("tiny-gpt2", {"pre_norm": False}),
-    "d_value": ("tiny", {"d_value": 8, "n_kv_heads": 1}),
-}
-PROMPTS = {
-    "equal": [[5, 17, 42, 99, 3, 8], [7, 7, 1, 2, 3, 4]],
-    "padded": [[5, 17, 42], list(range(10, 40)), [9]],
-}
 
-
-def model_for(case: str) -> GPT:
-    preset, overrides = CASES[case]
-    return make_model(preset, **overrides)
-
-
-def decode_logits(model: GPT, prompts: list[list[int]], steps: int, fast: bool) -> list:
-    """Greedy decode with a small window (so it slides); every step's logits."""
-    dec = Decoder(model, prompts, max_new_tokens=steps, window_keep=8, fast=fast)
-    logits = dec.prefill()
-    out = []
-    for _ in range(steps):
-        out.append(logits)
-        t = logits.argmax(-1)
-        logits = dec.step(t, t.tolist())
-    assert dec.slides > 0  # the run crossed at least one context slide
-    return out
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+@pytest.fixture(autouse=True)
+def _torch_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are of the torch-ops step: small fp32 CPU models would otherwise take
+    the C step (`lumenlm.small_step`, tests/test_small_step.py)."""
+    monkeypatch.setenv(small_step.ENV, "0")
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lumenlm import packed
+from lumenlm import cbuild, packed
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_any_thread_count_gives_the_same_product(kernel: None, threads: int) -> 
 
 
 def test_one_openmp_runtime_serves_torch_and_the_kernel(kernel: None) -> None:
-    assert len(packed._openmp_runtimes()) == 1
+    assert len(cbuild.openmp_runtimes()) == 1
 
 
 def test_the_packed_matrix_keeps_its_shape_and_memory(kernel: None) -> None:

@@ -1,16 +1,18 @@
 """C sources compiled once with the system compiler into the user cache, atomically.
 
-Why a module of its own: two parts of lumenlm compile a few lines of C at run time, the
-MKL shim (`lumenlm.mkl_shim`, before torch is imported) and the packed decode kernel
-(`lumenlm.packed`). Both want the same things: the library named by a hash of its
+Why a module of its own: three parts of lumenlm compile C at run time, the MKL shim
+(`lumenlm.mkl_shim`, before torch is imported), the packed decode kernel
+(`lumenlm.packed`) and the small-model decode step (`lumenlm.small_step`). Both want the same things: the library named by a hash of its
 source and flags (an edited source never reuses a stale build), written under a
 temporary name and renamed (two processes building at once never see half a file),
 and None rather than an error when there is no compiler or the cache is not writable
-(a slower process is better than none). Imports nothing heavy.
+(a slower process is better than none). The two kernels also share how an OpenMP
+library is loaded (`load_openmp`). Imports nothing heavy.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -58,3 +60,33 @@ def library(
     except (OSError, subprocess.SubprocessError):
         return None
     return lib
+
+
+def openmp_runtimes() -> set[str]:
+    """Paths of the OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
+    found = set()
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                path = line.rsplit(" ", 1)[-1].strip()
+                name = path.rsplit("/", 1)[-1]
+                if name.startswith(("libgomp", "libiomp", "libomp")):
+                    found.add(path)
+    except OSError:
+        pass
+    return found
+
+
+def load_openmp(path: Path) -> tuple[ctypes.CDLL | None, str]:
+    """(the library at `path`, "") or (None, why not), for a library linked against
+    libgomp: the dynamic loader resolves that to the copy torch already mapped, so one
+    OpenMP pool serves both. Where it maps a second runtime instead (two pools fighting
+    over the cores, or a crash), it is refused."""
+    before = openmp_runtimes()
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        return None, f"the library did not load ({e})"
+    if len(openmp_runtimes() | before) > 1:
+        return None, "two OpenMP runtimes in the process (torch's and the library's)"
+    return lib, ""

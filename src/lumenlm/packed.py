@@ -67,21 +67,6 @@ class PackedMatrix:
         return self.data.numel() * self.data.element_size()
 
 
-def _openmp_runtimes() -> set[str]:
-    """Paths of the OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
-    found = set()
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                path = line.rsplit(" ", 1)[-1].strip()
-                name = path.rsplit("/", 1)[-1]
-                if name.startswith(("libgomp", "libiomp", "libomp")):
-                    found.add(path)
-    except OSError:
-        pass
-    return found
-
-
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str]:
     """(the kernel library, "") or (None, why it is unavailable)."""
@@ -94,13 +79,9 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     path = cbuild.library("lumenlm_packed_mm", source, FLAGS)
     if path is None:
         return None, "no C compiler with OpenMP (or the cache folder is not writable)"
-    before = _openmp_runtimes()
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as e:
-        return None, f"the kernel did not load ({e})"
-    if len(_openmp_runtimes() | before) > 1:
-        return None, "two OpenMP runtimes in the process (torch's and the kernel's)"
+    lib, why = cbuild.load_openmp(path)
+    if lib is None:
+        return None, why
     L, P = ctypes.c_long, ctypes.c_void_p
     lib.lumenlm_pack.argtypes = [P, L, L, P]
     lib.lumenlm_pack.restype = None

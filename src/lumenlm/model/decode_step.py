@@ -37,6 +37,10 @@ share it:
   (in, out) copies (the same memory); with numpy's, torch's own ops run on one thread
   meanwhile so that the two thread pools do not fight over the cores.
 
+- fp32 CPU models of at most `small_step.SMALL_BYTES` take the whole step in one C call
+  instead (`lumenlm.small_step`: the same operations over the same (in, out) copies),
+  since there per-op dispatch is nearly all of a step's time.
+
 The numbers are the plain path's operations in the same dtype and order; only the BLAS
 kernels chosen for the fused and transposed products differ, so logits agree to
 rounding (tests/test_infer_fast_decode.py: within 1e-5 relative in fp32, and the greedy
@@ -53,7 +57,7 @@ import torch.nn.functional as F
 import torch.nn.modules.module as module_hooks
 from torch import Tensor
 
-from lumenlm import blas, packed
+from lumenlm import blas, packed, small_step
 from lumenlm.model.gpt import GPT
 from lumenlm.model.hook_points import HookPoint
 from lumenlm.model.norms import RMSNorm
@@ -93,6 +97,7 @@ class DecodeWeights:
     nbytes: int  # the model's parameter bytes
     key: tuple  # the parameters these were made from: (data_ptr, version) of each
     packed: bool = False  # the matrices are `packed.PackedMatrix` (for `packed.packed_mm`)
+    small: small_step.SmallStep | None = None  # the C step over these weights, once made
 
 
 def _norm(module: torch.nn.Module) -> Norm:
@@ -323,8 +328,15 @@ class DecodeStep:
         # is faster on this CPU (for its device and dtype; the probe runs once per
         # process); a compiled one keeps torch's ops for inductor
         m = self.model
+        self._small = None
         if self.compile:
             self._mm, self.blas = torch.mm, "torch's (compiled step)"
+        elif _small_ok(m):
+            self._mm, self.blas = torch.mm, SMALL_NOTE
+            self.weights = decode_weights(m)
+            self._small = self.weights.small = self.weights.small or _small_step(
+                m, self.weights
+            )
         else:
             nbytes = blas.parameter_bytes(m)
             self._mm, self.blas = blas.decode_choice(
@@ -334,7 +346,8 @@ class DecodeStep:
                 sample=m.lm_head.weight,
             )
         self._split_threads = self._mm is blas.numpy_mm
-        self.weights = decode_weights(m, pack=self._mm is packed.packed_mm)
+        if self._small is None:
+            self.weights = decode_weights(m, pack=self._mm is packed.packed_mm)
         self._module_hooks = any(x._forward_hooks or x._forward_pre_hooks for x in self._modules)
         return self.weights
 
@@ -348,6 +361,8 @@ class DecodeStep:
         v: Tensor,
         keys: int | None = None,
     ) -> Tensor:
+        if self._small is not None:
+            return self._small(tokens, positions, column, key_mask, k, v, keys)
         w = self.weights
         if self.compile:
             return self._fn(w, tokens, positions, column, key_mask, k, v)
@@ -410,6 +425,42 @@ class DecodeStep:
             else:
                 x = _apply_norm(lw.mlp_norm, x + _project(m, lw.down, mm))
         return _project(_apply_norm(w.final_norm, x), w.head, mm)
+
+
+SMALL_NOTE = "lumenlm's small-model step (lumenlm.small_step: one C call per token)"
+
+
+def _small_ok(model: GPT) -> bool:
+    """Whether `model` decodes through `small_step`: an fp32 CPU model of at most
+    `small_step.SMALL_BYTES` (and of the fused copies the C step reads,
+    `COPY_LIMIT_BYTES`), the C step available, and no product forced by `LUMENLM_BLAS`
+    (a forced product is there to be measured)."""
+    w = model.tok_emb.weight
+    nbytes = blas.parameter_bytes(model)
+    return (
+        w.device.type == "cpu"
+        and w.dtype == torch.float32
+        and nbytes <= min(small_step.SMALL_BYTES, COPY_LIMIT_BYTES)
+        and blas.requested() == "auto"
+        and small_step.unavailable() is None
+    )
+
+
+def _small_step(model: GPT, w: DecodeWeights) -> small_step.SmallStep:
+    """The C step over `w`, the model's (copied, unpacked) decode weights."""
+    cfg = model.config
+    dims = {
+        "d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+        "n_kv": cfg.n_kv_heads, "d_head": cfg.d_head, "d_value": cfg.d_value,
+        "d_ff": w.layers[0].down[0].shape[0] if w.layers else cfg.d_ff,
+        "vocab": cfg.vocab_size,
+    }  # fmt: skip
+    layers = [
+        (lw.attn_norm, lw.qkv[0], lw.o, lw.mlp_norm, lw.up[0], lw.down) for lw in w.layers
+    ]
+    return small_step.SmallStep(
+        dims, cfg.activation, cfg.pre_norm, w.emb, w.pos, w.rope, layers, w.final_norm, w.head
+    )  # type: ignore[arg-type]
 
 
 def compiled_step(model: GPT, step: DecodeStep) -> Callable[..., Tensor]:
