@@ -194,7 +194,10 @@ def test_bad_inputs_are_refused() -> None:
     cache = model.new_cache(2, 16)
     mask = torch.zeros(2, 16)
     tokens, col = torch.tensor([1, 2]), torch.tensor([0])
-    assert small(tokens, tokens * 0, col, mask, cache.k, cache.v).shape == (2, model.config.vocab_size)
+    assert small(tokens, tokens * 0, col, mask, cache.k, cache.v).shape == (
+        2,
+        model.config.vocab_size,
+    )
     with pytest.raises(ValueError, match="row-major"):
         small(tokens, tokens * 0, col, mask, cache.k.transpose(3, 4), cache.v)
     with pytest.raises(ValueError, match="row-major"):

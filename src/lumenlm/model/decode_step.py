@@ -334,9 +334,7 @@ class DecodeStep:
         elif _small_ok(m):
             self._mm, self.blas = torch.mm, SMALL_NOTE
             self.weights = decode_weights(m)
-            self._small = self.weights.small = self.weights.small or _small_step(
-                m, self.weights
-            )
+            self._small = self.weights.small = self.weights.small or _small_step(m, self.weights)
         else:
             nbytes = blas.parameter_bytes(m)
             self._mm, self.blas = blas.decode_choice(
@@ -455,9 +453,7 @@ def _small_step(model: GPT, w: DecodeWeights) -> small_step.SmallStep:
         "d_ff": w.layers[0].down[0].shape[0] if w.layers else cfg.d_ff,
         "vocab": cfg.vocab_size,
     }  # fmt: skip
-    layers = [
-        (lw.attn_norm, lw.qkv[0], lw.o, lw.mlp_norm, lw.up[0], lw.down) for lw in w.layers
-    ]
+    layers = [(lw.attn_norm, lw.qkv[0], lw.o, lw.mlp_norm, lw.up[0], lw.down) for lw in w.layers]
     return small_step.SmallStep(
         dims, cfg.activation, cfg.pre_norm, w.emb, w.pos, w.rope, layers, w.final_norm, w.head
     )  # type: ignore[arg-type]
