@@ -28,9 +28,13 @@ bf16 only when the probe says faster, the cache) is tested with a faked CPU and 
 300 steps (`LOSS_TOLERANCE`) was measured on the AVX2-only EPYC this was written on, in
 emulated bf16 (its numerics are bf16's; only its speed is emulated), on the tiny model
 and the librarian-1.3m shape; the slow test runs the tiny one everywhere and the
-librarian shape only where bf16 is native (emulated, it takes minutes). The probe's
-speed-ups and `BF16_MARGIN` on a native-bf16 CPU were not measured here: no such CPU
-was available; this CPU never probes.
+librarian shape only where bf16 is native (emulated, it takes minutes). On a native-bf16
+CPU (a 2-core AMD EPYC, Zen 4, AVX512-BF16; bf16 matmul peak 379 GFLOP/s against fp32's
+200), `measure_bf16_speedup` at the presets' probe shapes, twice each, gave
+librarian-1.3m 1.21x and 1.31x, lumiere-1m 1.07x and 1.26x (near the margin: the cached
+probe is what makes a run and its resume agree), lumenbase-128m 1.98x and 2.04x; in
+`python -m benchmarks` auto then chose bf16 for lumenbase-128m (265 tokens/s against
+183 in fp32, 56% of the bf16 peak) and fp32 for the two small presets.
 
 An explicit bf16 on a CPU without native bf16 prints a one-line warning with the
 measured slowdown (`devices.warn_slow_bf16`). bf16 needs no scaler: it has fp32's
