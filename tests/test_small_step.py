@@ -210,3 +210,27 @@ def test_without_a_compiler_the_reason_is_given(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(cbuild, "library", lambda *a, **k: None)
     lib, why = small_step._load.__wrapped__()
     assert lib is None and "no C compiler" in why
+
+
+def test_two_threads_decoding_one_model_at_once_agree_with_each_alone() -> None:
+    """The C call drops the GIL, so two threads (a server's engine and a generate call)
+    can be inside it at once over one model: each has its own scratch buffer."""
+    import threading
+
+    model = model_for("lumiere")
+    kw = dict(temperature=0, max_new_tokens=40, ignore_eos=True)
+    rows = {0: [[3, 1, 4, 1, 5]], 1: [[9, 2, 6, 5, 3, 5]]}
+    alone = {i: generate(model, r, **kw)[0].token_ids for i, r in rows.items()}
+    got: dict[int, list[int]] = {}
+
+    def run(i: int) -> None:
+        for _ in range(5):
+            got[i] = generate(model, rows[i], **kw)[0].token_ids
+            assert got[i] == alone[i]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in rows]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == alone

@@ -26,6 +26,7 @@ import ctypes
 import functools
 import os
 import platform
+import threading
 from collections.abc import Sequence
 from importlib import resources
 
@@ -146,7 +147,7 @@ class SmallStep:
             head=self._lin(head),
         )  # fmt: skip
         self._address = ctypes.addressof(self._net)
-        self._scratch = torch.empty(0)
+        self._local = threading.local()  # a scratch buffer per thread: the call drops the GIL
 
     def _ptr(self, t: Tensor | None) -> int | None:
         if t is None:
@@ -193,13 +194,14 @@ class SmallStep:
         tokens, positions = tokens.contiguous(), positions.contiguous()
         lib = self._lib
         need = lib.lumenlm_small_step_scratch(self._address, B, keys)
-        if self._scratch.numel() < need:
-            self._scratch = torch.empty(need, dtype=torch.float32)
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None or scratch.numel() < need:
+            scratch = self._local.scratch = torch.empty(need, dtype=torch.float32)
         logits = torch.empty(B, self.vocab, dtype=torch.float32)
         lib.lumenlm_small_step(
             self._address, B, tokens.data_ptr(), positions.data_ptr(),
             int(column[0]), mask.data_ptr(), mask.stride(0), int(mask.dtype == torch.bool),
             k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            S, keys, logits.data_ptr(), self._scratch.data_ptr(), torch.get_num_threads(),
+            S, keys, logits.data_ptr(), scratch.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         return logits
