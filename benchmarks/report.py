@@ -395,7 +395,12 @@ def complete_rounds(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _native(hw: dict[str, Any]) -> str:
-    return {True: "yes", False: "none", None: "unknown"}[hw["bf16_native"]]
+    """ "none", "unknown", or the native-bf16 flags the CPU has (`devices.BF16_FLAGS`)."""
+    if hw["bf16_native"] is True:
+        from lumenlm.devices import BF16_FLAGS
+
+        return "/".join(f for f in BF16_FLAGS if f in hw.get("flags", ())) or "yes"
+    return {False: "none", None: "unknown"}[hw["bf16_native"]]
 
 
 def device_label(results: dict[str, Any]) -> str:
