@@ -90,3 +90,22 @@ def load_openmp(path: Path) -> tuple[ctypes.CDLL | None, str]:
     if len(openmp_runtimes() | before) > 1:
         return None, "two OpenMP runtimes in the process (torch's and the library's)"
     return lib, ""
+
+
+def avx2_openmp_library(
+    name: str, source: str, flags: Sequence[str], cpu_flags: frozenset[str] | set[str]
+) -> tuple[ctypes.CDLL | None, str]:
+    """(the loaded library, "") or (None, why not) for a kernel written for x86-64 Linux
+    with AVX2/FMA and OpenMP (`lumenlm.packed`, `lumenlm.small_step`): the platform and
+    the CPU's flags (`cpu_flags`, from `lumenlm.cpuinfo`) checked, `library` built,
+    `load_openmp` loaded."""
+    import platform
+
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return None, "not Linux x86-64"
+    if not {"avx2", "fma"} <= set(cpu_flags):
+        return None, "the CPU lacks AVX2/FMA"
+    path = library(name, source, flags)
+    if path is None:
+        return None, "no C compiler with OpenMP (or the cache folder is not writable)"
+    return load_openmp(path)

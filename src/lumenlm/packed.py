@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import platform
 from importlib import resources
 
 import torch
@@ -70,16 +69,8 @@ class PackedMatrix:
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str]:
     """(the kernel library, "") or (None, why it is unavailable)."""
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return None, "not Linux x86-64"
-    flags = cpuinfo.read().flags
-    if not {"avx2", "fma"} <= flags:
-        return None, "the CPU lacks AVX2/FMA"
     source = resources.files("lumenlm").joinpath("packed_mm.c").read_text()
-    path = cbuild.library("lumenlm_packed_mm", source, FLAGS)
-    if path is None:
-        return None, "no C compiler with OpenMP (or the cache folder is not writable)"
-    lib, why = cbuild.load_openmp(path)
+    lib, why = cbuild.avx2_openmp_library("lumenlm_packed_mm", source, FLAGS, cpuinfo.read().flags)
     if lib is None:
         return None, why
     L, P = ctypes.c_long, ctypes.c_void_p

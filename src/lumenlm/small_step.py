@@ -25,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import platform
 import threading
 from collections.abc import Sequence
 from importlib import resources
@@ -75,15 +74,8 @@ class _Net(ctypes.Structure):
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str]:
     """(the library, "") or (None, why it is unavailable)."""
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return None, "not Linux x86-64"
-    if not {"avx2", "fma"} <= cpuinfo.read().flags:
-        return None, "the CPU lacks AVX2/FMA"
     source = resources.files("lumenlm").joinpath("small_step.c").read_text()
-    path = cbuild.library("lumenlm_small_step", source, FLAGS)
-    if path is None:
-        return None, "no C compiler with OpenMP (or the cache folder is not writable)"
-    lib, why = cbuild.load_openmp(path)
+    lib, why = cbuild.avx2_openmp_library("lumenlm_small_step", source, FLAGS, cpuinfo.read().flags)
     if lib is None:
         return None, why
     lib.lumenlm_small_step_scratch.argtypes = [_P, _L, _L]
