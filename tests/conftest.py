@@ -40,3 +40,16 @@ def _deterministic() -> None:
     torch.manual_seed(0)
     # Tiny test models are overhead-bound: one intra-op thread is fastest and steady.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(params=["ce_rows", "torch ops"])
+def ce_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test twice: with `lumenlm.ce_rows`'s C kernel scoring the logits, and with
+    it off (`LUMENLM_CE_ROWS=0`: torch's element-wise ops), so both paths stay checked."""
+    from lumenlm import ce_rows
+
+    if request.param == "torch ops":
+        monkeypatch.setenv(ce_rows.ENV, "0")
+    elif (why := ce_rows.unavailable()) is not None:
+        pytest.skip(f"the C cross-entropy kernel is unavailable: {why}")
+    return request.param

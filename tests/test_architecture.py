@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
         "foundation",
         frozenset({"allocator", "blas", "config", "devices", "fsutil", "mkl_shim", "signals"}),
     ),
-    ("kernels", frozenset({"packed", "small_step"})),
+    ("kernels", frozenset({"ce_rows", "packed", "small_step"})),
     ("platform", frozenset({"cbuild", "cpuinfo"})),
     ("errors", frozenset({"errors"})),
 ]

@@ -40,6 +40,8 @@ SMALL_LLAMA_GQA = {  # Llama-style: RMSNorm, SwiGLU, RoPE, 2 KV heads for 4 quer
     "lm_head_bias": True,
 }
 
+pytestmark = pytest.mark.usefixtures("ce_kernel")
+
 
 def _model(preset: str, overrides: dict | None = None, sharpen: float = 8.0) -> GPT:
     torch.manual_seed(0)

@@ -18,6 +18,8 @@ from lumenlm.model.chunked_loss import chunk_rows_for, linear_cross_entropy
 
 RTOL, ATOL = 1e-5, 1e-6
 
+pytestmark = pytest.mark.usefixtures("ce_kernel")
+
 
 def _plain(h, w, b, t, ignore_index=-100):
     logits = F.linear(h, w, b)

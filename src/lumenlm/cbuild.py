@@ -1,12 +1,13 @@
 """C sources compiled once with the system compiler into the user cache, atomically.
 
-Why a module of its own: three parts of lumenlm compile C at run time, the MKL shim
+Why a module of its own: four parts of lumenlm compile C at run time, the MKL shim
 (`lumenlm.mkl_shim`, before torch is imported), the packed decode kernel
-(`lumenlm.packed`) and the small-model decode step (`lumenlm.small_step`). Both want the same things: the library named by a hash of its
+(`lumenlm.packed`), the small-model decode step (`lumenlm.small_step`) and the
+cross-entropy rows kernel (`lumenlm.ce_rows`). All want the same things: the library named by a hash of its
 source and flags (an edited source never reuses a stale build), written under a
 temporary name and renamed (two processes building at once never see half a file),
 and None rather than an error when there is no compiler or the cache is not writable
-(a slower process is better than none). The two kernels also share how an OpenMP
+(a slower process is better than none). The three kernels also share how an OpenMP
 library is loaded (`load_openmp`). Imports nothing heavy.
 """
 
@@ -96,7 +97,7 @@ def avx2_openmp_library(
     name: str, source: str, flags: Sequence[str], cpu_flags: frozenset[str] | set[str]
 ) -> tuple[ctypes.CDLL | None, str]:
     """(the loaded library, "") or (None, why not) for a kernel written for x86-64 Linux
-    with AVX2/FMA and OpenMP (`lumenlm.packed`, `lumenlm.small_step`): the platform and
+    with AVX2/FMA and OpenMP (`lumenlm.ce_rows`, `lumenlm.packed`, `lumenlm.small_step`): the platform and
     the CPU's flags (`cpu_flags`, from `lumenlm.cpuinfo`) checked, `library` built,
     `load_openmp` loaded."""
     import platform
