@@ -29,6 +29,11 @@ def cache_dir() -> Path:
     return Path(base) / "lumenlm"
 
 
+def turned_off(env: str) -> bool:
+    """Whether the environment variable `env` turns a kernel off: 0, off, false or no."""
+    return os.environ.get(env, "").strip().lower() in ("0", "off", "false", "no")
+
+
 def compiler() -> str | None:
     """The C compiler: `$CC`, else `cc`, else `gcc` on PATH; None when there is none."""
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")

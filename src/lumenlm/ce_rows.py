@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from importlib import resources
 
 import torch
@@ -53,7 +52,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
 
 def unavailable() -> str | None:
     """None when the kernel can run in this process, else why not (a phrase)."""
-    if os.environ.get(ENV, "").strip().lower() in ("0", "off", "false", "no"):
+    if cbuild.turned_off(ENV):
         return f"turned off by {ENV}"
     return _load()[1] or None
 
@@ -76,6 +75,20 @@ def usable(logits: Tensor, targets: Tensor) -> bool:
     )
 
 
+def _call(name: str, logits: Tensor, targets: Tensor, *out: int) -> None:
+    """The C function `name` over (logits, targets) with the output pointers `out`; an
+    IndexError naming the row where a target is out of range."""
+    lib, _ = _load()
+    assert lib is not None, "call usable() first"
+    rows, v = logits.shape
+    t = targets.contiguous()
+    fn = getattr(lib, name)
+    bad = fn(
+        logits.data_ptr(), rows, v, logits.stride(0), t.data_ptr(), *out, torch.get_num_threads()
+    )
+    _check(bad, t, v)
+
+
 def _check(bad: int, targets: Tensor, v: int) -> None:
     if bad:
         raise IndexError(
@@ -86,32 +99,16 @@ def _check(bad: int, targets: Tensor, v: int) -> None:
 
 def scores(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """(NLL fp32, rank int64) per row of `logits` against `targets` (see `usable`)."""
-    lib, _ = _load()
-    assert lib is not None, "call usable() first"
-    rows, v = logits.shape
-    t = targets.contiguous()
-    nll = torch.empty(rows, dtype=torch.float32)
-    rank = torch.empty(rows, dtype=torch.int64)
-    bad = lib.lumenlm_ce_scores(
-        logits.data_ptr(), rows, v, logits.stride(0), t.data_ptr(),
-        nll.data_ptr(), rank.data_ptr(), torch.get_num_threads(),
-    )  # fmt: skip
-    _check(bad, t, v)
+    nll = torch.empty(logits.shape[0], dtype=torch.float32)
+    rank = torch.empty(logits.shape[0], dtype=torch.int64)
+    _call("lumenlm_ce_scores", logits, targets, nll.data_ptr(), rank.data_ptr())
     return nll, rank
 
 
 def grad_(logits: Tensor, targets: Tensor, scale: Tensor) -> Tensor:
     """In place: each row of `logits` becomes scale[r] * (softmax - onehot(target));
     returns the NLL per row (fp32; 0 where scale is 0, whatever that row's target)."""
-    lib, _ = _load()
-    assert lib is not None, "call usable() first"
-    rows, v = logits.shape
-    t = targets.contiguous()
     sc = scale.to(torch.float32).contiguous()
-    nll = torch.empty(rows, dtype=torch.float32)
-    bad = lib.lumenlm_ce_grad(
-        logits.data_ptr(), rows, v, logits.stride(0), t.data_ptr(),
-        sc.data_ptr(), nll.data_ptr(), torch.get_num_threads(),
-    )  # fmt: skip
-    _check(bad, t, v)
+    nll = torch.empty(logits.shape[0], dtype=torch.float32)
+    _call("lumenlm_ce_grad", logits, targets, sc.data_ptr(), nll.data_ptr())
     return nll

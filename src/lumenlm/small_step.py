@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import threading
 from collections.abc import Sequence
 from importlib import resources
@@ -90,7 +89,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
 
 def unavailable() -> str | None:
     """None when the C step can run in this process, else why not (a phrase)."""
-    if os.environ.get(ENV, "").strip().lower() in ("0", "off", "false", "no"):
+    if cbuild.turned_off(ENV):
         return f"turned off by {ENV}"
     return _load()[1] or None
 
