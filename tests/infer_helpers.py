@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lumenlm.infer.batch_engine import BatchEngine
 from lumenlm.infer.engine import Decoder
+from lumenlm.infer.sampling import SamplingParams
 from lumenlm.model import GPT
 from lumenlm.modelio import save_model
 from lumenlm.presets import get_preset
@@ -105,6 +107,17 @@ def decode_logits(model: GPT, prompts: list[list[int]], steps: int, fast: bool) 
         logits = dec.step(t, t.tolist())
     assert dec.slides > 0  # the run crossed at least one context slide
     return out
+
+
+def batch_engine_tokens(model: GPT, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Each prompt's greedy tokens from the server's BatchEngine (4 slots, more prompts
+    than slots, so rows join and leave mid-run), the engine closed after."""
+    p = SamplingParams(max_new_tokens=new_tokens, temperature=0, ignore_eos=True)
+    eng = BatchEngine(model, None, slots=4)
+    try:
+        return [s.collect()[0] for s in eng.submit_many(prompts, p)]
+    finally:
+        eng.close()
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

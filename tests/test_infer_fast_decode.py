@@ -26,6 +26,7 @@ from infer_helpers import (  # noqa: F401 (fixture)
     FP32_RTOL,
     PROMPTS,
     _one_thread,
+    batch_engine_tokens,
     decode_logits,
     make_model,
     model_for,
@@ -33,7 +34,6 @@ from infer_helpers import (  # noqa: F401 (fixture)
 )
 from lumenlm import blas, packed, small_step
 from lumenlm.infer import generate
-from lumenlm.infer.batch_engine import BatchEngine
 from lumenlm.infer.engine import Decoder
 from lumenlm.infer.sampling import SamplingParams, sample_next
 from lumenlm.model import GPT
@@ -135,14 +135,9 @@ def test_batch_engine_fast_equals_plain(blas_env: str, monkeypatch: pytest.Monke
     monkeypatch.setattr(owner, name, lambda a, b: calls.append(1) or real(a, b))
     model = model_for("llama-gqa")
     prompts = [[1 + i] * (1 + 9 * i) for i in range(8)]
-    p = SamplingParams(max_new_tokens=80, temperature=0, ignore_eos=True)
 
     def run() -> list[list[int]]:
-        eng = BatchEngine(model, None, slots=4)
-        try:
-            return [s.collect()[0] for s in eng.submit_many(prompts, p)]
-        finally:
-            eng.close()
+        return batch_engine_tokens(model, prompts, 80)
 
     fast = run()
     handle = model.hook_embed.add_hook(lambda x, hook: None)

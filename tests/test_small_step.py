@@ -20,6 +20,7 @@ from infer_helpers import (  # noqa: F401 (fixture)
     FP32_RTOL,
     PROMPTS,
     _one_thread,
+    batch_engine_tokens,
     decode_logits,
     make_model,
     model_for,
@@ -27,9 +28,7 @@ from infer_helpers import (  # noqa: F401 (fixture)
 )
 from lumenlm import blas, cbuild, small_step
 from lumenlm.infer import generate
-from lumenlm.infer.batch_engine import BatchEngine
 from lumenlm.infer.engine import Decoder
-from lumenlm.infer.sampling import SamplingParams
 from lumenlm.model import decode_step as decode_mod
 from lumenlm.model.decode_step import DecodeStep
 
@@ -154,14 +153,9 @@ def test_generate_and_the_batch_engine_decode_through_it(monkeypatch: pytest.Mon
     assert calls
     calls.clear()
     prompts = [[1 + i] * (1 + 9 * i) for i in range(8)]
-    p = SamplingParams(max_new_tokens=80, temperature=0, ignore_eos=True)
 
     def run() -> list[list[int]]:
-        eng = BatchEngine(model, None, slots=4)
-        try:
-            return [s.collect()[0] for s in eng.submit_many(prompts, p)]
-        finally:
-            eng.close()
+        return batch_engine_tokens(model, prompts, 80)
 
     got = run()
     assert calls
