@@ -112,7 +112,7 @@ static long row_rank(const float *x, long v, float xt) {
     return n;
 }
 
-/* Returns 0, or 1 + the first row whose target is outside [0, v). */
+/* Returns 0, or 1 + the last row whose target is outside [0, v) (max over threads). */
 long lumenlm_ce_scores(const float *logits, long rows, long v, long ld, const int64_t *targets,
                        float *nll, int64_t *rank, int threads) {
     long bad = 0;
@@ -135,7 +135,7 @@ long lumenlm_ce_scores(const float *logits, long rows, long v, long ld, const in
 
 /* In place: row r of `logits` becomes scale[r] * (softmax - onehot(target)); nll[r] its
  * target's NLL. A row with scale 0 (an ignored target, whatever its id) becomes zeros
- * and its NLL 0. Returns 0, or 1 + the first scaled row whose target is outside [0, v). */
+ * and its NLL 0. Returns 0, or 1 + the last scaled row whose target is outside [0, v). */
 long lumenlm_ce_grad(float *logits, long rows, long v, long ld, const int64_t *targets,
                      const float *scale, float *nll, int threads) {
     long bad = 0;

@@ -43,10 +43,9 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib, why = cbuild.avx2_openmp_library("lumenlm_ce_rows", source, FLAGS, cpuinfo.read().flags)
     if lib is None:
         return None, why
-    lib.lumenlm_ce_scores.argtypes = [_P, _L, _L, _L, _P, _P, _P, ctypes.c_int]
-    lib.lumenlm_ce_scores.restype = _L
-    lib.lumenlm_ce_grad.argtypes = [_P, _L, _L, _L, _P, _P, _P, ctypes.c_int]
-    lib.lumenlm_ce_grad.restype = _L
+    for fn in (lib.lumenlm_ce_scores, lib.lumenlm_ce_grad):  # the same signature
+        fn.argtypes = [_P, _L, _L, _L, _P, _P, _P, ctypes.c_int]
+        fn.restype = _L
     return lib, ""
 
 
@@ -77,7 +76,7 @@ def usable(logits: Tensor, targets: Tensor) -> bool:
 
 def _call(name: str, logits: Tensor, targets: Tensor, *out: int) -> None:
     """The C function `name` over (logits, targets) with the output pointers `out`; an
-    IndexError naming the row where a target is out of range."""
+    IndexError naming a row whose target is out of range (the last such row)."""
     lib, _ = _load()
     assert lib is not None, "call usable() first"
     rows, v = logits.shape
@@ -86,13 +85,9 @@ def _call(name: str, logits: Tensor, targets: Tensor, *out: int) -> None:
     bad = fn(
         logits.data_ptr(), rows, v, logits.stride(0), t.data_ptr(), *out, torch.get_num_threads()
     )
-    _check(bad, t, v)
-
-
-def _check(bad: int, targets: Tensor, v: int) -> None:
     if bad:
         raise IndexError(
-            f"target {int(targets[bad - 1])} at row {bad - 1} is out of range for "
+            f"target {int(t[bad - 1])} at row {bad - 1} is out of range for "
             f"{v} logits; the token ids must be below the vocabulary size"
         )
 
